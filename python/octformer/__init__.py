@@ -1,0 +1,37 @@
+"""octformer: Rust-accelerated octrees, serialization and attention for sparse 3D point-cloud transformers."""
+
+from octformer._core import __version__
+from octformer.errors import CorruptDataError, InternalError, OctformerError, OutOfBoundsError
+from octformer.octree import Octree, build_octree, key_to_xyz
+
+__all__ = [
+    "__version__",
+    "Octree",
+    "build_octree",
+    "key_to_xyz",
+    "show_config",
+    "OctformerError",
+    "OutOfBoundsError",
+    "CorruptDataError",
+    "InternalError",
+]
+
+
+def show_config() -> str:
+    """Report versions, native thread count and which optional backends are available."""
+    import importlib.util
+
+    from octformer import _core
+
+    lines = [f"octformer {__version__}", f"native threads (default): {_core.resolved_num_threads()}"]
+    for mod in ("torch", "ocnn", "open3d", "laspy", "octformer_kernels"):
+        lines.append(f"{mod}: {'available' if importlib.util.find_spec(mod) else 'not installed'}")
+    try:
+        from octformer.ops import backend_report  # filled in by the ops package
+
+        lines.extend(backend_report())
+    except ImportError:
+        pass
+    text = "\n".join(lines)
+    print(text)
+    return text

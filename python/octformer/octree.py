@@ -1,0 +1,568 @@
+"""``build_octree`` and the picklable :class:`Octree` dataclass (ocnn's layout, no depth cap)."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Any, Sequence
+
+import numpy as np
+
+from octformer import _core
+from octformer.errors import OctformerError
+
+MAX_DEPTH = 21
+DEFAULT_DEPTH = 8
+COORDS = ("cartesian", "cylindrical")
+
+
+def default_num_threads(num_threads: int | None) -> int | None:
+    """Thread count for native calls: the argument, else 1 inside a DataLoader worker, else None.
+
+    None lets the native side apply ``OCTFORMER_NUM_THREADS`` or use every core.
+    """
+    if num_threads is not None:
+        if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
+            raise OctformerError(f"num_threads: expected a positive integer, got {num_threads!r}")
+        return int(num_threads)
+    if "OCTFORMER_NUM_THREADS" not in os.environ and "torch" in sys.modules:
+        try:
+            from torch.utils.data import get_worker_info
+
+            if get_worker_info() is not None:
+                return 1
+        except ImportError:  # pragma: no cover - torch without its data package
+            pass
+    return None
+
+
+@dataclass(eq=False)
+class Octree:
+    """A batch of octrees as plain arrays, one entry per depth 0..depth (picklable).
+
+    Per depth d: ``keys[d]`` (nnum,) int64 sorted Morton keys of all nodes (x bit most
+    significant per triple), ``children[d]`` (nnum,) int32 (-1 empty, else rank among
+    non-empty nodes), ``batch[d]`` (nnum,) int32 sample index. ``point_leaf`` (N,) maps
+    every input point to its non-empty leaf. Leaf cell (x, y, z) of sample b spans
+    ``origin[b] + [x, x+1) * voxel_size[b]`` (in (rho, phi, z) for cylindrical trees).
+    """
+
+    depth: int
+    full_depth: int
+    batch_size: int
+    keys: list[Any]
+    children: list[Any]
+    batch: list[Any]
+    batch_nnum: Any
+    batch_nnum_nempty: Any
+    point_leaf: Any
+    origin: Any
+    voxel_size: Any
+    coords: str = "cartesian"
+    features: Any = None
+    normals: Any = None
+    _neighbor_cache: dict = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def nnum(self) -> np.ndarray:
+        """(D+1,) node counts per depth, empty nodes included."""
+        return np.asarray(_to_numpy(self.batch_nnum)).sum(axis=1)
+
+    @property
+    def nnum_nempty(self) -> np.ndarray:
+        """(D+1,) non-empty node counts per depth."""
+        return np.asarray(_to_numpy(self.batch_nnum_nempty)).sum(axis=1)
+
+    @property
+    def periodic(self) -> tuple[bool, bool, bool]:
+        """Which grid axes wrap around (phi in cylindrical trees)."""
+        return (False, self.coords == "cylindrical", False)
+
+    def leaf_keys(self, depth: int | None = None) -> np.ndarray:
+        """(M,) keys of the non-empty nodes at ``depth`` (default: the leaves)."""
+        d = self.depth if depth is None else self._check_depth(depth)
+        keys, children = _to_numpy(self.keys[d]), _to_numpy(self.children[d])
+        return keys[children >= 0]
+
+    def xyz(self, depth: int | None = None, nonempty: bool = True) -> np.ndarray:
+        """(M, 3) int32 cell coordinates of nodes at ``depth``."""
+        d = self.depth if depth is None else self._check_depth(depth)
+        keys = self.leaf_keys(d) if nonempty else _to_numpy(self.keys[d])
+        return key_to_xyz(keys)
+
+    def cell_centers(self, depth: int | None = None, nonempty: bool = True) -> np.ndarray:
+        """(M, 3) float64 centres of nodes at ``depth`` in the build coordinates (metric for cartesian)."""
+        d = self.depth if depth is None else self._check_depth(depth)
+        xyz = self.xyz(d, nonempty).astype(np.float64)
+        batch = _to_numpy(self.batch[d])
+        if nonempty:
+            batch = batch[_to_numpy(self.children[d]) >= 0]
+        cell = _to_numpy(self.voxel_size)[batch] * float(1 << (self.depth - d))
+        return _to_numpy(self.origin)[batch] + (xyz + 0.5) * cell
+
+    # ------------------------------------------------------------- neighbours
+    def neighbors(self, depth: int, nonempty: bool = True, num_threads: int | None = None) -> Any:
+        """(M, 27) int32 3×3×3 neighbour table at ``depth``, -1 where absent; built once, cached.
+
+        Slot ``(dx+1)*9 + (dy+1)*3 + (dz+1)``. With ``nonempty`` rows and entries index
+        non-empty nodes, else all nodes. Periodic in phi for cylindrical trees.
+        """
+        d = self._check_depth(depth)
+        key = (d, bool(nonempty))
+        if key not in self._neighbor_cache:
+            table = _core.neighbors(
+                [np.ascontiguousarray(_to_numpy(k)) for k in self.keys[: d + 1]],
+                [np.ascontiguousarray(_to_numpy(c)) for c in self.children[: d + 1]],
+                d,
+                nonempty=bool(nonempty),
+                periodic_y=self.periodic[1],
+                num_threads=default_num_threads(num_threads),
+            )
+            self._neighbor_cache[key] = _like(table, self.keys[0])
+        return self._neighbor_cache[key]
+
+    # ------------------------------------------------------------ conversions
+    def to_torch(self, device: Any = "cpu") -> Octree:
+        """The same tree with every array as a torch tensor on ``device`` (zero-copy on CPU)."""
+        import torch
+
+        def conv(a: Any) -> Any:
+            if a is None:
+                return None
+            if isinstance(a, list):
+                return [conv(x) for x in a]
+            if isinstance(a, torch.Tensor):
+                return a.to(device)
+            return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+        return self._map_arrays(conv)
+
+    def numpy(self) -> Octree:
+        """The same tree with every array as numpy (inverse of :meth:`to_torch`)."""
+
+        def conv(a: Any) -> Any:
+            if a is None:
+                return None
+            if isinstance(a, list):
+                return [conv(x) for x in a]
+            return _to_numpy(a)
+
+        return self._map_arrays(conv)
+
+    def _map_arrays(self, conv: Any) -> Octree:
+        kw = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "_neighbor_cache":
+                kw[f.name] = {k: conv(t) for k, t in v.items()}
+            elif f.name in ("depth", "full_depth", "batch_size", "coords"):
+                kw[f.name] = v
+            else:
+                kw[f.name] = conv(v)
+        return Octree(**kw)
+
+    @staticmethod
+    def merge(trees: Sequence[Octree]) -> Octree:
+        """Concatenate separately built trees into one batch (same depth, full_depth, coords)."""
+        trees = [t.numpy() for t in trees]
+        if not trees:
+            raise OctformerError("trees: expected at least one Octree, got an empty sequence")
+        first = trees[0]
+        for i, t in enumerate(trees):
+            for attr in ("depth", "full_depth", "coords"):
+                if getattr(t, attr) != getattr(first, attr):
+                    raise OctformerError(
+                        f"trees[{i}].{attr}: expected {getattr(first, attr)!r} like trees[0], got {getattr(t, attr)!r}"
+                    )
+            for attr in ("features", "normals"):
+                if (getattr(t, attr) is None) != (getattr(first, attr) is None):
+                    raise OctformerError(f"trees[{i}].{attr}: every tree must have {attr} or none may")
+        depth = first.depth
+        keys, children, batch = [], [], []
+        for d in range(depth + 1):
+            keys.append(np.concatenate([t.keys[d] for t in trees]))
+            base_b, base_c, parts_c, parts_b = 0, 0, [], []
+            for t in trees:
+                c = t.children[d]
+                parts_c.append(np.where(c >= 0, c + base_c, -1).astype(np.int32))
+                parts_b.append((t.batch[d] + base_b).astype(np.int32))
+                base_c += int(t.batch_nnum_nempty[d].sum())
+                base_b += t.batch_size
+            children.append(np.concatenate(parts_c))
+            batch.append(np.concatenate(parts_b))
+        leaf_base = np.cumsum([0] + [int(t.batch_nnum_nempty[depth].sum()) for t in trees])
+        point_leaf = np.concatenate([t.point_leaf + leaf_base[i] for i, t in enumerate(trees)])
+
+        def cat(attr: str) -> Any:
+            vals = [getattr(t, attr) for t in trees]
+            return None if vals[0] is None else np.concatenate(vals)
+
+        return Octree(
+            depth=depth,
+            full_depth=first.full_depth,
+            batch_size=sum(t.batch_size for t in trees),
+            keys=keys,
+            children=children,
+            batch=batch,
+            batch_nnum=np.concatenate([t.batch_nnum for t in trees], axis=1),
+            batch_nnum_nempty=np.concatenate([t.batch_nnum_nempty for t in trees], axis=1),
+            point_leaf=point_leaf.astype(np.int64),
+            origin=np.concatenate([t.origin for t in trees]),
+            voxel_size=np.concatenate([t.voxel_size for t in trees]),
+            coords=first.coords,
+            features=cat("features"),
+            normals=cat("normals"),
+        )
+
+    def to_ocnn(self, device: Any = "cpu") -> Any:
+        """An ``ocnn.octree.Octree`` with identical keys/children (needs ocnn; depth ≤ 16, batch < 32768)."""
+        try:
+            import torch
+            from ocnn.octree import Octree as OcnnOctree
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("Octree.to_ocnn needs ocnn and torch: pip install ocnn torch") from exc
+        if self.depth > 16:
+            raise OctformerError(f"depth: ocnn packs keys in 48 bits, so expected depth <= 16, got {self.depth}")
+        if self.batch_size >= 1 << 15:
+            raise OctformerError(f"batch_size: ocnn stores the batch in 15 bits, expected < 32768, got {self.batch_size}")
+        t = self.numpy()
+        oc = OcnnOctree(self.depth, self.full_depth, batch_size=self.batch_size, device="cpu")
+        for d in range(self.depth + 1):
+            key = t.keys[d] | (t.batch[d].astype(np.int64) << 48) if self.batch_size > 1 else t.keys[d]
+            oc.keys[d] = torch.from_numpy(np.ascontiguousarray(key))
+            oc.children[d] = torch.from_numpy(np.ascontiguousarray(t.children[d]))
+        oc.nnum = torch.from_numpy(t.nnum.astype(np.int64))
+        oc.nnum_nempty = torch.from_numpy(t.nnum_nempty.astype(np.int64))
+        oc.batch_nnum = torch.from_numpy(t.batch_nnum.astype(np.int64))
+        oc.batch_nnum_nempty = torch.from_numpy(t.batch_nnum_nempty.astype(np.int64))
+        d = self.depth
+        # ocnn keeps leaf points in its [0, 2^depth) grid coordinates: use the cell centres
+        oc.points[d] = torch.from_numpy((t.xyz(d).astype(np.float32) + 0.5))
+        if t.features is not None:
+            oc.features[d] = torch.from_numpy(t.features)
+        if t.normals is not None:
+            oc.normals[d] = torch.from_numpy(t.normals)
+        return oc.to(device)
+
+    # ------------------------------------------------------------- equality
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Octree):
+            return NotImplemented
+        a, b = self.numpy(), other.numpy()
+        for f in fields(self):
+            if f.name == "_neighbor_cache":
+                continue
+            x, y = getattr(a, f.name), getattr(b, f.name)
+            if isinstance(x, list):
+                if not isinstance(y, list) or len(x) != len(y):
+                    return False
+                if not all(np.array_equal(p, q) for p, q in zip(x, y)):
+                    return False
+            elif x is None or y is None:
+                if x is not y:
+                    return False
+            elif isinstance(x, np.ndarray):
+                if not (isinstance(y, np.ndarray) and x.dtype == y.dtype and np.array_equal(x, y)):
+                    return False
+            elif x != y:
+                return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __getstate__(self) -> dict:
+        # neighbour tables are a cache: rebuilt on demand, never shipped between workers
+        state = dict(self.__dict__)
+        state["_neighbor_cache"] = {}
+        return state
+
+    def _check_depth(self, depth: int) -> int:
+        if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or not 0 <= depth <= self.depth:
+            raise OctformerError(f"depth: expected an integer in 0..{self.depth}, got {depth!r}")
+        return int(depth)
+
+    def summary(self) -> str:
+        """Per-depth node counts as a small text table."""
+        lines = [f"{'depth':>5} {'nodes':>12} {'non-empty':>12}"]
+        for d, (n, ne) in enumerate(zip(self.nnum, self.nnum_nempty)):
+            lines.append(f"{d:>5} {int(n):>12,} {int(ne):>12,}")
+        return "\n".join(lines)
+
+
+def key_to_xyz(keys: np.ndarray) -> np.ndarray:
+    """(M,) Morton keys → (M, 3) int32 cell coordinates (x bit most significant per triple)."""
+    keys = np.asarray(keys, dtype=np.int64)
+    out = np.zeros((keys.shape[0], 3), dtype=np.int32)
+    for i in range(21):
+        for axis, shift in ((0, 2), (1, 1), (2, 0)):
+            out[:, axis] |= (((keys >> (3 * i + shift)) & 1) << i).astype(np.int32)
+    return out
+
+
+def _to_numpy(a: Any) -> Any:
+    if a is None or isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "detach"):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def _like(table: np.ndarray, ref: Any) -> Any:
+    """Return ``table`` as the same array kind (numpy or torch on the same device) as ``ref``."""
+    if isinstance(ref, np.ndarray):
+        return table
+    import torch
+
+    return torch.from_numpy(table).to(ref.device)
+
+
+# ---------------------------------------------------------------------------- build
+
+
+def _as_points(points: Any, name: str = "points") -> tuple[np.ndarray, np.ndarray | None]:
+    """Accept numpy, CPU torch or an Open3D point cloud; return (N, 3) float and Open3D normals."""
+    o3d_normals = None
+    mod = type(points).__module__ or ""
+    if mod.startswith("open3d"):
+        if not hasattr(points, "points"):
+            raise TypeError(f"{name}: expected an open3d.geometry.PointCloud, got {type(points).__name__}")
+        if hasattr(points, "has_normals") and points.has_normals():
+            o3d_normals = np.asarray(points.normals, dtype=np.float32)
+        points = np.asarray(points.points)
+    elif hasattr(points, "detach") and hasattr(points, "device"):
+        if points.device.type != "cpu":
+            raise TypeError(f"{name}: expected a CPU tensor (octrees are built on the CPU), got device {points.device}")
+        points = points.detach().numpy()
+    elif not isinstance(points, np.ndarray):
+        if isinstance(points, (list, tuple)):
+            points = np.asarray(points)
+        else:
+            raise TypeError(f"{name}: expected a numpy array, CPU torch tensor or Open3D PointCloud, got {type(points).__name__}")
+    if points.dtype.kind != "f":
+        raise TypeError(f"{name}: expected a float dtype (float32 or float64), got {points.dtype}")
+    if points.ndim != 2 or points.shape[1] != 3:
+        hint = " (pass points[:, :3] if the extra columns are attributes)" if points.ndim == 2 and points.shape[1] > 3 else ""
+        raise OctformerError(f"{name}: expected shape (N, 3), got {tuple(points.shape)}{hint}")
+    if points.dtype == np.float16:
+        points = points.astype(np.float32)
+    return np.ascontiguousarray(points), o3d_normals
+
+
+def _as_offsets(offsets: Any, n: int) -> np.ndarray:
+    if offsets is None:
+        return np.array([0, n], dtype=np.int64)
+    if hasattr(offsets, "detach"):
+        offsets = offsets.detach().cpu().numpy()
+    offsets = np.asarray(offsets)
+    if offsets.ndim != 1 or offsets.shape[0] < 2 or offsets.dtype.kind not in "iu":
+        raise OctformerError(f"offsets: expected a 1-D integer array (B+1,) with B >= 1, got shape {offsets.shape} dtype {offsets.dtype}")
+    offsets = offsets.astype(np.int64)
+    if offsets[0] != 0 or offsets[-1] != n:
+        raise OctformerError(f"offsets: expected to start at 0 and end at N={n}, got {offsets[0]} .. {offsets[-1]}")
+    if np.any(np.diff(offsets) < 0):
+        bad = int(np.argmax(np.diff(offsets) < 0))
+        raise OctformerError(f"offsets: expected non-decreasing values, got {offsets[bad]} then {offsets[bad + 1]} at index {bad}")
+    return np.ascontiguousarray(offsets)
+
+
+def _as_values(values: Any, n: int, name: str, channels: int | None = None) -> np.ndarray | None:
+    if values is None:
+        return None
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    values = np.asarray(values)
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.ndim != 2 or values.shape[0] != n:
+        raise OctformerError(f"{name}: expected one row per point, shape ({n}, C), got {tuple(values.shape)}")
+    if channels is not None and values.shape[1] != channels:
+        raise OctformerError(f"{name}: expected shape ({n}, {channels}), got {tuple(values.shape)}")
+    if values.dtype.kind not in "fiub":
+        raise TypeError(f"{name}: expected a numeric dtype, got {values.dtype}")
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def _segment_minmax(pts: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-sample (B, 3) min and max, and a (B,) mask of non-empty samples."""
+    b = offsets.shape[0] - 1
+    lo = np.zeros((b, 3), dtype=np.float64)
+    hi = np.zeros((b, 3), dtype=np.float64)
+    nonempty = offsets[1:] > offsets[:-1]
+    if pts.shape[0]:
+        if not np.isfinite(pts).all():
+            bad = np.argwhere(~np.isfinite(pts))[0]
+            raise OctformerError(f"points: expected finite coordinates, got {pts[bad[0], bad[1]]} at point {bad[0]}, axis {bad[1]}")
+        starts = offsets[:-1][nonempty]
+        lo[nonempty] = np.minimum.reduceat(pts, starts, axis=0)
+        hi[nonempty] = np.maximum.reduceat(pts, starts, axis=0)
+    return lo, hi, nonempty
+
+
+def _cylindrical(pts: np.ndarray) -> np.ndarray:
+    """(x, y, z) → (rho, phi, z) with phi = atan2(y, x) in [-pi, pi]."""
+    out = np.empty_like(pts)
+    out[:, 0] = np.hypot(pts[:, 0], pts[:, 1])
+    out[:, 1] = np.arctan2(pts[:, 1], pts[:, 0])
+    out[:, 2] = pts[:, 2]
+    return out
+
+
+def _parse_bbox(bbox: Any, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        lo, hi = bbox
+        lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), (batch, 3)).copy()
+        hi = np.broadcast_to(np.asarray(hi, dtype=np.float64), (batch, 3)).copy()
+    except (TypeError, ValueError) as exc:
+        raise OctformerError(f"bbox: expected 'auto' or (min_xyz, max_xyz) with 3 values each, got {bbox!r}") from exc
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()) or np.any(hi <= lo):
+        raise OctformerError(f"bbox: expected finite min < max on every axis, got min {lo[0].tolist()} max {hi[0].tolist()}")
+    return lo, hi
+
+
+def build_octree(
+    points: Any,
+    depth: int | None = None,
+    *,
+    voxel_size: float | None = None,
+    full_depth: int = 2,
+    bbox: Any = None,
+    features: Any = None,
+    normals: Any = None,
+    offsets: Any = None,
+    coords: str = "cartesian",
+    clip: bool = False,
+    num_threads: int | None = None,
+) -> Octree:
+    """Build an octree (or a batch, with ``offsets``) from (N, 3) points in Rust.
+
+    Args:
+        points: (N, 3) float32/float64 numpy array, CPU torch tensor or Open3D PointCloud.
+        depth: leaf depth in 1..21; default 8 unless ``voxel_size`` is given (not both).
+        voxel_size: pick the smallest depth whose leaf cell is at most this size.
+        full_depth: levels 0..full_depth are dense, as in ocnn (clamped to ``depth``).
+        bbox: ``"auto"``/None (tight cube per sample) or ``(min_xyz, max_xyz)``; in
+            (rho, phi, z) for cylindrical trees, where auto means rho in [0, max],
+            phi in [-pi, pi], z tight.
+        features: (N, C) per-point values averaged per non-empty leaf.
+        normals: (N, 3) averaged then re-normalised per leaf.
+        offsets: (B+1,) sample boundaries: sample b is ``points[offsets[b]:offsets[b+1]]``.
+        coords: ``"cartesian"`` or ``"cylindrical"`` (phi periodic in neighbour tables).
+        clip: clamp points outside an explicit bbox instead of raising.
+        num_threads: native threads (default ``OCTFORMER_NUM_THREADS`` or all cores; 1
+            inside DataLoader workers).
+    """
+    pts, o3d_normals = _as_points(points)
+    if normals is None:
+        normals = o3d_normals
+    n = pts.shape[0]
+    offs = _as_offsets(offsets, n)
+    batch = offs.shape[0] - 1
+    if coords not in COORDS:
+        raise OctformerError(f"coords: expected one of {COORDS}, got {coords!r}")
+    if isinstance(full_depth, bool) or not isinstance(full_depth, (int, np.integer)) or full_depth < 0:
+        raise OctformerError(f"full_depth: expected a non-negative integer, got {full_depth!r}")
+    if depth is not None and voxel_size is not None:
+        raise OctformerError(f"depth and voxel_size: expected one of them, got depth={depth} and voxel_size={voxel_size}")
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or not 1 <= depth <= MAX_DEPTH):
+        raise OctformerError(f"depth: expected an integer in 1..{MAX_DEPTH}, got {depth!r}")
+    features = _as_values(features, n, "features")
+    normals = _as_values(normals, n, "normals", channels=3)
+
+    if coords == "cylindrical":
+        pts = _cylindrical(pts.astype(np.float64))
+    lo, hi, nonempty = _segment_minmax(pts, offs)
+    auto_box = bbox is None or (isinstance(bbox, str) and bbox == "auto")
+    if auto_box:
+        if coords == "cylindrical":
+            lo[:, 0] = 0.0
+            lo[:, 1], hi[:, 1] = -math.pi, math.pi
+            span = hi - lo
+            span[span <= 0] = 1.0
+            hi = lo + span
+        else:
+            center = (lo + hi) / 2
+            side = (hi - lo).max(axis=1)
+            side[(side <= 0) | ~nonempty] = 1.0
+            lo = center - side[:, None] / 2
+            hi = center + side[:, None] / 2
+    elif isinstance(bbox, str):
+        raise OctformerError(f"bbox: expected 'auto' or (min_xyz, max_xyz), got {bbox!r}")
+    else:
+        lo, hi = _parse_bbox(bbox, batch)
+
+    extent = hi - lo
+    if voxel_size is not None:
+        if not (isinstance(voxel_size, (int, float, np.floating, np.integer)) and voxel_size > 0 and math.isfinite(voxel_size)):
+            raise OctformerError(f"voxel_size: expected a positive finite number, got {voxel_size!r}")
+        largest = float(extent.max()) if batch else 1.0
+        depth = max(1, math.ceil(math.log2(largest / voxel_size) - 1e-12))
+        if depth > MAX_DEPTH:
+            raise OctformerError(
+                f"voxel_size: {voxel_size} in a box of side {largest} needs depth {depth}, more than the maximum {MAX_DEPTH}"
+            )
+    if depth is None:
+        depth = DEFAULT_DEPTH
+    depth = int(depth)
+    full_depth = min(int(full_depth), depth)
+    cells = extent / float(1 << depth)
+
+    raw = _core.build_octree(
+        pts,
+        offs,
+        np.ascontiguousarray(lo),
+        np.ascontiguousarray(cells),
+        depth,
+        full_depth,
+        # an auto box holds every point by construction; clipping only absorbs rounding
+        clip=bool(clip) or auto_box,
+        num_threads=default_num_threads(num_threads),
+    )
+    num_leaves = int(raw["batch_nnum_nempty"][depth].sum())
+    threads = default_num_threads(num_threads)
+    leaf_features = None
+    leaf_normals = None
+    if features is not None:
+        leaf_features = _core.average_leaf_values(features, raw["point_leaf"], num_leaves, num_threads=threads)
+    if normals is not None:
+        leaf_normals = _core.average_leaf_values(normals, raw["point_leaf"], num_leaves, normalize=True, num_threads=threads)
+    return Octree(
+        depth=depth,
+        full_depth=full_depth,
+        batch_size=batch,
+        keys=raw["keys"],
+        children=raw["children"],
+        batch=raw["batch"],
+        batch_nnum=raw["batch_nnum"],
+        batch_nnum_nempty=raw["batch_nnum_nempty"],
+        point_leaf=raw["point_leaf"],
+        origin=lo,
+        voxel_size=cells,
+        coords=coords,
+        features=leaf_features,
+        normals=leaf_normals,
+    )
+
+
+def _install_format_methods() -> None:
+    """Attach OCTF (de)serialisation, implemented in octformer.format, to Octree."""
+
+    def to_bytes(self: Octree, **kwargs: Any) -> bytes:
+        """Encode as OCTF bytes (see docs/octf-format.md)."""
+        from octformer import format as octf
+
+        return octf.encode(self, **kwargs)
+
+    def from_bytes(data: bytes, **kwargs: Any) -> Octree:
+        """Decode OCTF bytes written by :meth:`Octree.to_bytes`."""
+        from octformer import format as octf
+
+        return octf.decode(data, **kwargs)
+
+    Octree.to_bytes = to_bytes  # type: ignore[attr-defined]
+    Octree.from_bytes = staticmethod(from_bytes)  # type: ignore[attr-defined]
+
+
+_install_format_methods()

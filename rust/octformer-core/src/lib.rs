@@ -1,0 +1,26 @@
+//! octformer-core: the algorithmic heart of octformer, free of Python and torch.
+//!
+//! Slices in, owned `Vec`s out, typed errors ([`CoreError`]). The PyO3 crate
+//! `octformer-py` only converts arrays, releases the GIL and maps errors.
+//!
+//! Conventions (see `docs/architecture.md`):
+//! - Morton keys put the x bit most significant in each triple (x→3i+2, y→3i+1, z→3i);
+//!   depth 1..=21, so keys fit in 63 bits. The batch index lives in its own array.
+//! - Child index within a parent is `4x + 2y + z`.
+//! - Neighbour slot for offset (dx, dy, dz) ∈ {-1,0,1}³ is `(dx+1)*9 + (dy+1)*3 + (dz+1)`.
+
+pub mod curve;
+pub mod error;
+pub mod flatten;
+pub mod format;
+pub mod morton;
+pub mod neighbors;
+pub mod octree;
+pub mod omnitree;
+pub mod sort;
+
+pub use error::{CoreError, Result};
+pub use octree::{BuildOptions, Octree, SampleBox, build_octree};
+
+/// Deepest supported octree level: 3 × 21 = 63 key bits.
+pub const MAX_DEPTH: u8 = 21;

@@ -1,0 +1,554 @@
+//! Octree construction from points, bit-compatible with ocnn's `Octree.build_octree`.
+//!
+//! Per sample: quantise points into the sample's box, Morton-encode, radix-sort,
+//! collapse runs into non-empty leaves, then walk up the levels giving every split
+//! node all 8 children (empty ones included, exactly as ocnn). Levels `0..=full_depth`
+//! are dense. Samples are built independently and concatenated (flat batching).
+
+use crate::error::{CoreError, Result};
+use crate::morton;
+use crate::sort::{RadixKey, radix_sort};
+use crate::MAX_DEPTH;
+use rayon::prelude::*;
+
+/// Float types accepted as point coordinates; arithmetic stays in that precision so
+/// float32 input quantises exactly as torch does in ocnn.
+pub trait Coord: Copy + Send + Sync + PartialOrd + 'static {
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn is_finite(self) -> bool;
+    fn sub(self, o: Self) -> Self;
+    fn mul(self, o: Self) -> Self;
+    fn floor(self) -> Self;
+}
+
+macro_rules! impl_coord {
+    ($t:ty) => {
+        impl Coord for $t {
+            #[inline(always)]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn is_finite(self) -> bool {
+                <$t>::is_finite(self)
+            }
+            #[inline(always)]
+            fn sub(self, o: Self) -> Self {
+                self - o
+            }
+            #[inline(always)]
+            fn mul(self, o: Self) -> Self {
+                self * o
+            }
+            #[inline(always)]
+            fn floor(self) -> Self {
+                <$t>::floor(self)
+            }
+        }
+    };
+}
+impl_coord!(f32);
+impl_coord!(f64);
+
+/// Where a sample's grid sits in space: cell (x, y, z) covers
+/// `origin + [x, x+1) * cell` per axis; the box spans `2^depth` cells per axis.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleBox {
+    pub origin: [f64; 3],
+    /// Leaf cell size per axis (equal for the usual cube).
+    pub cell: [f64; 3],
+}
+
+/// Build parameters shared by every sample of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildOptions {
+    pub depth: u8,
+    pub full_depth: u8,
+    /// Clamp points outside the box into it instead of failing.
+    pub clip: bool,
+}
+
+/// A batch of octrees in ocnn's layout, one flat array per depth.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Octree {
+    pub depth: u8,
+    /// Levels `0..=full_depth` are dense (every node present).
+    pub full_depth: u8,
+    pub batch_size: usize,
+    /// Sorted Morton keys of all nodes per depth, grouped by sample.
+    pub keys: Vec<Vec<u64>>,
+    /// -1 for an empty node, else its rank among the non-empty nodes of that depth.
+    pub children: Vec<Vec<i32>>,
+    /// Sample index of every node per depth.
+    pub batch: Vec<Vec<i32>>,
+    /// `batch_nnum[d][b]`: nodes of sample b at depth d.
+    pub batch_nnum: Vec<Vec<usize>>,
+    /// `batch_nnum_nempty[d][b]`: non-empty nodes of sample b at depth d.
+    pub batch_nnum_nempty: Vec<Vec<usize>>,
+    /// For every input point, the index of its leaf among the non-empty leaves at `depth`.
+    pub point_leaf: Vec<i64>,
+}
+
+impl Octree {
+    /// Total nodes at depth `d`.
+    pub fn nnum(&self, d: usize) -> usize {
+        self.keys[d].len()
+    }
+    /// Non-empty nodes at depth `d`.
+    pub fn nnum_nempty(&self, d: usize) -> usize {
+        self.batch_nnum_nempty[d].iter().sum()
+    }
+}
+
+/// One sample's levels before concatenation.
+struct SampleTree {
+    keys: Vec<Vec<u64>>,
+    children: Vec<Vec<i32>>,
+    point_leaf: Vec<i64>,
+    nonempty: Vec<usize>,
+}
+
+/// Packs (key, point index) either into one u64 or a pair, whichever fits.
+trait Item: RadixKey {
+    fn make(key: u64, idx: usize, idx_bits: u32) -> Self;
+    fn key(&self, idx_bits: u32) -> u64;
+    fn idx(&self, idx_bits: u32) -> usize;
+}
+
+impl Item for u64 {
+    #[inline(always)]
+    fn make(key: u64, idx: usize, idx_bits: u32) -> Self {
+        (key << idx_bits) | idx as u64
+    }
+    #[inline(always)]
+    fn key(&self, idx_bits: u32) -> u64 {
+        self >> idx_bits
+    }
+    #[inline(always)]
+    fn idx(&self, idx_bits: u32) -> usize {
+        if idx_bits == 0 { 0 } else { (self & ((1u64 << idx_bits) - 1)) as usize }
+    }
+}
+
+impl Item for (u64, u32) {
+    #[inline(always)]
+    fn make(key: u64, idx: usize, _: u32) -> Self {
+        (key, idx as u32)
+    }
+    #[inline(always)]
+    fn key(&self, _: u32) -> u64 {
+        self.0
+    }
+    #[inline(always)]
+    fn idx(&self, _: u32) -> usize {
+        self.1 as usize
+    }
+}
+
+/// Checks shared by all entry points.
+pub fn validate_depths(depth: u8, full_depth: u8) -> Result<()> {
+    if depth == 0 || depth > MAX_DEPTH {
+        return Err(CoreError::arg("depth", format!("an integer in 1..={MAX_DEPTH}"), depth));
+    }
+    if full_depth > depth {
+        return Err(CoreError::arg("full_depth", format!("at most depth ({depth})"), full_depth));
+    }
+    Ok(())
+}
+
+/// Build a batch of octrees. `points` is (N, 3) row-major, `offsets` (B+1,) with
+/// sample b owning points `offsets[b]..offsets[b+1]`, `boxes` one per sample.
+pub fn build_octree<T: Coord>(
+    points: &[T],
+    offsets: &[usize],
+    boxes: &[SampleBox],
+    opts: BuildOptions,
+) -> Result<Octree> {
+    validate_depths(opts.depth, opts.full_depth)?;
+    if points.len() % 3 != 0 {
+        return Err(CoreError::arg("points", "a flat (N, 3) buffer", format!("{} values", points.len())));
+    }
+    let n = points.len() / 3;
+    if offsets.is_empty() || offsets[0] != 0 || *offsets.last().unwrap() != n {
+        return Err(CoreError::arg("offsets", format!("(B+1,) starting at 0 and ending at N={n}"), format!("{offsets:?}")));
+    }
+    if offsets.windows(2).any(|w| w[1] < w[0]) {
+        return Err(CoreError::arg("offsets", "non-decreasing values", format!("{offsets:?}")));
+    }
+    let batch_size = offsets.len() - 1;
+    if boxes.len() != batch_size {
+        return Err(CoreError::arg("boxes", format!("{batch_size} boxes (one per sample)"), boxes.len()));
+    }
+    for b in boxes {
+        if b.cell.iter().any(|c| !(c.is_finite() && *c > 0.0)) || b.origin.iter().any(|o| !o.is_finite()) {
+            return Err(CoreError::arg("bbox", "finite origin and positive finite cell size", format!("{b:?}")));
+        }
+    }
+    let build_one = |s: usize| build_sample(&points[offsets[s] * 3..offsets[s + 1] * 3], offsets[s], &boxes[s], opts);
+    let samples: Vec<SampleTree> = if batch_size == 1 {
+        vec![build_one(0)?]
+    } else {
+        (0..batch_size).into_par_iter().map(build_one).collect::<Result<Vec<_>>>()?
+    };
+    Ok(concat_samples(samples, opts))
+}
+
+fn build_sample<T: Coord>(pts: &[T], first: usize, bx: &SampleBox, opts: BuildOptions) -> Result<SampleTree> {
+    let n = pts.len() / 3;
+    let key_bits = 3 * opts.depth as u32;
+    let idx_bits = if n <= 1 { 0 } else { usize::BITS - (n - 1).leading_zeros() };
+    if key_bits + idx_bits <= 64 {
+        build_sample_with::<T, u64>(pts, first, bx, opts, idx_bits)
+    } else {
+        build_sample_with::<T, (u64, u32)>(pts, first, bx, opts, 0)
+    }
+}
+
+fn build_sample_with<T: Coord, I: Item>(
+    pts: &[T],
+    first: usize,
+    bx: &SampleBox,
+    opts: BuildOptions,
+    idx_bits: u32,
+) -> Result<SampleTree> {
+    let n = pts.len() / 3;
+    let depth = opts.depth as usize;
+    let side = (1u64 << depth) as f64;
+    let top = T::from_f64(side);
+    let last = T::from_f64(side - 1.0);
+    let zero = T::from_f64(0.0);
+    let origin = bx.origin.map(T::from_f64);
+    let inv = bx.cell.map(|c| T::from_f64(1.0 / c));
+
+    // quantise + encode; chunks report their first non-finite value / out-of-box count
+    const CHUNK: usize = 1 << 14;
+    let mut items: Vec<I> = vec![I::default(); n];
+    let reports: Vec<ChunkReport> = items
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .map(|(c, out)| {
+            let mut rep = ChunkReport::default();
+            for (j, slot) in out.iter_mut().enumerate() {
+                let i = c * CHUNK + j;
+                let mut q = [0u32; 3];
+                let mut outside = false;
+                for a in 0..3 {
+                    let v = pts[3 * i + a];
+                    if !v.is_finite() {
+                        rep.non_finite.get_or_insert((first + i, a, v.to_f64()));
+                        continue;
+                    }
+                    let mut t = v.sub(origin[a]).mul(inv[a]);
+                    if t < zero || t > top {
+                        outside = true;
+                        t = if t < zero { zero } else { last };
+                    } else if t > last {
+                        t = last;
+                    }
+                    q[a] = t.floor().to_f64() as u32;
+                }
+                if outside {
+                    rep.add_outside([pts[3 * i].to_f64(), pts[3 * i + 1].to_f64(), pts[3 * i + 2].to_f64()]);
+                }
+                *slot = I::make(morton::encode(q[0], q[1], q[2]), i, idx_bits);
+            }
+            rep
+        })
+        .collect();
+    let mut total = ChunkReport::default();
+    for r in reports {
+        total.merge(r);
+    }
+    if let Some((index, axis, value)) = total.non_finite {
+        return Err(CoreError::NonFinite { index, axis, value });
+    }
+    if total.outside > 0 && !opts.clip {
+        let bbox_max = [0, 1, 2].map(|a| bx.origin[a] + bx.cell[a] * side);
+        return Err(CoreError::OutOfBounds { count: total.outside, bbox_min: bx.origin, bbox_max, min: total.min, max: total.max });
+    }
+
+    let key_bits = 3 * depth as u32;
+    if std::mem::size_of::<I>() == 8 {
+        radix_sort(&mut items, idx_bits, idx_bits + key_bits);
+    } else {
+        radix_sort(&mut items, 0, key_bits);
+    }
+
+    // collapse runs of equal keys into leaves
+    let mut leaves: Vec<u64> = Vec::new();
+    let mut point_leaf = vec![0i64; n];
+    let mut prev = u64::MAX;
+    for it in &items {
+        let k = it.key(idx_bits);
+        if k != prev {
+            leaves.push(k);
+            prev = k;
+        }
+        point_leaf[it.idx(idx_bits)] = (leaves.len() - 1) as i64;
+    }
+    drop(items);
+
+    let (keys, children, nonempty) = grow_levels(leaves, opts.depth, opts.full_depth);
+    Ok(SampleTree { keys, children, point_leaf, nonempty })
+}
+
+/// From the sorted non-empty keys at `depth`, make every level: keys and children.
+pub fn grow_levels(leaves: Vec<u64>, depth: u8, full_depth: u8) -> (Vec<Vec<u64>>, Vec<Vec<i32>>, Vec<usize>) {
+    let depth = depth as usize;
+    let fd = full_depth as usize;
+    let mut keys = vec![Vec::new(); depth + 1];
+    let mut children = vec![Vec::new(); depth + 1];
+    let mut nonempty = vec![0usize; depth + 1];
+    let mut level = leaves;
+    for d in (fd + 1..=depth).rev() {
+        let mut parents: Vec<u64> = Vec::with_capacity(level.len() / 2 + 1);
+        for &k in &level {
+            let p = k >> 3;
+            if parents.last() != Some(&p) {
+                parents.push(p);
+            }
+        }
+        let mut kd = Vec::with_capacity(parents.len() * 8);
+        for &p in &parents {
+            kd.extend((0..8).map(|c| (p << 3) | c));
+        }
+        let mut cd = vec![-1i32; kd.len()];
+        let mut j = 0usize;
+        for (rank, &k) in level.iter().enumerate() {
+            while parents[j] != k >> 3 {
+                j += 1;
+            }
+            cd[8 * j + (k & 7) as usize] = rank as i32;
+        }
+        nonempty[d] = level.len();
+        keys[d] = kd;
+        children[d] = cd;
+        level = parents;
+    }
+    // dense top: level `fd` records real occupancy, levels above are all non-empty
+    let size = 1usize << (3 * fd);
+    let mut cd = vec![-1i32; size];
+    for (rank, &k) in level.iter().enumerate() {
+        cd[k as usize] = rank as i32;
+    }
+    nonempty[fd] = level.len();
+    keys[fd] = (0..size as u64).collect();
+    children[fd] = cd;
+    for d in 0..fd {
+        let size = 1usize << (3 * d);
+        keys[d] = (0..size as u64).collect();
+        children[d] = (0..size as i32).collect();
+        nonempty[d] = size;
+    }
+    (keys, children, nonempty)
+}
+
+fn concat_samples(samples: Vec<SampleTree>, opts: BuildOptions) -> Octree {
+    let depth = opts.depth as usize;
+    let batch_size = samples.len();
+    let mut tree = Octree {
+        depth: opts.depth,
+        full_depth: opts.full_depth,
+        batch_size,
+        keys: vec![Vec::new(); depth + 1],
+        children: vec![Vec::new(); depth + 1],
+        batch: vec![Vec::new(); depth + 1],
+        batch_nnum: vec![vec![0; batch_size]; depth + 1],
+        batch_nnum_nempty: vec![vec![0; batch_size]; depth + 1],
+        point_leaf: Vec::new(),
+    };
+    if batch_size == 1 {
+        let s = samples.into_iter().next().unwrap();
+        for d in 0..=depth {
+            tree.batch_nnum[d][0] = s.keys[d].len();
+            tree.batch_nnum_nempty[d][0] = s.nonempty[d];
+            tree.batch[d] = vec![0; s.keys[d].len()];
+        }
+        tree.keys = s.keys;
+        tree.children = s.children;
+        tree.point_leaf = s.point_leaf;
+        return tree;
+    }
+    let mut leaf_base = 0i64;
+    let mut nempty_base = vec![0i32; depth + 1];
+    for (b, s) in samples.into_iter().enumerate() {
+        for d in 0..=depth {
+            tree.batch_nnum[d][b] = s.keys[d].len();
+            tree.batch_nnum_nempty[d][b] = s.nonempty[d];
+            tree.keys[d].extend_from_slice(&s.keys[d]);
+            let base = nempty_base[d];
+            tree.children[d].extend(s.children[d].iter().map(|&c| if c < 0 { -1 } else { c + base }));
+            tree.batch[d].extend(std::iter::repeat_n(b as i32, s.keys[d].len()));
+            nempty_base[d] += s.nonempty[d] as i32;
+        }
+        tree.point_leaf.extend(s.point_leaf.iter().map(|&l| l + leaf_base));
+        leaf_base += s.nonempty[depth] as i64;
+    }
+    tree
+}
+
+#[derive(Default)]
+struct ChunkReport {
+    non_finite: Option<(usize, usize, f64)>,
+    outside: usize,
+    min: [f64; 3],
+    max: [f64; 3],
+}
+
+impl ChunkReport {
+    fn add_outside(&mut self, p: [f64; 3]) {
+        if self.outside == 0 {
+            self.min = p;
+            self.max = p;
+        } else {
+            for a in 0..3 {
+                self.min[a] = self.min[a].min(p[a]);
+                self.max[a] = self.max[a].max(p[a]);
+            }
+        }
+        self.outside += 1;
+    }
+    fn merge(&mut self, o: ChunkReport) {
+        if self.non_finite.is_none() {
+            self.non_finite = o.non_finite;
+        }
+        if o.outside > 0 {
+            if self.outside == 0 {
+                self.min = o.min;
+                self.max = o.max;
+            } else {
+                for a in 0..3 {
+                    self.min[a] = self.min[a].min(o.min[a]);
+                    self.max[a] = self.max[a].max(o.max[a]);
+                }
+            }
+            self.outside += o.outside;
+        }
+    }
+}
+
+/// Average per-point values (N, C) over each non-empty leaf; optionally re-normalise
+/// each averaged row to unit length (normals). Sums in f64, in point order.
+pub fn average_per_leaf(values: &[f32], channels: usize, point_leaf: &[i64], num_leaves: usize, normalize: bool) -> Result<Vec<f32>> {
+    if channels == 0 || values.len() != point_leaf.len() * channels {
+        return Err(CoreError::arg("features", format!("({}, C) values", point_leaf.len()), format!("{} values with C={channels}", values.len())));
+    }
+    let mut sums = vec![0f64; num_leaves * channels];
+    let mut counts = vec![0u32; num_leaves];
+    for (i, &l) in point_leaf.iter().enumerate() {
+        let l = l as usize;
+        counts[l] += 1;
+        let row = &values[i * channels..(i + 1) * channels];
+        for (s, v) in sums[l * channels..(l + 1) * channels].iter_mut().zip(row) {
+            *s += *v as f64;
+        }
+    }
+    let mut out = vec![0f32; num_leaves * channels];
+    out.par_chunks_mut(channels).enumerate().for_each(|(l, o)| {
+        let s = &sums[l * channels..(l + 1) * channels];
+        let c = counts[l].max(1) as f64;
+        if normalize {
+            let norm = s.iter().map(|v| v * v).sum::<f64>().sqrt();
+            let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+            for (o, v) in o.iter_mut().zip(s) {
+                *o = (v * scale) as f32;
+            }
+        } else {
+            for (o, v) in o.iter_mut().zip(s) {
+                *o = (v / c) as f32;
+            }
+        }
+    });
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cube(depth: u8) -> SampleBox {
+        let c = 2.0 / (1u64 << depth) as f64;
+        SampleBox { origin: [-1.0; 3], cell: [c; 3] }
+    }
+
+    fn opts(depth: u8) -> BuildOptions {
+        BuildOptions { depth, full_depth: 2.min(depth), clip: false }
+    }
+
+    proptest! {
+        #[test]
+        fn structure_invariants(pts in proptest::collection::vec(-0.99f32..0.99, 0..600), depth in 1u8..9) {
+            let n = pts.len() / 3;
+            let pts = &pts[..n * 3];
+            let t = build_octree(pts, &[0, n], &[cube(depth)], opts(depth)).unwrap();
+            for d in 0..=depth as usize {
+                prop_assert!(t.keys[d].windows(2).all(|w| w[0] < w[1]));
+                let ne: Vec<i32> = t.children[d].iter().copied().filter(|&c| c >= 0).collect();
+                prop_assert_eq!(ne, (0..t.nnum_nempty(d) as i32).collect::<Vec<_>>());
+                if d > 0 && d > t.full_depth as usize {
+                    // parent of every node is a non-empty node one level up
+                    for (i, k) in t.keys[d].iter().enumerate() {
+                        let rank = i / 8;
+                        let parent = t.children[d - 1].iter().position(|&c| c == rank as i32).unwrap();
+                        prop_assert_eq!(t.keys[d - 1][parent], k >> 3);
+                    }
+                }
+            }
+            // every point lies inside its leaf cell
+            let leaf_keys: Vec<u64> = t.keys[depth as usize].iter().zip(&t.children[depth as usize]).filter(|(_, c)| **c >= 0).map(|(k, _)| *k).collect();
+            let cell = 2.0 / (1u64 << depth) as f64;
+            for i in 0..n {
+                let [x, y, z] = morton::decode(leaf_keys[t.point_leaf[i] as usize]);
+                for (a, q) in [x, y, z].into_iter().enumerate() {
+                    let lo = -1.0 + q as f64 * cell;
+                    let p = pts[3 * i + a] as f64;
+                    prop_assert!(p >= lo - 1e-6 && p < lo + cell + 1e-6);
+                }
+            }
+        }
+
+        #[test]
+        fn batch_equals_concatenation(a in proptest::collection::vec(-0.99f32..0.99, 0..300), b in proptest::collection::vec(-0.99f32..0.99, 0..300)) {
+            let (a, b) = (&a[..a.len() / 3 * 3], &b[..b.len() / 3 * 3]);
+            let ta = build_octree(a, &[0, a.len() / 3], &[cube(5)], opts(5)).unwrap();
+            let tb = build_octree(b, &[0, b.len() / 3], &[cube(5)], opts(5)).unwrap();
+            let all: Vec<f32> = a.iter().chain(b).copied().collect();
+            let t = build_octree(&all, &[0, a.len() / 3, all.len() / 3], &[cube(5), cube(5)], opts(5)).unwrap();
+            for d in 0..=5 {
+                prop_assert_eq!(t.keys[d].clone(), [ta.keys[d].clone(), tb.keys[d].clone()].concat());
+            }
+        }
+    }
+
+    #[test]
+    fn errors_are_typed() {
+        let p = [0.0f32, f32::NAN, 0.0];
+        assert!(matches!(build_octree(&p, &[0, 1], &[cube(4)], opts(4)), Err(CoreError::NonFinite { index: 0, axis: 1, .. })));
+        let p = [0.0f32, 1.5, 0.0, 0.0, 0.0, 0.0];
+        match build_octree(&p, &[0, 2], &[cube(4)], opts(4)) {
+            Err(CoreError::OutOfBounds { count, .. }) => assert_eq!(count, 1),
+            other => panic!("{other:?}"),
+        }
+        let clipped = build_octree(&p, &[0, 2], &[cube(4)], BuildOptions { clip: true, ..opts(4) }).unwrap();
+        assert_eq!(clipped.nnum_nempty(4), 2);
+        assert!(build_octree(&p, &[0, 2], &[cube(4)], opts(0)).is_err());
+        assert!(build_octree(&p, &[0, 2], &[cube(4)], opts(22)).is_err());
+        assert!(build_octree(&p, &[0, 1], &[cube(4)], opts(4)).is_err());
+    }
+
+    #[test]
+    fn deep_tree_uses_pair_items() {
+        // 3*21 key bits + index bits > 64 forces the (key, idx) sort path
+        let pts: Vec<f64> = (0..3000).map(|i| ((i * 7919) % 1999) as f64 / 1000.0 - 0.999).collect();
+        let c = 2.0 / (1u64 << 21) as f64;
+        let t = build_octree(&pts, &[0, 1000], &[SampleBox { origin: [-1.0; 3], cell: [c; 3] }], opts(21)).unwrap();
+        assert!(t.keys[21].windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(t.point_leaf.len(), 1000);
+    }
+}

@@ -1,0 +1,1 @@
+//! (placeholder: filled in by the serialization work, issue 3)

@@ -1,0 +1,140 @@
+//! Stable LSD radix sort on a bit range of a 64-bit key, parallel with rayon.
+//!
+//! Stability makes the output unique, so the result never depends on how many
+//! threads ran it (a determinism guarantee, not an accident).
+
+use rayon::prelude::*;
+
+const DIGIT_BITS: u32 = 11;
+const BUCKETS: usize = 1 << DIGIT_BITS;
+/// Below this many items a single chunk is used (thread start-up would dominate).
+const PARALLEL_MIN: usize = 1 << 16;
+
+/// Items that carry a 64-bit radix key.
+pub trait RadixKey: Copy + Send + Sync + Default {
+    fn radix_key(&self) -> u64;
+}
+
+impl RadixKey for u64 {
+    #[inline(always)]
+    fn radix_key(&self) -> u64 {
+        *self
+    }
+}
+
+impl RadixKey for (u64, u32) {
+    #[inline(always)]
+    fn radix_key(&self) -> u64 {
+        self.0
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+/// Sort `data` stably by bits `lo..hi` of each item's key (bits outside are ignored).
+pub fn radix_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) {
+    let n = data.len();
+    let hi = hi.min(64);
+    if n < 2 || hi <= lo {
+        return;
+    }
+    if n < 64 {
+        let mask = if hi - lo >= 64 { u64::MAX } else { (1u64 << (hi - lo)) - 1 };
+        data.sort_by_key(|v| (v.radix_key() >> lo) & mask);
+        return;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let chunks = if n < PARALLEL_MIN || threads == 1 { 1 } else { threads * 2 };
+    let chunk_len = n.div_ceil(chunks);
+    let mut buf: Vec<T> = vec![T::default(); n];
+    let mut shift = lo;
+    while shift < hi {
+        let bits = DIGIT_BITS.min(hi - shift);
+        let mask = ((1u64 << bits) - 1) as usize;
+        // per-chunk histograms
+        let hists: Vec<Vec<u32>> = if chunks == 1 {
+            vec![histogram(data, shift, mask)]
+        } else {
+            data.par_chunks(chunk_len).map(|c| histogram(c, shift, mask)).collect()
+        };
+        // a pass where every item has the same digit changes nothing: skip it
+        let trivial = (0..=mask).any(|b| hists.iter().map(|h| h[b] as usize).sum::<usize>() == n);
+        if !trivial {
+            let mut offsets = vec![vec![0usize; mask + 1]; hists.len()];
+            let mut run = 0usize;
+            for b in 0..=mask {
+                for (c, h) in hists.iter().enumerate() {
+                    offsets[c][b] = run;
+                    run += h[b] as usize;
+                }
+            }
+            let out = SendPtr(buf.as_mut_ptr());
+            let scatter = |(chunk, mut off): (&[T], Vec<usize>)| {
+                let out = out;
+                for v in chunk {
+                    let b = ((v.radix_key() >> shift) as usize) & mask;
+                    // SAFETY: offsets partition 0..n disjointly across chunks and buckets.
+                    unsafe { *out.0.add(off[b]) = *v };
+                    off[b] += 1;
+                }
+            };
+            if chunks == 1 {
+                scatter((&data[..], offsets.pop().unwrap()));
+            } else {
+                data.par_chunks(chunk_len).zip(offsets.into_par_iter()).for_each(scatter);
+            }
+            std::mem::swap(data, &mut buf);
+        }
+        shift += bits;
+    }
+}
+
+fn histogram<T: RadixKey>(items: &[T], shift: u32, mask: usize) -> Vec<u32> {
+    let mut h = vec![0u32; BUCKETS.min(mask + 1)];
+    for v in items {
+        h[((v.radix_key() >> shift) as usize) & mask] += 1;
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn equals_stable_sort(mut v in proptest::collection::vec((0u64..1 << 40, 0u32..1000), 0..3000), lo in 0u32..20, w in 1u32..40) {
+            let hi = lo + w;
+            let mask = (1u64 << w) - 1;
+            let mut expected = v.clone();
+            expected.sort_by_key(|p| (p.0 >> lo) & mask);
+            radix_sort(&mut v, lo, hi);
+            prop_assert_eq!(v, expected);
+        }
+    }
+
+    #[test]
+    fn parallel_equals_serial() {
+        let mut state = 0x12345u64;
+        let v: Vec<u64> = (0..300_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state & ((1 << 45) - 1)
+            })
+            .collect();
+        let mut expected = v.clone();
+        expected.sort_by_key(|x| x >> 5);
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut got = v.clone();
+            pool.install(|| radix_sort(&mut got, 5, 45));
+            assert_eq!(got, expected, "threads={threads}");
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Sized rayon pools that survive `fork()` (DataLoader workers fork on Linux).
+//!
+//! A pool's worker threads do not exist in a forked child, so each pool remembers the
+//! pid that built it; a child that finds pools from its parent abandons them (leaks,
+//! never joins) and builds fresh ones.
+
+use pyo3::prelude::*;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+struct Pools {
+    pid: u32,
+    by_size: HashMap<usize, Arc<rayon::ThreadPool>>,
+}
+
+static POOLS: Mutex<Option<Pools>> = Mutex::new(None);
+
+/// Thread count: the argument, else `OCTFORMER_NUM_THREADS`, else the machine's cores.
+pub fn resolve(num_threads: Option<usize>) -> PyResult<usize> {
+    if let Some(n) = num_threads {
+        if n == 0 {
+            return Err(crate::errors::OctformerError::new_err("num_threads: expected a positive integer, got 0"));
+        }
+        return Ok(n);
+    }
+    if let Ok(v) = std::env::var("OCTFORMER_NUM_THREADS") {
+        return match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(crate::errors::OctformerError::new_err(format!(
+                "OCTFORMER_NUM_THREADS: expected a positive integer, got {v:?}"
+            ))),
+        };
+    }
+    Ok(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+fn pool(n: usize) -> PyResult<Arc<rayon::ThreadPool>> {
+    let pid = std::process::id();
+    let mut guard = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.as_ref().is_some_and(|p| p.pid != pid) {
+        // inherited from the parent across fork: its threads are gone, never touch it
+        let stale = guard.take().unwrap();
+        std::mem::forget(stale);
+    }
+    let pools = guard.get_or_insert_with(|| Pools { pid, by_size: HashMap::new() });
+    if let Some(p) = pools.by_size.get(&n) {
+        return Ok(p.clone());
+    }
+    let p = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("octformer-{i}"))
+        .build()
+        .map_err(|e| crate::errors::InternalError::new_err(format!("could not start {n} threads: {e}")))?;
+    let p = Arc::new(p);
+    pools.by_size.insert(n, p.clone());
+    Ok(p)
+}
+
+/// Run `f` on a pool of `num_threads` (resolved as in [`resolve`]).
+pub fn install<R: Send>(num_threads: Option<usize>, f: impl FnOnce() -> R + Send) -> PyResult<R> {
+    let n = resolve(num_threads)?;
+    if n == 1 {
+        // a one-thread pool still costs a hand-off; a private 1-thread pool keeps rayon's
+        // `current_num_threads()` at 1 so the algorithms pick their serial paths
+        return Ok(pool(1)?.install(f));
+    }
+    Ok(pool(n)?.install(f))
+}
+
+#[pyfunction]
+#[pyo3(signature = (num_threads=None))]
+/// The thread count native calls will use for this argument.
+pub fn resolved_num_threads(num_threads: Option<usize>) -> PyResult<usize> {
+    resolve(num_threads)
+}
