@@ -1,1 +1,444 @@
-//! (placeholder: filled in by the serialization work, issue 3)
+//! Flattening plans: FlatFormer's window sort with equal-size groups, and curve-order
+//! patches, both reduced to one gather index (sort then pad) and one scatter index
+//! (un-pad then inverse) plus varlen `cu_seqlens`.
+//!
+//! Window order (axis = X; axis = Y swaps the roles of x and y), outermost key first:
+//! sample, z-window, y-window `Y`, x-window `X` (reversed when `Y` is odd), x-offset `u`
+//! (reversed when `Y` is odd), y-offset `v` (reversed when `u + Y` is odd), z-offset.
+//! On 2-D input (all z in one window) this is exactly FlatFormer's two-level
+//! boustrophedon key `(N_x·Y + (−1)^Y·X)·W_x·W_y + (−1)^Y·(W_y·u + (−1)^u·v)`.
+//! With `shift`, every coordinate first moves by half a window (`w / 2`, floored).
+//!
+//! Grouping, per sample of `n` tokens and group size `g`: `n ≤ g` gives one sequence of
+//! `n` tokens (no padding); otherwise the sample is padded to `⌈n/g⌉·g` slots, slot
+//! `j ≥ n` repeating the token of slot `j − g` (the tokens just before the last group,
+//! always of the same sample), and cut into sequences of exactly `g`.
+
+use rayon::prelude::*;
+
+use crate::curve::argsort_pair;
+use crate::error::{CoreError, Result};
+
+const CHUNK: usize = 1 << 14;
+
+/// Which axis the window sort runs along (FlatFormer alternates x and y per layer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Axis {
+    X,
+    Y,
+}
+
+impl Axis {
+    /// Parse "x" or "y".
+    pub fn parse(name: &str) -> Result<Axis> {
+        match name {
+            "x" => Ok(Axis::X),
+            "y" => Ok(Axis::Y),
+            other => Err(CoreError::arg("axis", "'x' or 'y'", format!("{other:?}"))),
+        }
+    }
+}
+
+/// One composed gather and one scatter for a layer, plus the varlen sequence layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlattenPlan {
+    /// (M,) token index read into each padded slot (sort then pad); M = padded tokens.
+    pub gather: Vec<i64>,
+    /// (N,) padded slot holding each original token's own (non-duplicate) copy.
+    pub scatter: Vec<i64>,
+    /// (S + 1,) start of every sequence in the padded order, ending with M.
+    pub cu_seqlens: Vec<i32>,
+    /// (S,) sample index of every sequence.
+    pub seq_sample: Vec<i32>,
+    /// Longest sequence.
+    pub max_seqlen: usize,
+    /// Requested group size.
+    pub group_size: usize,
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+fn bit_length(v: u64) -> u32 {
+    64 - v.leading_zeros()
+}
+
+/// Tokens per sample: bincount of `batch` (one sample when `batch` is None).
+fn sample_counts(batch: Option<&[i64]>, n: usize) -> Result<Vec<usize>> {
+    match batch {
+        None => Ok(vec![n]),
+        Some(b) => {
+            let max = crate::curve::check_batch(b, n)?;
+            if max >= i32::MAX as u64 {
+                return Err(CoreError::arg(
+                    "batch",
+                    format!("sample indices < {}", i32::MAX),
+                    max,
+                ));
+            }
+            let mut counts = vec![0usize; if n == 0 { 0 } else { max as usize + 1 }];
+            for &s in b {
+                counts[s as usize] += 1;
+            }
+            Ok(counts)
+        }
+    }
+}
+
+/// Build the plan from a permutation in which each sample's tokens are contiguous and
+/// samples appear in order (`counts[b]` tokens of sample b). `perm` must be valid.
+fn build_plan(perm: &[u32], counts: &[usize], group_size: usize) -> Result<FlattenPlan> {
+    if group_size == 0 {
+        return Err(CoreError::arg("group_size", "a positive integer", 0));
+    }
+    let n = perm.len();
+    let g = group_size;
+    let b = counts.len();
+    let mut start = vec![0usize; b + 1];
+    let mut pad_start = vec![0usize; b + 1];
+    let mut cu_seqlens = vec![0i32];
+    let mut seq_sample = Vec::new();
+    let mut max_seqlen = 0usize;
+    for (s, &c) in counts.iter().enumerate() {
+        let padded = if c <= g { c } else { c.div_ceil(g) * g };
+        start[s + 1] = start[s] + c;
+        pad_start[s + 1] = pad_start[s] + padded;
+        if pad_start[s + 1] > i32::MAX as usize {
+            return Err(CoreError::arg(
+                "group_size",
+                format!(
+                    "a plan with at most {} padded tokens (int32 cu_seqlens)",
+                    i32::MAX
+                ),
+                format!("{} padded tokens", pad_start[s + 1]),
+            ));
+        }
+        let mut at = pad_start[s];
+        while at < pad_start[s + 1] {
+            let len = (pad_start[s + 1] - at).min(g);
+            at += len;
+            max_seqlen = max_seqlen.max(len);
+            cu_seqlens.push(at as i32);
+            seq_sample.push(s as i32);
+        }
+    }
+    debug_assert_eq!(start[b], n);
+    let m = pad_start[b];
+    let mut gather = vec![0i64; m];
+    gather
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, dst)| {
+            let q0 = c * CHUNK;
+            let mut s = pad_start.partition_point(|&o| o <= q0) - 1;
+            for (j, o) in dst.iter_mut().enumerate() {
+                let q = q0 + j;
+                while pad_start[s + 1] <= q {
+                    s += 1;
+                }
+                let local = q - pad_start[s];
+                let real = counts[s];
+                let src = if local < real { local } else { local - g };
+                *o = perm[start[s] + src] as i64;
+            }
+        });
+    let mut scatter = vec![0i64; n];
+    let dst = SendPtr(scatter.as_mut_ptr());
+    perm.par_chunks(CHUNK).enumerate().for_each(|(c, p)| {
+        let dst = dst;
+        let k0 = c * CHUNK;
+        let mut s = start.partition_point(|&o| o <= k0).saturating_sub(1);
+        for (j, &tok) in p.iter().enumerate() {
+            let k = k0 + j;
+            while start[s + 1] <= k {
+                s += 1;
+            }
+            // SAFETY: `perm` is a permutation of 0..n (checked by every caller), so the
+            // writes go to distinct in-bounds slots.
+            unsafe { *dst.0.add(tok as usize) = (pad_start[s] + k - start[s]) as i64 };
+        }
+    });
+    Ok(FlattenPlan {
+        gather,
+        scatter,
+        cu_seqlens,
+        seq_sample,
+        max_seqlen,
+        group_size,
+    })
+}
+
+/// Plan for curve-order patches: `perm` is one row of a serialization (sorted by
+/// (batch, code)), `batch` the per-point samples it was sorted with.
+pub fn plan_from_perm(
+    perm: &[i64],
+    batch: Option<&[i64]>,
+    group_size: usize,
+) -> Result<FlattenPlan> {
+    let n = perm.len();
+    if n > u32::MAX as usize {
+        return Err(CoreError::arg(
+            "perm",
+            format!("at most {} tokens", u32::MAX),
+            n,
+        ));
+    }
+    let mut seen = vec![false; n];
+    let mut p32 = Vec::with_capacity(n);
+    for (k, &t) in perm.iter().enumerate() {
+        if t < 0 || t as usize >= n || seen[t as usize] {
+            return Err(CoreError::arg(
+                "perm",
+                format!("a permutation of 0..{n}"),
+                format!("{t} at position {k}"),
+            ));
+        }
+        seen[t as usize] = true;
+        p32.push(t as u32);
+    }
+    let counts = sample_counts(batch, n)?;
+    if let Some(b) = batch {
+        if let Some(k) = (1..n).find(|&k| b[perm[k - 1] as usize] > b[perm[k] as usize]) {
+            return Err(CoreError::arg(
+                "perm",
+                "an order in which samples are contiguous and ascending (sorted by (batch, code))",
+                format!(
+                    "sample {} after sample {} at position {k}",
+                    b[perm[k] as usize],
+                    b[perm[k - 1] as usize]
+                ),
+            ));
+        }
+    }
+    build_plan(&p32, &counts, group_size)
+}
+
+/// FlatFormer window order: the stable permutation (sorted position → token).
+pub fn window_order(
+    coords: &[i64],
+    batch: Option<&[i64]>,
+    window: [u32; 3],
+    axis: Axis,
+    shift: bool,
+) -> Result<Vec<u32>> {
+    if coords.len() % 3 != 0 {
+        return Err(CoreError::arg(
+            "grid_coords",
+            "shape (N, 3)",
+            format!("{} values (not a multiple of 3)", coords.len()),
+        ));
+    }
+    let n = coords.len() / 3;
+    if let Some(i) = window.iter().position(|&w| w == 0 || w > 1 << 21) {
+        return Err(CoreError::arg(
+            "window",
+            "three integers in 1..=2^21",
+            format!("{window:?} (axis {i})"),
+        ));
+    }
+    const LIMIT: i64 = 1 << 31;
+    if let Some(i) = coords
+        .par_iter()
+        .position_first(|&v| !(0..LIMIT).contains(&v))
+    {
+        return Err(CoreError::arg(
+            "grid_coords",
+            "coordinates in [0, 2^31)",
+            format!("{} at row {}, axis {}", coords[i], i / 3, i % 3),
+        ));
+    }
+    let max_b = match batch {
+        Some(b) => crate::curve::check_batch(b, n)?,
+        None => 0,
+    };
+    let sh: [u64; 3] = if shift {
+        window.map(|w| (w / 2) as u64)
+    } else {
+        [0; 3]
+    };
+    let w64 = window.map(|w| w as u64);
+    // outer window axis a, inner window axis c (the traversal runs along c)
+    let (a, c) = match axis {
+        Axis::X => (1usize, 0usize),
+        Axis::Y => (0, 1),
+    };
+    let mut max_c = [0u64; 3];
+    for (k, m) in max_c.iter_mut().enumerate() {
+        *m = coords.par_chunks(3).map(|p| p[k] as u64).max().unwrap_or(0);
+    }
+    let max_win = [0, 1, 2].map(|k| (max_c[k] + sh[k]) / w64[k]);
+    // field widths, outermost first: batch, Z, Wa, Wc', oc', oa', w
+    let widths = [
+        bit_length(max_b),
+        bit_length(max_win[2]),
+        bit_length(max_win[a]),
+        bit_length(max_win[c]),
+        bit_length(w64[c] - 1),
+        bit_length(w64[a] - 1),
+        bit_length(w64[2] - 1),
+    ];
+    let total: u32 = widths.iter().sum();
+    let batch = batch.unwrap_or(&[]);
+    let key = |i: usize| -> u128 {
+        let p = &coords[3 * i..3 * i + 3];
+        let q = [0, 1, 2].map(|k| p[k] as u64 + sh[k]);
+        let win = [0, 1, 2].map(|k| q[k] / w64[k]);
+        let off = [0, 1, 2].map(|k| q[k] % w64[k]);
+        let odd_row = win[a] & 1 == 1;
+        let wc = if odd_row { max_win[c] - win[c] } else { win[c] };
+        let oc = if odd_row { w64[c] - 1 - off[c] } else { off[c] };
+        let oa = if (off[c] + win[a]) & 1 == 1 {
+            w64[a] - 1 - off[a]
+        } else {
+            off[a]
+        };
+        let fields = [
+            if batch.is_empty() { 0 } else { batch[i] as u64 },
+            win[2],
+            win[a],
+            wc,
+            oc,
+            oa,
+            off[2],
+        ];
+        let mut k = 0u128;
+        for (f, &wd) in fields.iter().zip(&widths) {
+            k = (k << wd) | *f as u128;
+        }
+        k
+    };
+    if total <= 64 {
+        let keys: Vec<u64> = (0..n).into_par_iter().map(|i| key(i) as u64).collect();
+        argsort_pair(None, &keys, total)
+    } else {
+        let (hi, lo): (Vec<u64>, Vec<u64>) = (0..n)
+            .into_par_iter()
+            .map(|i| {
+                let k = key(i);
+                ((k >> 64) as u64, k as u64)
+            })
+            .unzip();
+        argsort_pair(Some((&hi, total - 64)), &lo, 64)
+    }
+}
+
+/// FlatFormer flattening plan: window sort, then equal-size groups with per-sample tails.
+pub fn flatten(
+    coords: &[i64],
+    batch: Option<&[i64]>,
+    window: [u32; 3],
+    group_size: usize,
+    axis: Axis,
+    shift: bool,
+) -> Result<FlattenPlan> {
+    if group_size == 0 {
+        return Err(CoreError::arg("group_size", "a positive integer", 0));
+    }
+    let perm = window_order(coords, batch, window, axis, shift)?;
+    let counts = sample_counts(batch, coords.len() / 3)?;
+    build_plan(&perm, &counts, group_size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: u64) -> impl FnMut() -> u64 {
+        let mut s = seed;
+        move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            s >> 33
+        }
+    }
+
+    #[test]
+    fn plan_reads_every_token_once_and_stays_in_sample() {
+        let mut r = lcg(3);
+        let n = 5000;
+        let coords: Vec<i64> = (0..3 * n).map(|_| (r() % 200) as i64).collect();
+        // samples of very different sizes, including one shorter than a group
+        let batch: Vec<i64> = (0..n)
+            .map(|i| if i < 10 { 3 } else { (r() % 3) as i64 })
+            .collect();
+        for g in [1usize, 7, 64, 6000] {
+            let p = flatten(&coords, Some(&batch), [9, 9, 4], g, Axis::X, true).unwrap();
+            for (i, &s) in p.scatter.iter().enumerate() {
+                assert_eq!(p.gather[s as usize], i as i64);
+            }
+            let mut hits = vec![0; n];
+            for &t in &p.gather {
+                hits[t as usize] += 1;
+            }
+            assert!(hits.iter().all(|&h| h >= 1));
+            for (k, w) in p.cu_seqlens.windows(2).enumerate() {
+                let (lo, hi) = (w[0] as usize, w[1] as usize);
+                assert!(hi - lo <= g);
+                for q in lo..hi {
+                    assert_eq!(batch[p.gather[q] as usize], p.seq_sample[k] as i64);
+                }
+            }
+            // the 10-token sample is one sequence when g >= 10
+            let short = p.seq_sample.iter().filter(|&&s| s == 3).count();
+            assert_eq!(short, if g >= 10 { 1 } else { 10usize.div_ceil(g) });
+        }
+    }
+
+    #[test]
+    fn same_plan_for_any_thread_count() {
+        let mut r = lcg(11);
+        let n = 200_000;
+        let coords: Vec<i64> = (0..3 * n).map(|_| (r() % 3000) as i64).collect();
+        let batch: Vec<i64> = (0..n).map(|i| (i * 4 / n) as i64).collect();
+        let plans: Vec<_> = [1, 2, 3]
+            .iter()
+            .map(|&t| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    flatten(&coords, Some(&batch), [13, 13, 32], 144, Axis::Y, false).unwrap()
+                })
+            })
+            .collect();
+        assert_eq!(plans[0], plans[1]);
+        assert_eq!(plans[0], plans[2]);
+    }
+
+    #[test]
+    fn bad_inputs_are_named() {
+        let e = |r: Result<FlattenPlan>| match r {
+            Err(CoreError::InvalidArgument { name, .. }) => name,
+            other => panic!("expected an error, got {other:?}"),
+        };
+        assert_eq!(
+            e(flatten(&[0, 0, -1], None, [2, 2, 2], 4, Axis::X, false)),
+            "grid_coords"
+        );
+        assert_eq!(
+            e(flatten(&[0, 0, 1], None, [0, 2, 2], 4, Axis::X, false)),
+            "window"
+        );
+        assert_eq!(
+            e(flatten(&[0, 0, 1], None, [2, 2, 2], 0, Axis::X, false)),
+            "group_size"
+        );
+        assert_eq!(
+            e(flatten(
+                &[0, 0, 1],
+                Some(&[0, 1]),
+                [2, 2, 2],
+                3,
+                Axis::X,
+                false
+            )),
+            "batch"
+        );
+        assert_eq!(e(plan_from_perm(&[0, 0], None, 3)), "perm");
+        assert_eq!(e(plan_from_perm(&[1, 0], Some(&[0, 1]), 3)), "perm");
+    }
+}
