@@ -1,0 +1,388 @@
+"""Hypothesis properties of build_octree: ordering, parent links, point-in-cell, threads, batching."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import octformer
+from octformer import key_to_xyz
+
+HYP = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SMALL = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@st.composite
+def cloud(draw, min_points: int = 1, max_points: int = 300, dtype=None) -> np.ndarray:
+    """(N, 3) points anywhere in space: uniform, clustered, duplicated, flat, or a single point."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    kind = draw(st.sampled_from(["uniform", "clusters", "duplicates", "plane", "single"]))
+    n = 1 if kind == "single" else draw(st.integers(max(min_points, 1), max_points))
+    if kind in ("uniform", "single"):
+        pts = rng.uniform(-1, 1, (n, 3))
+    elif kind == "clusters":
+        centers = rng.uniform(-1, 1, (rng.integers(1, 4), 3))
+        pts = centers[rng.integers(0, len(centers), n)] + rng.normal(0, 10.0 ** rng.uniform(-5, -1), (n, 3))
+    elif kind == "duplicates":
+        base = rng.uniform(-1, 1, (rng.integers(1, 6), 3))
+        pts = base[rng.integers(0, len(base), n)]
+    else:
+        pts = rng.uniform(-1, 1, (n, 3))
+        pts[:, rng.integers(0, 3)] = rng.uniform(-1, 1)
+    pts = pts * 10.0 ** rng.uniform(-3, 3) + rng.uniform(-100, 100, 3)
+    dt = dtype or draw(st.sampled_from([np.float32, np.float64]))
+    pts = pts.astype(dt)
+    if min_points == 0 and draw(st.booleans()):
+        pts = pts[:0]
+    return pts
+
+
+def concat(clouds: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    pts = np.concatenate(clouds)
+    return pts, np.cumsum([0] + [len(c) for c in clouds]).astype(np.int64)
+
+
+depth_pairs = st.integers(1, 12).flatmap(lambda d: st.tuples(st.just(d), st.integers(0, min(3, d))))
+
+
+# ------------------------------------------------------------------ structure
+
+
+def check_structure(t: octformer.Octree) -> None:
+    """Keys sorted per sample, parents = key >> 3, dense top levels, ranks, every leaf holds a point."""
+    b = t.batch_size
+    for d in range(t.depth + 1):
+        keys, children, batch = t.keys[d], t.children[d], t.batch[d]
+        assert keys.shape == children.shape == batch.shape == (int(t.nnum[d]),)
+        assert np.all(np.diff(batch) >= 0), f"batch[{d}] not grouped by sample"
+        for s in range(b):
+            ks = keys[batch == s]
+            assert np.all(np.diff(ks) > 0), f"keys[{d}] of sample {s} not strictly increasing"
+            assert len(ks) == t.batch_nnum[d, s]
+            assert np.sum(children[batch == s] >= 0) == t.batch_nnum_nempty[d, s]
+            if d <= t.full_depth and t.batch_nnum[d, s]:
+                np.testing.assert_array_equal(ks, np.arange(8**d))
+        assert keys.min(initial=0) >= 0 and keys.max(initial=0) < 8**d
+        nonempty = children >= 0
+        np.testing.assert_array_equal(children[nonempty], np.arange(nonempty.sum()), err_msg=f"children[{d}] ranks")
+        if d < t.full_depth:
+            assert nonempty.all(), "levels above full_depth are all non-empty (ocnn convention)"
+        if d >= 1:
+            parents = np.flatnonzero(t.children[d - 1] >= 0)
+            assert len(keys) == 8 * len(parents), f"depth {d}: 8 children per non-empty parent"
+            parent_of = parents[np.arange(len(keys)) // 8]
+            np.testing.assert_array_equal(keys >> 3, t.keys[d - 1][parent_of], err_msg=f"parent of keys[{d}]")
+            np.testing.assert_array_equal(keys & 7, np.arange(len(keys)) % 8)
+            np.testing.assert_array_equal(batch, t.batch[d - 1][parent_of])
+            if d - 1 >= t.full_depth:
+                # a node is non-empty exactly when one of its 8 children is
+                has_child = (children.reshape(-1, 8) >= 0).any(axis=1)
+                np.testing.assert_array_equal(has_child, np.ones(len(parents), bool))
+    leaves = int(t.nnum_nempty[t.depth])
+    if len(t.point_leaf):
+        assert t.point_leaf.min() >= 0 and t.point_leaf.max() < leaves
+    assert np.all(np.bincount(t.point_leaf, minlength=leaves) > 0), "a non-empty leaf without points"
+    np.testing.assert_array_equal(t.nnum, t.batch_nnum.sum(axis=1))
+
+
+def leaf_of_points(t: octformer.Octree) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3) leaf cell coords and (N,) sample index of every point."""
+    leaf = t.point_leaf
+    xyz = key_to_xyz(t.leaf_keys())[leaf]
+    sample = t.batch[t.depth][t.children[t.depth] >= 0][leaf]
+    return xyz, sample
+
+
+def assert_points_in_leaves(t: octformer.Octree, pts: np.ndarray, coords: np.ndarray | None = None) -> None:
+    """Every point lies in its leaf cell [origin + x*cell, origin + (x+1)*cell], to a few ulps of the build precision."""
+    xyz, sample = leaf_of_points(t)
+    p = np.asarray(pts if coords is None else coords, np.float64)
+    origin, cell = t.origin[sample], t.voxel_size[sample]
+    lo = origin + xyz * cell
+    hi = lo + cell
+    eps = np.finfo(pts.dtype).eps
+    tol = 4 * eps * (np.abs(p) + np.abs(origin) + cell * 2**t.depth)
+    assert np.all(p >= lo - tol), np.max(lo - tol - p)
+    assert np.all(p <= hi + tol), np.max(p - hi - tol)
+    # the metric box recorded on the tree covers every point too
+    assert np.all(p >= origin - tol) and np.all(p <= origin + cell * 2**t.depth + tol)
+
+
+@HYP
+@given(clouds=st.lists(cloud(min_points=0), min_size=1, max_size=3), dfd=depth_pairs)
+def test_structure_and_points_in_cells(clouds, dfd):
+    depth, full_depth = dfd
+    pts, offsets = concat(clouds)
+    t = octformer.build_octree(pts, depth, full_depth=full_depth, offsets=offsets)
+    assert t.depth == depth and t.full_depth == full_depth and t.batch_size == len(clouds)
+    check_structure(t)
+    assert_points_in_leaves(t, pts)
+
+
+@SMALL
+@given(pts=cloud(dtype=np.float64), depth=st.integers(13, 21))
+def test_deep_trees_float64(pts, depth):
+    """Depths past ocnn's 16-level limit keep the same invariants (keys use up to 63 bits)."""
+    t = octformer.build_octree(pts, depth)
+    check_structure(t)
+    assert_points_in_leaves(t, pts)
+
+
+@SMALL
+@given(pts=cloud(), depth=st.integers(1, 10), seed=st.integers(0, 2**16))
+def test_points_in_cells_explicit_bbox(pts, depth, seed):
+    """A loose, non-cubic explicit box: cells differ per axis, points still land in their cell."""
+    rng = np.random.default_rng(seed)
+    p64 = pts.astype(np.float64)
+    lo = p64.min(axis=0) - rng.uniform(0, 5, 3) * (np.ptp(p64, axis=0) + 1e-3)
+    hi = p64.max(axis=0) + rng.uniform(0, 5, 3) * (np.ptp(p64, axis=0) + 1e-3)
+    t = octformer.build_octree(pts, depth, bbox=(lo, hi))
+    np.testing.assert_allclose(t.origin[0], lo)
+    np.testing.assert_allclose(t.voxel_size[0], (hi - lo) / 2**depth)
+    check_structure(t)
+    assert_points_in_leaves(t, pts)
+
+
+def test_points_on_cell_borders_go_to_the_upper_cell():
+    """Exact borders belong to the cell above (floor), the box maximum to the last cell."""
+    pts = np.array([[0.0, 0.0, 0.0], [-1.0, -1.0, -1.0], [1.0, 1.0, 1.0], [0.5, -0.5, 0.25]], np.float32)
+    t = octformer.build_octree(pts, 3, bbox=((-1,) * 3, (1,) * 3))
+    xyz, _ = leaf_of_points(t)
+    want = np.floor((pts.astype(np.float64) + 1) * 4).clip(0, 7)
+    np.testing.assert_array_equal(xyz, want)
+
+
+# ------------------------------------------------------------------ determinism / batching
+
+
+@SMALL
+@given(clouds=st.lists(cloud(min_points=0), min_size=1, max_size=3), dfd=depth_pairs)
+def test_one_and_two_threads_identical(clouds, dfd):
+    depth, full_depth = dfd
+    pts, offsets = concat(clouds)
+    feats = np.arange(len(pts) * 2, dtype=np.float32).reshape(-1, 2)
+    kw = dict(full_depth=full_depth, offsets=offsets, features=feats)
+    one = octformer.build_octree(pts, depth, num_threads=1, **kw)
+    two = octformer.build_octree(pts, depth, num_threads=2, **kw)
+    assert one == two
+    for d in range(depth + 1):
+        for nonempty in (True, False):
+            np.testing.assert_array_equal(one.neighbors(d, nonempty, num_threads=1), two.neighbors(d, nonempty, num_threads=2))
+
+
+def test_threads_identical_on_large_batch(monkeypatch):
+    """Large enough for the parallel paths (several 16k chunks, a batch built in parallel)."""
+    rng = np.random.default_rng(11)
+    pts = np.concatenate([rng.normal(0, 1, (70_000, 3)), rng.uniform(-5, 5, (50_000, 3))]).astype(np.float32)
+    offsets = np.array([0, 30_000, 30_000, 120_000])
+    normals = rng.normal(size=pts.shape).astype(np.float32)
+    trees = [octformer.build_octree(pts, 10, offsets=offsets, normals=normals, num_threads=n) for n in (1, 2, 3)]
+    monkeypatch.setenv("OCTFORMER_NUM_THREADS", "2")
+    trees.append(octformer.build_octree(pts, 10, offsets=offsets, normals=normals))
+    assert all(t == trees[0] for t in trees[1:])
+    for d in (3, 8, 10):
+        for nonempty in (True, False):
+            np.testing.assert_array_equal(trees[0].neighbors(d, nonempty, num_threads=1), trees[1].neighbors(d, nonempty, num_threads=2))
+
+
+@SMALL
+@given(clouds=st.lists(cloud(min_points=0), min_size=1, max_size=4), dfd=depth_pairs, explicit=st.booleans())
+def test_batch_in_one_call_equals_merge_of_separate_builds(clouds, dfd, explicit):
+    depth, full_depth = dfd
+    pts, offsets = concat(clouds)
+    dtype = pts.dtype
+    clouds = [c.astype(dtype) for c in clouds]
+    bbox = ((-200.0, -300.0, -250.0), (250.0, 300.0, 200.0)) if explicit else None
+    rng = np.random.default_rng(len(pts))
+    feats = rng.normal(size=(len(pts), 3)).astype(np.float32)
+    normals = rng.normal(size=(len(pts), 3)).astype(np.float32)
+    kw = dict(full_depth=full_depth, bbox=bbox, clip=explicit)
+    batch = octformer.build_octree(pts, depth, offsets=offsets, features=feats, normals=normals, **kw)
+    parts = [
+        octformer.build_octree(c, depth, features=feats[offsets[i] : offsets[i + 1]], normals=normals[offsets[i] : offsets[i + 1]], **kw)
+        for i, c in enumerate(clouds)
+    ]
+    merged = octformer.Octree.merge(parts)
+    assert batch == merged
+    for d in range(1, depth + 1):
+        np.testing.assert_array_equal(batch.neighbors(d), merged.neighbors(d))
+
+
+# ------------------------------------------------------------------ serialisation
+
+
+@SMALL
+@given(clouds=st.lists(cloud(min_points=0), min_size=1, max_size=3), dfd=depth_pairs, with_feats=st.booleans())
+def test_pickle_and_torch_round_trips(clouds, dfd, with_feats):
+    depth, full_depth = dfd
+    pts, offsets = concat(clouds)
+    feats = np.ones((len(pts), 2), np.float32) if with_feats else None
+    t = octformer.build_octree(pts, depth, full_depth=full_depth, offsets=offsets, features=feats)
+    t.neighbors(depth)  # the cache is dropped on pickling, equality ignores it
+    back = pickle.loads(pickle.dumps(t))
+    assert back == t and back._neighbor_cache == {}
+    np.testing.assert_array_equal(back.neighbors(depth), t.neighbors(depth))
+    pytest.importorskip("torch")
+    tt = t.to_torch()
+    assert tt.numpy() == t
+    assert pickle.loads(pickle.dumps(tt)).numpy() == t
+    # a different tree is not equal
+    if len(pts):
+        other = octformer.build_octree(pts, depth + 1 if depth < 21 else depth - 1, offsets=offsets)
+        assert other != t
+
+
+# ------------------------------------------------------------------ leaf signals
+
+
+@SMALL
+@given(clouds=st.lists(cloud(min_points=0), min_size=1, max_size=3), depth=st.integers(1, 10), seed=st.integers(0, 2**16))
+def test_features_and_normals_average_like_numpy(clouds, depth, seed):
+    pts, offsets = concat(clouds)
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(len(pts), 5)).astype(np.float32)
+    normals = rng.normal(size=(len(pts), 3)).astype(np.float32)
+    t = octformer.build_octree(pts, depth, offsets=offsets, features=feats, normals=normals)
+    leaves = int(t.nnum_nempty[depth])
+    sums = np.zeros((leaves, 5))
+    np.add.at(sums, t.point_leaf, feats.astype(np.float64))
+    counts = np.zeros(leaves)
+    np.add.at(counts, t.point_leaf, 1)
+    assert t.features.shape == (leaves, 5) and t.features.dtype == np.float32
+    np.testing.assert_allclose(t.features, sums / counts[:, None], rtol=1e-6, atol=1e-6)
+    nsum = np.zeros((leaves, 3))
+    np.add.at(nsum, t.point_leaf, normals.astype(np.float64))
+    norm = np.linalg.norm(nsum, axis=1, keepdims=True)
+    assert t.normals.shape == (leaves, 3)
+    ok = norm[:, 0] > 1e-6
+    np.testing.assert_allclose(t.normals[ok], nsum[ok] / norm[ok], rtol=1e-5, atol=1e-6)
+
+
+def test_cancelling_normals_give_zero_not_nan():
+    pts = np.zeros((2, 3), np.float32)
+    t = octformer.build_octree(pts, 4, bbox=((-1,) * 3, (1,) * 3), normals=np.array([[0, 0, 1], [0, 0, -1]], np.float32))
+    np.testing.assert_array_equal(t.normals, np.zeros((1, 3), np.float32))
+
+
+def test_integer_and_1d_features_are_averaged_as_float():
+    pts = np.array([[0.1, 0.1, 0.1], [0.1, 0.1, 0.1], [0.9, 0.9, 0.9]], np.float32)
+    t = octformer.build_octree(pts, 2, bbox=((0,) * 3, (1,) * 3), features=np.array([1, 2, 7]))
+    np.testing.assert_array_equal(t.features, np.array([[1.5], [7.0]], np.float32))
+
+
+# ------------------------------------------------------------------ voxel_size
+
+
+@HYP
+@given(
+    extent=st.tuples(*[st.floats(1e-3, 1e3) for _ in range(3)]),
+    k=st.integers(1, 20),
+    nudge=st.sampled_from([1.0, 1 - 1e-9, 1 + 1e-9, 0.7, 1.3]),
+)
+def test_voxel_size_picks_smallest_depth_with_cell_at_most_voxel_size(extent, k, nudge):
+    hi = np.array(extent)
+    voxel = float(hi.max() / 2**k * nudge)
+    # reference: walk down the levels until the largest cell fits
+    want = 1
+    while hi.max() / 2**want > voxel:
+        want += 1
+    assume(want <= 21)
+    pts = np.array([[0.0, 0.0, 0.0], hi * 0.5])
+    t = octformer.build_octree(pts, voxel_size=voxel, bbox=((0, 0, 0), hi))
+    assert t.depth == want
+    assert t.voxel_size.max() <= voxel
+    if want > 1:
+        assert t.voxel_size.max() * 2 > voxel
+
+
+def test_voxel_size_with_auto_box():
+    rng = np.random.default_rng(2)
+    pts = rng.uniform(0, 10, (500, 3))
+    side = float(np.ptp(pts, axis=0).max())
+    t = octformer.build_octree(pts, voxel_size=0.05)
+    assert t.depth == int(np.ceil(np.log2(side / 0.05)))
+    assert t.voxel_size.max() <= 0.05 < 2 * t.voxel_size.max()
+    assert_points_in_leaves(t, pts)
+
+
+# ------------------------------------------------------------------ neighbours (brute force)
+
+
+def brute_neighbors(t: octformer.Octree, d: int, nonempty: bool, periodic_y: bool) -> np.ndarray:
+    """27-neighbour table by dictionary look-up of (sample, x, y, z), y wrapping when periodic."""
+    keys, children, batch = t.keys[d], t.children[d], t.batch[d]
+    if nonempty:
+        keep = children >= 0
+        keys, batch = keys[keep], batch[keep]
+    xyz = key_to_xyz(keys).astype(np.int64)
+    index = {(int(b), *map(int, c)): i for i, (b, c) in enumerate(zip(batch, xyz))}
+    side = 1 << d
+    out = np.full((len(keys), 27), -1, np.int32)
+    for i, (b, (x, y, z)) in enumerate(zip(batch, xyz)):
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                for dz in (-1, 0, 1):
+                    nx, ny, nz = x + dx, y + dy, z + dz
+                    if periodic_y:
+                        ny %= side
+                    if not (0 <= nx < side and 0 <= ny < side and 0 <= nz < side):
+                        continue
+                    out[i, (dx + 1) * 9 + (dy + 1) * 3 + (dz + 1)] = index.get((int(b), nx, ny, nz), -1)
+    return out
+
+
+@SMALL
+@given(clouds=st.lists(cloud(max_points=120), min_size=1, max_size=2), dfd=st.integers(1, 6).flatmap(lambda d: st.tuples(st.just(d), st.integers(0, min(2, d)))))
+def test_neighbors_cartesian_brute_force(clouds, dfd):
+    depth, full_depth = dfd
+    pts, offsets = concat(clouds)
+    t = octformer.build_octree(pts, depth, full_depth=full_depth, offsets=offsets)
+    for d in range(depth + 1):
+        for nonempty in (True, False):
+            np.testing.assert_array_equal(t.neighbors(d, nonempty), brute_neighbors(t, d, nonempty, False), err_msg=f"d={d} nonempty={nonempty}")
+
+
+@SMALL
+@given(clouds=st.lists(cloud(max_points=120), min_size=1, max_size=2), dfd=st.integers(1, 6).flatmap(lambda d: st.tuples(st.just(d), st.integers(0, min(2, d)))))
+def test_neighbors_cylindrical_wrap_in_phi(clouds, dfd):
+    depth, full_depth = dfd
+    pts, offsets = concat(clouds)
+    t = octformer.build_octree(pts, depth, full_depth=full_depth, offsets=offsets, coords="cylindrical")
+    assert t.coords == "cylindrical" and t.periodic == (False, True, False)
+    for d in range(depth + 1):
+        for nonempty in (True, False):
+            np.testing.assert_array_equal(t.neighbors(d, nonempty), brute_neighbors(t, d, nonempty, True), err_msg=f"d={d} nonempty={nonempty}")
+
+
+def test_cylindrical_neighbors_cross_the_phi_seam():
+    """Two points just either side of phi = ±pi are phi-neighbours only in a cylindrical tree."""
+    eps = 1e-3
+    pts = np.array([[-1.0, eps, 0.0], [-1.0, -eps, 0.0], [1.0, 0.0, 0.5]])
+    t = octformer.build_octree(pts, 5, coords="cylindrical", bbox=((0, -np.pi, -1), (2, np.pi, 1)))
+    rho_phi_z = np.stack([np.hypot(pts[:, 0], pts[:, 1]), np.arctan2(pts[:, 1], pts[:, 0]), pts[:, 2]], axis=1)
+    assert_points_in_leaves(t, pts, rho_phi_z)
+    xyz, _ = leaf_of_points(t)
+    assert xyz[0, 1] == 31 and xyz[1, 1] == 0  # phi ≈ +pi in the last column, ≈ -pi in the first
+    table = t.neighbors(5)
+    a, b = t.point_leaf[0], t.point_leaf[1]
+    assert table[a, 1 * 9 + 2 * 3 + 1] == b  # +phi from the top column wraps to column 0
+    assert table[b, 1 * 9 + 0 * 3 + 1] == a
+    flat = octformer.build_octree(rho_phi_z, 5, bbox=((0, -np.pi, -1), (2, np.pi, 1)))
+    assert flat.neighbors(5)[flat.point_leaf[0], 1 * 9 + 2 * 3 + 1] == -1
+
+
+@SMALL
+@given(pts=cloud(), depth=st.integers(1, 8))
+def test_cylindrical_points_in_cells(pts, depth):
+    t = octformer.build_octree(pts, depth, coords="cylindrical")
+    p = pts.astype(np.float64)
+    rho_phi_z = np.stack([np.hypot(p[:, 0], p[:, 1]), np.arctan2(p[:, 1], p[:, 0]), p[:, 2]], axis=1)
+    np.testing.assert_allclose(t.origin[0, :2], [0.0, -np.pi])
+    np.testing.assert_allclose(t.voxel_size[0, 1], 2 * np.pi / 2**depth)
+    check_structure(t)
+    assert_points_in_leaves(t, pts.astype(np.float64), rho_phi_z)
