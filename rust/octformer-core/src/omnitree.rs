@@ -1,1 +1,4 @@
-//! (placeholder: filled in by the serialization work, issue 3)
+//! Omnitrees (anisotropic 2^k-trees); see docs/octf-format.md.
+
+/// Deepest refinement level per dimension (grid coordinates fit in u32).
+pub const MAX_LEVEL: u8 = 30;
