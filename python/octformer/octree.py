@@ -348,6 +348,8 @@ def _as_points(points: Any, name: str = "points") -> tuple[np.ndarray, np.ndarra
         raise OctformerError(f"{name}: expected shape (N, 3), got {tuple(points.shape)}{hint}")
     if points.dtype == np.float16:
         points = points.astype(np.float32)
+    elif not points.dtype.isnative:  # e.g. big-endian '>f4' read from a file: the native side needs native order
+        points = points.astype(points.dtype.newbyteorder("="))
     return np.ascontiguousarray(points), o3d_normals
 
 
@@ -475,6 +477,9 @@ def build_octree(
         pts = _cylindrical(pts.astype(np.float64))
     lo, hi, nonempty = _segment_minmax(pts, offs)
     auto_box = bbox is None or (isinstance(bbox, str) and bbox == "auto")
+    huge = np.finfo(np.float64).max / 4  # beyond this the box arithmetic below overflows
+    if auto_box and (np.abs(lo).max(initial=0) >= huge or np.abs(hi).max(initial=0) >= huge):
+        raise OctformerError(f"points: expected |coordinates| < {huge:.3g}, got min {lo.min(axis=0).tolist()} max {hi.max(axis=0).tolist()}")
     if auto_box:
         if coords == "cylindrical":
             lo[:, 0] = 0.0
