@@ -15,8 +15,8 @@ Raw ``.bin`` files have no header, so the format follows from the name and size:
 
 * ``*.pcd.bin`` is a nuScenes lidar sweep: N×5 float32 (x, y, z, intensity, ring);
 * any other ``*.bin`` is a PointNetVLAD submap when its size is exactly 4096×3×8 = 98,304
-  bytes and its values read as float64 are finite and within ±10 (submaps are scaled to
-  [-1, 1]); otherwise it is a KITTI/SemanticKITTI scan, N×4 float32 (x, y, z, remission).
+  bytes and its values read as float64 are finite with the largest magnitude in [0.1, 10]
+  (submaps are zero-centred and scaled to [-1, 1]); otherwise it is a KITTI/SemanticKITTI scan, N×4 float32 (x, y, z, remission).
   Pass ``format="kitti"`` / ``"pointnetvlad"`` / ``"nuscenes"`` to skip the guess.
 """
 
@@ -145,11 +145,14 @@ def _detect_format(path: Path, data: bytes) -> str:
 
 
 def _looks_like_pointnetvlad(data: bytes) -> bool:
-    """The documented rule: exactly 4096×3 float64 whose values are finite and within ±10."""
+    """The documented rule: exactly 4096×3 float64, all finite, largest magnitude in [0.1, 10]."""
     if len(data) != POINTNETVLAD_NUM_POINTS * 3 * 8:
         return False
     vals = np.frombuffer(data, dtype="<f8")
-    return bool(np.isfinite(vals).all() and np.abs(vals).max() <= 10.0)
+    if not np.isfinite(vals).all():
+        return False
+    peak = float(np.abs(vals).max())
+    return 0.1 <= peak <= 10.0
 
 
 def read_points(
@@ -385,8 +388,24 @@ def _ply_ascii_vertices(body: bytes, elements: list[_PlyElement], vertex: _PlyEl
                 )
             values = values.reshape(el.count, nprop)
             columns = {n: values[:, j].astype(t) for j, (n, t, _) in enumerate(el.props)}
+        else:
+            _check_ply_ascii_rows(lines[start : start + el.count], el)
         start += el.count
     return columns
+
+
+def _check_ply_ascii_rows(rows: list[str], el: _PlyElement) -> None:
+    """Check each row of a skipped ascii element (faces, range_grid) has the values its properties need."""
+    for i, row in enumerate(rows):
+        tokens = row.split()
+        pos = 0
+        try:
+            for _, _, ct in el.props:
+                pos += 1 + (int(tokens[pos]) if ct is not None else 0)
+        except (IndexError, ValueError):
+            pos = -1
+        if pos != len(tokens):
+            raise CorruptDataError(f"PLY: row {i} of element {el.name!r} does not match its properties: {row[:80]!r}")
 
 
 # ============================================================================ PCD
