@@ -3,12 +3,19 @@
 from octformer._core import __version__
 from octformer.errors import CorruptDataError, InternalError, OctformerError, OutOfBoundsError
 from octformer.octree import Octree, build_octree, key_to_xyz
+from octformer import serialize  # the module: serialize.serialize, .decode, .encode, .order_for_block
+from octformer.serialize import FlattenPlan, Serialization, flatten, patches
 
 __all__ = [
     "__version__",
     "Octree",
     "build_octree",
     "key_to_xyz",
+    "serialize",
+    "Serialization",
+    "FlattenPlan",
+    "flatten",
+    "patches",
     "show_config",
     "OctformerError",
     "OutOfBoundsError",

@@ -36,3 +36,33 @@ def neighbors(
     num_threads: int | None = None,
 ) -> npt.NDArray[np.int32]: ...
 def resolved_num_threads(num_threads: int | None = None) -> int: ...
+
+# --- serialization and flattening plans (octformer.serialize) ---
+def serialize(
+    grid_coords: npt.NDArray[np.int64],
+    orders: list[str],
+    depth: int | None = None,
+    batch: npt.NDArray[np.int64] | None = None,
+    num_threads: int | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], int]: ...
+def curve_encode(
+    grid_coords: npt.NDArray[np.int64], order: str, depth: int, num_threads: int | None = None
+) -> npt.NDArray[np.int64]: ...
+def curve_decode(
+    codes: npt.NDArray[np.int64], order: str, depth: int, num_threads: int | None = None
+) -> npt.NDArray[np.int64]: ...
+def flatten_windows(
+    grid_coords: npt.NDArray[np.int64],
+    window: tuple[int, int, int],
+    group_size: int,
+    axis: str = "x",
+    shift: bool = False,
+    batch: npt.NDArray[np.int64] | None = None,
+    num_threads: int | None = None,
+) -> dict[str, object]: ...
+def plan_from_perm(
+    perm: npt.NDArray[np.int64],
+    group_size: int,
+    batch: npt.NDArray[np.int64] | None = None,
+    num_threads: int | None = None,
+) -> dict[str, object]: ...
