@@ -180,6 +180,10 @@ def test_laz_round_trip_through_laspy(shared_data: Path, tmp_path: Path) -> None
     np.testing.assert_array_equal(a.points, b.points)
     for k in a.attributes:
         np.testing.assert_array_equal(a.attributes[k], b.attributes[k])
+    blob = (tmp_path / "simple.laz").read_bytes()
+    for frac in (0.05, 0.3, 0.6, 0.9, 0.999):
+        with pytest.raises(TruncatedFileError):
+            read_points(_write(tmp_path, "cut.laz", blob[: int(len(blob) * frac)]))
 
 
 def test_obj_against_line_parser(shared_data: Path) -> None:

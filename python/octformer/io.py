@@ -604,7 +604,7 @@ def _cloud_from_columns(columns: dict, meta: dict, normal_names: tuple[str, str,
     cols = dict(columns)
     for axis in "xyz":
         if axis not in cols or cols[axis].ndim != 1:
-            raise CorruptDataError(f"{meta.get('data', 'file')}: expected scalar fields x, y, z, got {list(columns)}")
+            raise CorruptDataError(f"point fields: expected scalar fields x, y, z, got {list(columns)}")
     xyz = [cols.pop(a) for a in "xyz"]
     dtype = np.float32 if all(c.dtype == np.float32 for c in xyz) else np.float64
     points = np.stack([c.astype(dtype, copy=False) for c in xyz], axis=1)
@@ -657,6 +657,16 @@ def _read_las(path: Path) -> PointCloud:
         raise TruncatedFileError(
             f"LAS: {count} points × {record_len} bytes need {offset_to_points + count * record_len} bytes, the file has {size}"
         )
+    if compressed:
+        with open(path, "rb") as fh:
+            fh.seek(offset_to_points)
+            table = fh.read(8)
+        # LASzip starts the point data with the int64 offset of its chunk table, written last
+        if len(table) < 8:
+            raise TruncatedFileError(f"LAZ: the file ends at byte {size}, before the compressed points start")
+        (chunk_table,) = struct.unpack("<q", table)
+        if chunk_table != -1 and chunk_table + 8 > size:
+            raise TruncatedFileError(f"LAZ: the chunk table is at byte {chunk_table}, the file has only {size} bytes")
     try:
         import laspy
     except ImportError as exc:  # pragma: no cover - depends on the environment
