@@ -392,6 +392,11 @@ def test_lzf_wrong_size_raises() -> None:
         lzf_decompress(lzf_compress_literal(b"abcdef"), 7)
     with pytest.raises(CorruptDataError, match="exceeds"):
         lzf_decompress(lzf_compress_literal(b"abcdef"), 5)
+    with pytest.raises(CorruptDataError, match="cannot expand"):  # refuses before allocating 40 GB
+        lzf_decompress(b"\x00a", 40 * 2**30)
+    zeros = bytes(264 * 100)
+    lzf = pytest.importorskip("lzf")
+    assert lzf_decompress(lzf.compress(zeros), len(zeros)) == zeros  # near the maximum expansion ratio
 
 
 # ------------------------------------------------------------------ round trips
@@ -524,3 +529,52 @@ def test_pcd_written_by_pypcd4(tmp_path: Path) -> None:
         assert cloud.meta["data"] == enc.value
         np.testing.assert_allclose(cloud.points, xyz, rtol=1e-6 if enc.value == "ascii" else 0)
         np.testing.assert_array_equal(cloud.attributes["label"], lab)
+
+
+# ------------------------------------------------------------------ fuzzing: only named errors escape
+
+
+def _small_files(tmp: Path) -> dict[str, bytes]:
+    rng = np.random.default_rng(5)
+    pts = rng.normal(size=(9, 3)).astype(np.float32)
+    attrs = {"intensity": rng.random(9).astype(np.float32), "rgb": rng.integers(0, 256, (9, 3)).astype(np.uint8)}
+    cloud = PointCloud(pts, attrs)
+    out = {}
+    for name, writer in (
+        ("a.ply", lambda p: write_ply(p, cloud, binary=False)),
+        ("b.ply", lambda p: write_ply(p, cloud, byte_order=">")),
+        ("a.pcd", lambda p: write_pcd(p, cloud, data="ascii")),
+        ("b.pcd", lambda p: write_pcd(p, cloud, data="binary")),
+        ("c.pcd", lambda p: write_pcd(p, cloud, data="binary_compressed")),
+        ("a.npy", lambda p: np.save(p, pts)),
+        ("a.bin", lambda p: write_kitti_bin(p, cloud)),
+    ):
+        writer(tmp / name)
+        out[name] = (tmp / name).read_bytes()
+    out["a.obj"] = b"# cube corner\nv 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nf 1 2 3\n"
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_mutated_files_raise_only_named_errors(tmp_path: Path, data: st.DataObject) -> None:
+    files = _small_files(tmp_path)
+    name = data.draw(st.sampled_from(sorted(files)))
+    blob = bytearray(files[name])
+    for _ in range(data.draw(st.integers(1, 4))):
+        kind = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        pos = data.draw(st.integers(0, max(0, len(blob) - 1)))
+        if kind == "flip" and blob:
+            blob[pos] = data.draw(st.integers(0, 255))
+        elif kind == "cut":
+            del blob[pos:]
+        else:
+            blob[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+    path = tmp_path / f"fuzz_{name}"
+    path.write_bytes(bytes(blob))
+    try:
+        cloud = read_points(path)
+    except OctformerError:
+        return
+    assert cloud.points.ndim == 2 and cloud.points.shape[1] == 3
+    assert all(v.shape[0] == len(cloud) for v in cloud.attributes.values())

@@ -543,6 +543,8 @@ def lzf_decompress(stream: bytes, size: int) -> bytes:
     """
     src = bytes(stream)
     n = len(src)
+    if size > 88 * n:  # one 3-byte back-reference expands to at most 264 bytes
+        raise CorruptDataError(f"LZF: {n} compressed bytes cannot expand to the announced {size} bytes")
     out = bytearray(size)
     ip = op = 0
     try:
@@ -800,11 +802,26 @@ def _read_npy(data: bytes) -> PointCloud:
 
     if not data.startswith(b"\x93NUMPY"):
         raise CorruptDataError(f"NPY: expected the magic b'\\x93NUMPY', got {data[:6]!r}")
+    fh = _stdio.BytesIO(data)
     try:
-        arr = np.load(_stdio.BytesIO(data), allow_pickle=False)
-    except (ValueError, EOFError, OSError) as exc:
-        kind = TruncatedFileError if "size" in str(exc) or isinstance(exc, EOFError) else CorruptDataError
-        raise kind(f"NPY: cannot load the array: {exc}") from exc
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise UnsupportedFormatError(f"NPY: format version {version} is not supported (expected 1.0 or 2.0)")
+    except OctformerError:
+        raise
+    except Exception as exc:  # numpy parses the header dict with ast/tokenize, which raise many types
+        raise CorruptDataError(f"NPY: malformed header: {exc}") from exc
+    if dtype.hasobject:
+        raise UnsupportedFormatError("NPY: object arrays (pickles) are not read")
+    count = int(np.prod(shape, dtype=np.int64))
+    need = count * dtype.itemsize
+    if len(data) - fh.tell() < need:
+        raise TruncatedFileError(f"NPY: shape {shape} {dtype} needs {need} bytes, only {len(data) - fh.tell()} left")
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=fh.tell()).reshape(shape, order="F" if fortran else "C")
     points, attrs = _points_from_array(arr, "NPY")
     return PointCloud(points, attrs, None, "npy", {})
 
@@ -813,16 +830,14 @@ _NPZ_POINT_KEYS = ("points", "xyz", "coord", "coords", "pos", "positions")
 
 
 def _read_npz(path: Path) -> PointCloud:
-    import zipfile
-
     with open(path, "rb") as fh:
         if fh.read(4) != b"PK\x03\x04":
             raise CorruptDataError("NPZ: expected a zip archive (magic 'PK\\x03\\x04')")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as exc:
-        raise CorruptDataError(f"NPZ: cannot load {path.name}: {exc}") from exc
+    except Exception as exc:  # zipfile, zlib and numpy's header parser raise many exception types
+        raise CorruptDataError(f"NPZ: cannot load {path.name}: {type(exc).__name__}: {exc}") from exc
     key = next((k for k in _NPZ_POINT_KEYS if k in arrays), None)
     if key is None:
         raise CorruptDataError(f"NPZ: expected an array named one of {_NPZ_POINT_KEYS}, got {sorted(arrays)}")
