@@ -170,7 +170,9 @@ def read_points(
         keep_invalid: PCD only: keep points with NaN/Inf coordinates (organized clouds mark
             invalid pixels that way) instead of dropping them; ``meta["num_invalid"]`` counts them.
         labels: KITTI only: ``"auto"`` loads ``<stem>.label`` beside the scan or in
-            ``../labels/`` when one exists, a path loads that file, False/None loads none.
+            ``../labels/`` when one exists, True requires one there, a path loads that
+            file, False/None loads none. Labels add ``label`` (raw id), ``instance`` and
+            ``label_learning`` (0..19 via ``SEMANTICKITTI_LEARNING_MAP``).
     """
     p = Path(os.fspath(path))
     if format is not None and format not in FORMATS:
