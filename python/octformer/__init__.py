@@ -3,6 +3,7 @@
 from octformer._core import __version__
 from octformer.errors import CorruptDataError, InternalError, OctformerError, OutOfBoundsError
 from octformer.octree import Octree, build_octree, key_to_xyz
+from octformer.format import load, save  # OCTF files (octformer.format has encode/decode/token views)
 from octformer import serialize  # the module: serialize.serialize, .decode, .encode, .order_for_block
 from octformer.serialize import FlattenPlan, Serialization, flatten, patches
 
@@ -11,6 +12,8 @@ __all__ = [
     "Octree",
     "build_octree",
     "key_to_xyz",
+    "save",
+    "load",
     "serialize",
     "Serialization",
     "FlattenPlan",

@@ -1335,6 +1335,29 @@ mod tests {
         }
     }
 
+    /// Seed corpus for the cargo-fuzz target: `OCTF_SEED_DIR=fuzz/corpus/decode_octf
+    /// cargo test -p octformer-core write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write_fuzz_seeds() {
+        let dir = std::env::var("OCTF_SEED_DIR").expect("set OCTF_SEED_DIR");
+        std::fs::create_dir_all(&dir).unwrap();
+        let pts: Vec<f32> = (0..60).map(|i| ((i * 53 % 97) as f32 / 48.0) - 1.0).collect();
+        let mut n = 0;
+        for (depth, fd) in [(1u8, 0u8), (2, 0), (3, 1), (4, 2), (5, 1), (3, 3)] {
+            for order in [ChildOrder::XyzMsb, ChildOrder::XyzLsb] {
+                let mut t = build(&pts, &[7], depth, fd);
+                if depth % 2 == 1 {
+                    t.features = None;
+                    t.normals = Some(vec![0.5; 3 * t.tree.nnum_nempty(depth as usize)]);
+                }
+                let bytes = encode_octree(&t.view(), EncodeOptions { child_order: order }).unwrap();
+                std::fs::write(format!("{dir}/seed{n}.octf"), bytes).unwrap();
+                n += 1;
+            }
+        }
+    }
+
     #[test]
     fn swap_is_an_involution_and_varints_are_canonical() {
         let t = build(&[0.1, 0.5, -0.7, 0.9, -0.2, 0.3], &[], 5, 2);

@@ -1,7 +1,227 @@
-//! (placeholder: bindings filled in by the serialization work, issue 3)
+//! Bindings for the OCTF format and the occupancy-token views (octformer.format).
 
+use numpy::ndarray::Array2;
+use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use octformer_core::format::{
+    self as octf, ChildOrder, Coords, DecodeOptions, EncodeOptions, Header, NodeKind, OctfOctree, TreeView,
+};
+use octformer_core::Octree;
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use crate::convert::{as_u64, keys_to_numpy, slice1};
+use crate::errors::{OctformerError, guarded};
+use crate::threads;
+
+/// The arrays of an `octformer.Octree` as the encoder and token views borrow them.
+#[derive(FromPyObject)]
+pub struct TreeArrays<'py> {
+    depth: u8,
+    full_depth: u8,
+    batch_size: usize,
+    keys: Vec<PyReadonlyArray1<'py, i64>>,
+    children: Vec<PyReadonlyArray1<'py, i32>>,
+    batch: Vec<PyReadonlyArray1<'py, i32>>,
+    batch_nnum: PyReadonlyArray2<'py, i64>,
+    batch_nnum_nempty: PyReadonlyArray2<'py, i64>,
+    origin: PyReadonlyArray2<'py, f64>,
+    voxel_size: PyReadonlyArray2<'py, f64>,
+    coords: String,
+    features: Option<PyReadonlyArray2<'py, f32>>,
+    normals: Option<PyReadonlyArray2<'py, f32>>,
+}
+
+fn contiguous<'a, T: numpy::Element>(a: &'a PyReadonlyArray2<'_, T>, name: &str) -> PyResult<&'a [T]> {
+    a.as_slice().map_err(|_| OctformerError::new_err(format!("{name}: expected a C-contiguous array")))
+}
+
+impl<'py> TreeArrays<'py> {
+    fn view(&self) -> PyResult<TreeView<'_>> {
+        let coords = match self.coords.as_str() {
+            "cartesian" => Coords::Cartesian,
+            "cylindrical" => Coords::Cylindrical,
+            other => return Err(OctformerError::new_err(format!("tree.coords: expected 'cartesian' or 'cylindrical', got {other:?}"))),
+        };
+        let features = match &self.features {
+            Some(f) => Some((contiguous(f, "tree.features")?, f.shape()[1])),
+            None => None,
+        };
+        let normals = match &self.normals {
+            Some(n) => {
+                if n.shape()[1] != 3 {
+                    return Err(OctformerError::new_err(format!("tree.normals: expected shape (M, 3), got {:?}", n.shape())));
+                }
+                Some(contiguous(n, "tree.normals")?)
+            }
+            None => None,
+        };
+        Ok(TreeView {
+            depth: self.depth,
+            full_depth: self.full_depth,
+            batch_size: self.batch_size,
+            keys: self.keys.iter().map(|a| slice1(a, "tree.keys").map(as_u64)).collect::<PyResult<_>>()?,
+            children: self.children.iter().map(|a| slice1(a, "tree.children")).collect::<PyResult<_>>()?,
+            batch: self.batch.iter().map(|a| slice1(a, "tree.batch")).collect::<PyResult<_>>()?,
+            batch_nnum: contiguous(&self.batch_nnum, "tree.batch_nnum")?.to_vec(),
+            batch_nnum_nempty: contiguous(&self.batch_nnum_nempty, "tree.batch_nnum_nempty")?.to_vec(),
+            origin: contiguous(&self.origin, "tree.origin")?,
+            scale: contiguous(&self.voxel_size, "tree.voxel_size")?,
+            coords,
+            features,
+            normals,
+        })
+    }
+}
+
+fn child_order(name: &str) -> PyResult<ChildOrder> {
+    match name {
+        "xyz_msb" => Ok(ChildOrder::XyzMsb),
+        "xyz_lsb" => Ok(ChildOrder::XyzLsb),
+        other => Err(OctformerError::new_err(format!("child_order: expected 'xyz_msb' or 'xyz_lsb', got {other:?}"))),
+    }
+}
+
+#[pyfunction]
+#[pyo3(signature = (tree, child_order="xyz_msb", num_threads=None))]
+/// Encode an octree (its arrays, see octformer.format.encode) as OCTF bytes.
+pub fn octf_encode<'py>(py: Python<'py>, tree: TreeArrays<'py>, child_order: &str, num_threads: Option<usize>) -> PyResult<Bound<'py, PyBytes>> {
+    let order = self::child_order(child_order)?;
+    let view = tree.view()?;
+    let bytes = py.detach(|| threads::install(num_threads, || guarded(|| octf::encode_octree(&view, EncodeOptions { child_order: order }))))??;
+    Ok(PyBytes::new(py, &bytes))
+}
+
+fn tree_dict<'py>(py: Python<'py>, t: Octree, out: &Bound<'py, PyDict>) -> PyResult<()> {
+    let (d, b) = (t.depth as usize, t.batch_size);
+    let nnum = Array2::from_shape_fn((d + 1, b), |(i, j)| t.batch_nnum[i][j] as i64);
+    let nnum_ne = Array2::from_shape_fn((d + 1, b), |(i, j)| t.batch_nnum_nempty[i][j] as i64);
+    out.set_item("depth", t.depth)?;
+    out.set_item("full_depth", t.full_depth)?;
+    out.set_item("batch_size", b)?;
+    out.set_item("batch_nnum", nnum.into_pyarray(py))?;
+    out.set_item("batch_nnum_nempty", nnum_ne.into_pyarray(py))?;
+    out.set_item("keys", PyList::new(py, t.keys.into_iter().map(|k| keys_to_numpy(py, k)))?)?;
+    out.set_item("children", PyList::new(py, t.children.into_iter().map(|c| c.into_pyarray(py)))?)?;
+    out.set_item("batch", PyList::new(py, t.batch.into_iter().map(|c| c.into_pyarray(py)))?)?;
+    Ok(())
+}
+
+fn rows(v: Vec<f64>, b: usize, w: usize) -> Array2<f64> {
+    Array2::from_shape_vec((b, w), v).expect("shape checked by the decoder")
+}
+
+#[pyfunction]
+#[pyo3(signature = (data, max_depth=None, num_threads=None))]
+/// Decode OCTF bytes into a dict of numpy arrays (see octformer.format.decode).
+pub fn octf_decode<'py>(py: Python<'py>, data: &[u8], max_depth: Option<u8>, num_threads: Option<usize>) -> PyResult<Bound<'py, PyDict>> {
+    let opts = DecodeOptions { max_depth, verify_checksums: true };
+    let dec: OctfOctree = py.detach(|| threads::install(num_threads, || guarded(|| octf::decode_octree(data, &opts))))??;
+    let out = PyDict::new(py);
+    let b = dec.tree.batch_size;
+    let m = dec.tree.nnum_nempty(dec.tree.depth as usize);
+    tree_dict(py, dec.tree, &out)?;
+    out.set_item("origin", rows(dec.origin, b, 3).into_pyarray(py))?;
+    out.set_item("voxel_size", rows(dec.scale, b, 3).into_pyarray(py))?;
+    out.set_item("coords", match dec.coords {
+        Coords::Cartesian => "cartesian",
+        Coords::Cylindrical => "cylindrical",
+    })?;
+    match dec.features {
+        Some((f, c)) => out.set_item("features", Array2::from_shape_vec((m, c), f).expect("shape").into_pyarray(py))?,
+        None => out.set_item("features", py.None())?,
+    }
+    match dec.normals {
+        Some(n) => out.set_item("normals", Array2::from_shape_vec((m, 3), n).expect("shape").into_pyarray(py))?,
+        None => out.set_item("normals", py.None())?,
+    }
+    Ok(out)
+}
+
+#[pyfunction]
+#[pyo3(signature = (data, max_depth=None))]
+/// Streaming structure decode only: sample-local keys of the non-empty nodes per depth
+/// full_depth..=max_depth (the raw decode the throughput benchmark measures).
+pub fn octf_decode_levels<'py>(py: Python<'py>, data: &[u8], max_depth: Option<u8>) -> PyResult<Bound<'py, PyList>> {
+    let opts = DecodeOptions { max_depth, verify_checksums: true };
+    let keys = py.detach(|| guarded(|| octf::decode_levels(data, &opts).map(|lv| lv.nonempty_keys)))?;
+    PyList::new(py, keys.into_iter().map(|k| keys_to_numpy(py, k)))
+}
+
+pub fn header_dict<'py>(py: Python<'py>, h: &Header) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    out.set_item("version", (h.major, h.minor))?;
+    out.set_item("flags", h.flags)?;
+    out.set_item("dims", h.dims)?;
+    out.set_item("node_kind", match h.node_kind {
+        NodeKind::Octree => "octree",
+        NodeKind::Omnitree => "omnitree",
+    })?;
+    out.set_item("child_order", match h.child_order {
+        ChildOrder::XyzMsb => "xyz_msb",
+        ChildOrder::XyzLsb => "xyz_lsb",
+    })?;
+    out.set_item("traversal", match h.traversal {
+        octf::Traversal::BreadthFirst => "bfs",
+        octf::Traversal::DepthFirst => "dfs",
+    })?;
+    out.set_item("max_depth", h.max_depth)?;
+    out.set_item("full_depth", h.full_depth)?;
+    out.set_item("coords", match h.coords {
+        Coords::Cartesian => "cartesian",
+        Coords::Cylindrical => "cylindrical",
+    })?;
+    out.set_item("batch_size", h.batch_size)?;
+    out.set_item("channels", h.channels)?;
+    let w = h.dims as usize;
+    out.set_item("origin", rows(h.origin.clone(), h.batch_size, w).into_pyarray(py))?;
+    out.set_item("scale", rows(h.scale.clone(), h.batch_size, w).into_pyarray(py))?;
+    out.set_item("counts", h.counts.clone())?;
+    Ok(out)
+}
+
+#[pyfunction]
+/// The header of OCTF bytes as a dict (nothing after the header is read).
+pub fn octf_header<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyDict>> {
+    let h = guarded(|| octf::read_header_only(data))?;
+    header_dict(py, &h)
+}
+
+#[pyfunction]
+/// Per-sample occupancy tokens of a tree: ((T,) uint8 tokens, (B+1,) int64 offsets).
+pub fn occupancy_tokens<'py>(py: Python<'py>, tree: TreeArrays<'py>) -> PyResult<(Bound<'py, PyArray1<u8>>, Bound<'py, PyArray1<i64>>)> {
+    let view = tree.view()?;
+    let (tokens, offsets) = py.detach(|| guarded(|| octf::occupancy_tokens(&view)))?;
+    let offsets: Vec<i64> = offsets.into_iter().map(|o| o as i64).collect();
+    Ok((tokens.into_pyarray(py), offsets.into_pyarray(py)))
+}
+
+#[pyfunction]
+/// Rebuild tree arrays (dict) from per-sample occupancy tokens and (B+1,) offsets.
+pub fn octree_from_occupancy_tokens<'py>(
+    py: Python<'py>,
+    tokens: PyReadonlyArray1<'py, u8>,
+    offsets: PyReadonlyArray1<'py, i64>,
+    depth: u8,
+    full_depth: u8,
+) -> PyResult<Bound<'py, PyDict>> {
+    let tok = slice1(&tokens, "tokens")?;
+    let offs = slice1(&offsets, "offsets")?;
+    if offs.iter().any(|&o| o < 0) {
+        return Err(OctformerError::new_err(format!("offsets: expected non-negative values, got {offs:?}")));
+    }
+    let offs: Vec<usize> = offs.iter().map(|&o| o as usize).collect();
+    let t = py.detach(|| guarded(|| octf::octree_from_occupancy_tokens(tok, &offs, depth, full_depth)))?;
+    let out = PyDict::new(py);
+    tree_dict(py, t, &out)?;
+    Ok(out)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(octf_encode, m)?)?;
+    m.add_function(wrap_pyfunction!(octf_decode, m)?)?;
+    m.add_function(wrap_pyfunction!(octf_decode_levels, m)?)?;
+    m.add_function(wrap_pyfunction!(octf_header, m)?)?;
+    m.add_function(wrap_pyfunction!(occupancy_tokens, m)?)?;
+    m.add_function(wrap_pyfunction!(octree_from_occupancy_tokens, m)?)?;
     Ok(())
 }
