@@ -219,6 +219,19 @@ def test_empty_sample_inside_batch_matches_ocnn():
     assert_neighbors_equal(ours, merged, "empty middle sample")
 
 
+@pytest.mark.parametrize("offsets", [[0, 0, 1], [0, 1, 1], [0, 0, 0, 1, 3]])
+@pytest.mark.parametrize("full_depth", [0, 1])
+def test_empty_samples_with_sparse_roots_neighbors_match_ocnn(offsets, full_depth):
+    """Found by hypothesis: with full_depth 0 an empty sample's root is empty, so root rows != root ranks."""
+    pts = np.array([[0.0, 0.0, 0.0], [0.5, -0.5, 0.25], [-0.9, 0.9, 0.0]], np.float32)[: offsets[-1]]
+    clouds = [pts[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    ours = build_ours(clouds, 3, full_depth)
+    merged = ocnn_merged(clouds, 3, full_depth)
+    assert_structure_equal(ours, merged, "sparse roots")
+    assert_neighbors_equal(ours, merged, "sparse roots")
+    assert ours.neighbors(0, nonempty=True).shape == (int(ours.nnum_nempty[0]), 27)
+
+
 # ------------------------------------------------------------------ to_ocnn
 
 

@@ -52,14 +52,19 @@ pub fn neighbors_from_levels(
             }
         }
     }
-    // table for non-empty rows at depth 0 (roots), entries index all nodes at that depth
-    let roots = keys[0].len();
-    let mut table = vec![-1i32; roots * 27];
-    for r in 0..roots {
-        table[r * 27 + slot(0, 0, 0)] = r as i32;
+    // table for non-empty rows at depth 0 (roots), entries index all nodes at that depth;
+    // rows are by non-empty rank (an empty sample's root has none), all roots only when asked
+    let roots: Vec<usize> = if depth == 0 && !nonempty {
+        (0..keys[0].len()).collect()
+    } else {
+        nonempty_indices(children[0])
+    };
+    let mut table = vec![-1i32; roots.len() * 27];
+    for (j, &r) in roots.iter().enumerate() {
+        table[j * 27 + slot(0, 0, 0)] = r as i32;
         if periodic_y {
-            table[r * 27 + slot(0, -1, 0)] = r as i32;
-            table[r * 27 + slot(0, 1, 0)] = r as i32;
+            table[j * 27 + slot(0, -1, 0)] = r as i32;
+            table[j * 27 + slot(0, 1, 0)] = r as i32;
         }
     }
     if depth == 0 {
