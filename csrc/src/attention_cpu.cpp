@@ -1,0 +1,369 @@
+// CPU window attention: flash-style online softmax over key blocks, RPE bias and key mask added per block,
+// so no (groups, K, K) tensor exists; parallel over (segment, head) with at::parallel_for.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "attention.h"
+#include "cpu_common.h"
+
+namespace octformer {
+namespace {
+
+constexpr int64_t kMaxBlockQ = 256;  // query rows per block (upper bound)
+constexpr int64_t kBlockK = 512;     // keys per block (S block is at most kMaxBlockQ x kBlockK)
+
+// Larger query blocks for longer segments: fewer, larger GEMMs; small segments keep scratch in L1.
+inline int64_t query_block(int64_t len) { return len >= 768 ? 256 : (len >= 192 ? 64 : 32); }
+constexpr int64_t kBwdChunk = 8;  // segments per backward task: fixed, so RPE-gradient sums are thread-count independent
+
+template <typename T>
+struct AttnArgs {
+  AttnProblem p;
+  const T *q = nullptr, *k = nullptr, *v = nullptr;
+  const int16_t* coords = nullptr;
+  const T* table = nullptr;
+  const T* mask = nullptr;
+  const int32_t* cu = nullptr;
+  T scale = T(1);
+
+  void segment(int64_t s, int64_t& start, int64_t& len) const {
+    if (p.varlen) {
+      start = cu[s];
+      len = cu[s + 1] - cu[s];
+    } else {
+      start = 0;
+      len = p.group;
+    }
+  }
+  int64_t base(int64_t s, int64_t h, int64_t start) const {
+    return s * p.seg_stride + h * p.head_stride + start * p.tok_stride;
+  }
+  int64_t lse_base(int64_t s, int64_t h, int64_t start) const {
+    return s * p.lse_seg + h * p.lse_head + start * p.lse_tok;
+  }
+  // index of the first token of segment s in the per-token arrays (coords, key mask)
+  int64_t token0(int64_t s, int64_t start) const { return s * p.group + start; }
+};
+
+// Per-task scratch: one S block, one dP block, the head's RPE table column, key coordinates as SoA.
+template <typename T>
+struct Scratch {
+  std::vector<T> S, dP, tab, m, l, d;
+  std::vector<int32_t> kx, ky, kz;
+  explicit Scratch(const AttnProblem& p)
+      : S(kMaxBlockQ * kBlockK), dP(kMaxBlockQ * kBlockK), tab(p.rpe_rows), m(kMaxBlockQ), l(kMaxBlockQ), d(kMaxBlockQ),
+        kx(kBlockK), ky(kBlockK), kz(kBlockK) {}
+};
+
+template <typename T>
+void load_head_table(const AttnArgs<T>& a, int64_t h, Scratch<T>& w) {
+  for (int64_t r = 0; r < a.p.rpe_rows; ++r) w.tab[r] = a.table[r * a.p.heads + h];
+}
+
+// S[i, j] += rpe(i, j) + mask[j] for queries [gq, gq+nq) and keys [gk, gk+nk) (global token ids).
+template <typename T>
+void add_bias(const AttnArgs<T>& a, int64_t gq, int64_t nq, int64_t gk, int64_t nk, Scratch<T>& w) {
+  T* S = w.S.data();
+  if (a.p.has_rpe) {
+    const int32_t b = (int32_t)a.p.rpe_bound, span = 2 * b + 1;
+    for (int64_t j = 0; j < nk; ++j) {
+      const int16_t* c = a.coords + (gk + j) * 3;
+      w.kx[j] = c[0];
+      w.ky[j] = c[1];
+      w.kz[j] = c[2];
+    }
+    const T* tx = w.tab.data();
+    const T* ty = tx + span;
+    const T* tz = ty + span;
+    for (int64_t i = 0; i < nq; ++i) {
+      const int16_t* c = a.coords + (gq + i) * 3;
+      const int32_t qx = c[0] + b, qy = c[1] + b, qz = c[2] + b;
+      T* srow = S + i * kBlockK;
+      for (int64_t j = 0; j < nk; ++j) {
+        const int32_t ix = std::min(std::max(qx - w.kx[j], 0), 2 * b);
+        const int32_t iy = std::min(std::max(qy - w.ky[j], 0), 2 * b);
+        const int32_t iz = std::min(std::max(qz - w.kz[j], 0), 2 * b);
+        srow[j] += tx[ix] + ty[iy] + tz[iz];
+      }
+    }
+  }
+  if (a.p.has_mask) {
+    const T* mk = a.mask + gk;
+    for (int64_t i = 0; i < nq; ++i) {
+      T* srow = S + i * kBlockK;
+      for (int64_t j = 0; j < nk; ++j) srow[j] += mk[j];
+    }
+  }
+}
+
+template <typename T>
+void fwd_task(const AttnArgs<T>& a, int64_t s, int64_t h, T* out, T* lse, Scratch<T>& w) {
+  int64_t start, len;
+  a.segment(s, start, len);
+  if (len == 0) return;
+  const int64_t C = a.p.dim, ld = a.p.tok_stride, off = a.base(s, h, start), g0 = a.token0(s, start);
+  const T *Q = a.q + off, *K = a.k + off, *V = a.v + off;
+  T* O = out + off;
+  T* L = lse + a.lse_base(s, h, start);
+  const T ninf = -std::numeric_limits<T>::infinity();
+  if (a.p.has_rpe) load_head_table(a, h, w);
+  const int64_t block_q = query_block(len);
+  for (int64_t qb = 0; qb < len; qb += block_q) {
+    const int64_t nq = std::min(block_q, len - qb);
+    T* Ob = O + qb * ld;
+    for (int64_t i = 0; i < nq; ++i) {
+      std::fill(Ob + i * ld, Ob + i * ld + C, T(0));
+      w.m[i] = ninf;
+      w.l[i] = T(0);
+    }
+    for (int64_t kb = 0; kb < len; kb += kBlockK) {
+      const int64_t nk = std::min(kBlockK, len - kb);
+      T* S = w.S.data();
+      gemm_rm(false, true, nq, nk, C, a.scale, Q + qb * ld, ld, K + kb * ld, ld, T(0), S, kBlockK);
+      add_bias(a, g0 + qb, nq, g0 + kb, nk, w);
+      for (int64_t i = 0; i < nq; ++i) {
+        T* srow = S + i * kBlockK;
+        const T mx = row_max(srow, nk);
+        const T mnew = std::max(w.m[i], mx);
+        if (mnew == ninf) {  // every key so far is masked: weights stay 0
+          std::fill(srow, srow + nk, T(0));
+          continue;
+        }
+        const T sum = exp_shift_sum(srow, nk, mnew);
+        const T corr = w.m[i] == ninf ? T(0) : std::exp(w.m[i] - mnew);
+        if (corr != T(1)) {
+          T* orow = Ob + i * ld;
+          for (int64_t c = 0; c < C; ++c) orow[c] *= corr;
+        }
+        w.l[i] = w.l[i] * corr + sum;
+        w.m[i] = mnew;
+      }
+      gemm_rm(false, false, nq, C, nk, T(1), S, kBlockK, V + kb * ld, ld, T(1), Ob, ld);
+    }
+    for (int64_t i = 0; i < nq; ++i) {
+      T* orow = Ob + i * ld;
+      if (w.l[i] == T(0)) {  // fully masked row: output 0, lse -inf
+        std::fill(orow, orow + C, T(0));
+        L[(qb + i) * a.p.lse_tok] = ninf;
+        continue;
+      }
+      const T inv = T(1) / w.l[i];
+      for (int64_t c = 0; c < C; ++c) orow[c] *= inv;
+      L[(qb + i) * a.p.lse_tok] = w.m[i] + std::log(w.l[i]);
+    }
+  }
+}
+
+template <typename T>
+void bwd_segment(const AttnArgs<T>& a, int64_t s, int64_t h, const T* gout, const T* out, const T* lse, T* dq, T* dk,
+                 T* dv, T* dtab, Scratch<T>& w) {
+  int64_t start, len;
+  a.segment(s, start, len);
+  if (len == 0) return;
+  const int64_t C = a.p.dim, ld = a.p.tok_stride, off = a.base(s, h, start), g0 = a.token0(s, start);
+  const T *Q = a.q + off, *K = a.k + off, *V = a.v + off, *O = out + off, *dO = gout + off;
+  T *dQ = dq + off, *dK = dk + off, *dV = dv + off;
+  const T* L = lse + a.lse_base(s, h, start);
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const int32_t b = (int32_t)a.p.rpe_bound, span = 2 * b + 1;
+  const int64_t block_q = query_block(len);
+  for (int64_t qb = 0; qb < len; qb += block_q) {
+    const int64_t nq = std::min(block_q, len - qb);
+    for (int64_t i = 0; i < nq; ++i) {
+      const T *o = O + (qb + i) * ld, *g = dO + (qb + i) * ld;
+      T acc = T(0);
+      for (int64_t c = 0; c < C; ++c) acc += o[c] * g[c];
+      w.d[i] = acc;
+    }
+    for (int64_t kb = 0; kb < len; kb += kBlockK) {
+      const int64_t nk = std::min(kBlockK, len - kb);
+      T* S = w.S.data();
+      T* dP = w.dP.data();
+      gemm_rm(false, true, nq, nk, C, a.scale, Q + qb * ld, ld, K + kb * ld, ld, T(0), S, kBlockK);
+      add_bias(a, g0 + qb, nq, g0 + kb, nk, w);
+      for (int64_t i = 0; i < nq; ++i) {  // P = exp(S - lse)
+        T* srow = S + i * kBlockK;
+        const T li = L[(qb + i) * a.p.lse_tok];
+        if (li == ninf) {
+          std::fill(srow, srow + nk, T(0));
+          continue;
+        }
+        exp_shift_sum(srow, nk, li);
+      }
+      gemm_rm(true, false, nk, C, nq, T(1), S, kBlockK, dO + qb * ld, ld, T(1), dV + kb * ld, ld);  // dV += P^T dO
+      gemm_rm(false, true, nq, nk, C, T(1), dO + qb * ld, ld, V + kb * ld, ld, T(0), dP, kBlockK);  // dP = dO V^T
+      for (int64_t i = 0; i < nq; ++i) {  // dS = P * (dP - D)
+        const T* srow = S + i * kBlockK;
+        T* drow = dP + i * kBlockK;
+        const T di = w.d[i];
+        for (int64_t j = 0; j < nk; ++j) drow[j] = srow[j] * (drow[j] - di);
+      }
+      if (a.p.has_rpe) {
+        for (int64_t j = 0; j < nk; ++j) {
+          const int16_t* c = a.coords + (g0 + kb + j) * 3;
+          w.kx[j] = c[0];
+          w.ky[j] = c[1];
+          w.kz[j] = c[2];
+        }
+        for (int64_t i = 0; i < nq; ++i) {
+          const int16_t* c = a.coords + (g0 + qb + i) * 3;
+          const int32_t qx = c[0] + b, qy = c[1] + b, qz = c[2] + b;
+          const T* drow = dP + i * kBlockK;
+          for (int64_t j = 0; j < nk; ++j) {
+            const T g = drow[j];
+            dtab[std::min(std::max(qx - w.kx[j], 0), 2 * b)] += g;
+            dtab[span + std::min(std::max(qy - w.ky[j], 0), 2 * b)] += g;
+            dtab[2 * span + std::min(std::max(qz - w.kz[j], 0), 2 * b)] += g;
+          }
+        }
+      }
+      gemm_rm(false, false, nq, C, nk, a.scale, dP, kBlockK, K + kb * ld, ld, T(1), dQ + qb * ld, ld);  // dQ += dS K
+      gemm_rm(true, false, nk, C, nq, a.scale, dP, kBlockK, Q + qb * ld, ld, T(1), dK + kb * ld, ld);   // dK += dS^T Q
+    }
+  }
+}
+
+void check_cu_seqlens_cpu(const at::Tensor& cu, int64_t total) {
+  const int32_t* c = cu.data_ptr<int32_t>();
+  const int64_t n = cu.numel();
+  TORCH_CHECK_VALUE(c[0] == 0, "window_attention: cu_seqlens[0] must be 0, got ", c[0]);
+  for (int64_t i = 1; i < n; ++i) {
+    TORCH_CHECK_VALUE(c[i] >= c[i - 1], "window_attention: cu_seqlens must be non-decreasing, got cu_seqlens[", i,
+                      "] = ", c[i], " < ", c[i - 1]);
+  }
+  TORCH_CHECK_VALUE(c[n - 1] == total, "window_attention: cu_seqlens[-1] must equal the token count ", total, ", got ",
+                    c[n - 1]);
+}
+
+template <typename T>
+AttnArgs<T> make_args(const AttnProblem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      const std::optional<at::Tensor>& cu, const at::Tensor& coords, const at::Tensor& table,
+                      const at::Tensor& mask, double scale) {
+  AttnArgs<T> a;
+  a.p = p;
+  a.q = q.data_ptr<T>();
+  a.k = k.data_ptr<T>();
+  a.v = v.data_ptr<T>();
+  a.cu = cu.has_value() ? cu->data_ptr<int32_t>() : nullptr;
+  a.coords = p.has_rpe ? coords.data_ptr<int16_t>() : nullptr;
+  a.table = p.has_rpe ? table.data_ptr<T>() : nullptr;
+  a.mask = p.has_mask ? mask.data_ptr<T>() : nullptr;
+  a.scale = (T)scale;
+  return a;
+}
+
+struct Prepared {
+  AttnProblem p;
+  at::Tensor q, k, v, coords, table, mask;
+  std::optional<at::Tensor> cu;
+};
+
+Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                 const std::optional<at::Tensor>& cu_seqlens, const std::optional<at::Tensor>& coords,
+                 const std::optional<at::Tensor>& rpe_table, const std::optional<at::Tensor>& key_mask) {
+  Prepared r;
+  r.p = check_attention_inputs(q, k, v, cu_seqlens, coords, rpe_table, key_mask);
+  TORCH_CHECK_VALUE(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
+                    "window_attention (CPU): dtype must be float32 or float64, got ", q.scalar_type());
+  r.q = q.contiguous();
+  r.k = k.contiguous();
+  r.v = v.contiguous();
+  if (cu_seqlens.has_value()) {
+    r.cu = cu_seqlens->contiguous();
+    check_cu_seqlens_cpu(*r.cu, r.p.total_tokens);
+  }
+  if (r.p.has_rpe) {
+    r.coords = coords->contiguous();
+    r.table = rpe_table->contiguous();
+  }
+  if (r.p.has_mask) r.mask = key_mask->contiguous();
+  return r;
+}
+
+at::Tensor lse_empty(const AttnProblem& p, const at::Tensor& q) {
+  if (p.varlen) return at::empty({p.total_tokens, p.heads}, q.options());
+  return at::empty({p.num_segments, p.heads, p.group}, q.options());
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                            const at::Tensor& v,
+                                                            const std::optional<at::Tensor>& cu_seqlens,
+                                                            const std::optional<at::Tensor>& coords,
+                                                            const std::optional<at::Tensor>& rpe_table,
+                                                            const std::optional<at::Tensor>& key_mask, double scale) {
+  Prepared r = prepare(q, k, v, cu_seqlens, coords, rpe_table, key_mask);
+  const AttnProblem& p = r.p;
+  at::Tensor out = at::empty_like(r.q, at::MemoryFormat::Contiguous);
+  at::Tensor lse = lse_empty(p, r.q);
+  AT_DISPATCH_FLOATING_TYPES(r.q.scalar_type(), "window_attention_fwd_cpu", [&] {
+    const AttnArgs<scalar_t> a = make_args<scalar_t>(p, r.q, r.k, r.v, r.cu, r.coords, r.table, r.mask, scale);
+    scalar_t* o = out.data_ptr<scalar_t>();
+    scalar_t* l = lse.data_ptr<scalar_t>();
+    at::parallel_for(0, p.num_segments * p.heads, 1, [&](int64_t begin, int64_t end) {
+      Scratch<scalar_t> w(p);
+      for (int64_t t = begin; t < end; ++t) fwd_task(a, t / p.heads, t % p.heads, o, l, w);
+    });
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, const std::optional<at::Tensor>& cu_seqlens, const std::optional<at::Tensor>& coords,
+    const std::optional<at::Tensor>& rpe_table, const std::optional<at::Tensor>& key_mask, double scale) {
+  Prepared r = prepare(q, k, v, cu_seqlens, coords, rpe_table, key_mask);
+  const AttnProblem& p = r.p;
+  TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
+                    "window_attention_bwd: grad_out and out must have q's shape ", q.sizes());
+  TORCH_CHECK_VALUE(lse.numel() == p.total_tokens * p.heads, "window_attention_bwd: lse has ", lse.numel(),
+                    " values, expected ", p.total_tokens * p.heads);
+  const at::Tensor g = grad_out.contiguous().to(q.scalar_type());
+  const at::Tensor o = out.contiguous();
+  const at::Tensor l = lse.contiguous();
+  at::Tensor dq = at::zeros_like(r.q, at::MemoryFormat::Contiguous);
+  at::Tensor dk = at::zeros_like(r.k, at::MemoryFormat::Contiguous);
+  at::Tensor dv = at::zeros_like(r.v, at::MemoryFormat::Contiguous);
+  const int64_t chunks = (p.num_segments + kBwdChunk - 1) / kBwdChunk;
+  at::Tensor partial = at::zeros({p.has_rpe ? chunks : 0, p.heads, p.rpe_rows}, q.options());
+  AT_DISPATCH_FLOATING_TYPES(r.q.scalar_type(), "window_attention_bwd_cpu", [&] {
+    const AttnArgs<scalar_t> a = make_args<scalar_t>(p, r.q, r.k, r.v, r.cu, r.coords, r.table, r.mask, scale);
+    const scalar_t *gp = g.data_ptr<scalar_t>(), *op = o.data_ptr<scalar_t>(), *lp = l.data_ptr<scalar_t>();
+    scalar_t *dqp = dq.data_ptr<scalar_t>(), *dkp = dk.data_ptr<scalar_t>(), *dvp = dv.data_ptr<scalar_t>();
+    scalar_t* part = p.has_rpe ? partial.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, chunks * p.heads, 1, [&](int64_t begin, int64_t end) {
+      Scratch<scalar_t> w(p);
+      std::vector<scalar_t> dummy(1);
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t chunk = t / p.heads, h = t % p.heads;
+        scalar_t* dtab = p.has_rpe ? part + (chunk * p.heads + h) * p.rpe_rows : dummy.data();
+        if (p.has_rpe) load_head_table(a, h, w);
+        const int64_t s_end = std::min(p.num_segments, (chunk + 1) * kBwdChunk);
+        for (int64_t s = chunk * kBwdChunk; s < s_end; ++s) bwd_segment(a, s, h, gp, op, lp, dqp, dkp, dvp, dtab, w);
+      }
+    });
+  });
+  at::Tensor dtable;
+  if (p.has_rpe) {
+    // fixed-order sum over chunks (deterministic for any thread count), written as (R, H)
+    dtable = at::zeros({p.rpe_rows, p.heads}, q.options());
+    AT_DISPATCH_FLOATING_TYPES(r.q.scalar_type(), "window_attention_bwd_rpe_sum", [&] {
+      const scalar_t* part = partial.data_ptr<scalar_t>();
+      scalar_t* dt = dtable.data_ptr<scalar_t>();
+      for (int64_t c = 0; c < chunks; ++c)
+        for (int64_t h = 0; h < p.heads; ++h)
+          for (int64_t row = 0; row < p.rpe_rows; ++row) dt[row * p.heads + h] += part[(c * p.heads + h) * p.rpe_rows + row];
+    });
+  } else {
+    dtable = at::zeros({0, p.heads}, q.options());
+  }
+  return {dq, dk, dv, dtable};
+}
+
+}  // namespace octformer

@@ -1,0 +1,77 @@
+// Shared CPU helpers: a row-major GEMM (BLAS from libtorch when exported, portable loops otherwise)
+// and a branch-free exp that the compiler can vectorise.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__INTEL_COMPILER)
+// One binary, three code paths picked at load time (portable: no -march flag needed).
+#define OCTF_MULTIVERSION __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define OCTF_MULTIVERSION
+#endif
+
+extern "C" {
+// Fortran BLAS exported by libtorch_cpu on builds that link MKL/OpenBLAS; weak so that the
+// extension still loads (and uses the portable loops) where torch does not export them.
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc) __attribute__((weak));
+}
+
+namespace octformer {
+
+// Whether the block GEMMs call the BLAS exported by libtorch (toggled by tests to cover both paths).
+bool& blas_enabled();
+bool blas_available();
+
+void gemm_loops(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+void gemm_loops(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+                                  int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc);
+
+// Row-major C[M,N] = alpha * op(A) op(B) + beta * C; op(A) is (M,K), op(B) is (K,N). beta == 0 ignores C.
+inline void gemm_rm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                    const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (blas_enabled() && sgemm_ != nullptr && K > 0) {
+    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
+    const char tra = ta ? 'T' : 'N', trb = tb ? 'T' : 'N';
+    const int m = (int)N, n = (int)M, k = (int)K, la = (int)lda, lb = (int)ldb, lc = (int)ldc;
+    sgemm_(&trb, &tra, &m, &n, &k, &alpha, B, &lb, A, &la, &beta, C, &lc);
+    return;
+  }
+  gemm_loops(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+inline void gemm_rm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A, int64_t lda,
+                    const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (blas_enabled() && dgemm_ != nullptr && K > 0) {
+    const char tra = ta ? 'T' : 'N', trb = tb ? 'T' : 'N';
+    const int m = (int)N, n = (int)M, k = (int)K, la = (int)lda, lb = (int)ldb, lc = (int)ldc;
+    dgemm_(&trb, &tra, &m, &n, &k, &alpha, B, &lb, A, &la, &beta, C, &lc);
+    return;
+  }
+  gemm_loops(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+// exp(x) for a float array in place, ~2 ulp, exactly 0 below -87.3 (so -inf gives 0), no branches.
+void exp_inplace(float* x, int64_t n);  // multiversioned in cpu_common.cpp
+// double: plain std::exp (used by gradcheck-sized inputs, accuracy over speed).
+void exp_inplace(double* x, int64_t n);
+
+// max over x[0, n) (-inf for n == 0), with 16 independent lanes so it vectorises without -ffast-math.
+float row_max(const float* x, int64_t n);
+double row_max(const double* x, int64_t n);
+// x[i] = exp(x[i] - shift) in place; returns the sum of the new values (shift == -inf is the caller's job).
+float exp_shift_sum(float* x, int64_t n, float shift);
+double exp_shift_sum(double* x, int64_t n, double shift);
+
+}  // namespace octformer
