@@ -387,20 +387,9 @@ def _as_values(values: Any, n: int, name: str, channels: int | None = None) -> n
     return np.ascontiguousarray(values, dtype=np.float32)
 
 
-def _segment_minmax(pts: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-sample (B, 3) min and max, and a (B,) mask of non-empty samples."""
-    b = offsets.shape[0] - 1
-    lo = np.zeros((b, 3), dtype=np.float64)
-    hi = np.zeros((b, 3), dtype=np.float64)
-    nonempty = offsets[1:] > offsets[:-1]
-    if pts.shape[0]:
-        if not np.isfinite(pts).all():
-            bad = np.argwhere(~np.isfinite(pts))[0]
-            raise OctformerError(f"points: expected finite coordinates, got {pts[bad[0], bad[1]]} at point {bad[0]}, axis {bad[1]}")
-        starts = offsets[:-1][nonempty]
-        lo[nonempty] = np.minimum.reduceat(pts, starts, axis=0)
-        hi[nonempty] = np.maximum.reduceat(pts, starts, axis=0)
-    return lo, hi, nonempty
+def _segment_minmax(pts: np.ndarray, offsets: np.ndarray, num_threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-sample (B, 3) min and max, and a (B,) mask of non-empty samples (one native pass; raises on NaN/Inf)."""
+    return _core.bounds(pts, offsets, num_threads=num_threads)
 
 
 def _cylindrical(pts: np.ndarray) -> np.ndarray:
@@ -475,10 +464,14 @@ def build_octree(
 
     if coords == "cylindrical":
         pts = _cylindrical(pts.astype(np.float64))
-    lo, hi, nonempty = _segment_minmax(pts, offs)
     auto_box = bbox is None or (isinstance(bbox, str) and bbox == "auto")
+    threads = default_num_threads(num_threads)
+    if auto_box:
+        lo, hi, nonempty = _segment_minmax(pts, offs, threads)
+    else:
+        lo = hi = None  # explicit box: the native build checks finiteness and bounds itself
     huge = np.finfo(np.float64).max / 4  # beyond this the box arithmetic below overflows
-    if auto_box and (np.abs(lo).max(initial=0) >= huge or np.abs(hi).max(initial=0) >= huge):
+    if auto_box and lo.size and (np.abs(lo).max(initial=0) >= huge or np.abs(hi).max(initial=0) >= huge):
         raise OctformerError(f"points: expected |coordinates| < {huge:.3g}, got min {lo.min(axis=0).tolist()} max {hi.max(axis=0).tolist()}")
     if auto_box:
         if coords == "cylindrical":
@@ -523,10 +516,9 @@ def build_octree(
         full_depth,
         # an auto box holds every point by construction; clipping only absorbs rounding
         clip=bool(clip) or auto_box,
-        num_threads=default_num_threads(num_threads),
+        num_threads=threads,
     )
     num_leaves = int(raw["batch_nnum_nempty"][depth].sum())
-    threads = default_num_threads(num_threads)
     leaf_features = None
     leaf_normals = None
     if features is not None:

@@ -17,7 +17,12 @@ pub fn slot(dx: i32, dy: i32, dz: i32) -> usize {
 /// Table at depth `d`: rows for non-empty nodes (`nonempty`) or all nodes, entries the
 /// neighbour's index among the same set, -1 where absent. `periodic_y` wraps the y axis
 /// (φ in cylindrical trees). Returns a flat (M × 27) vector.
-pub fn neighbors(tree: &Octree, depth: usize, nonempty: bool, periodic_y: bool) -> Result<Vec<i32>> {
+pub fn neighbors(
+    tree: &Octree,
+    depth: usize,
+    nonempty: bool,
+    periodic_y: bool,
+) -> Result<Vec<i32>> {
     let keys: Vec<&[u64]> = tree.keys.iter().map(|k| k.as_slice()).collect();
     let children: Vec<&[i32]> = tree.children.iter().map(|c| c.as_slice()).collect();
     neighbors_from_levels(&keys, &children, depth, nonempty, periodic_y)
@@ -32,21 +37,44 @@ pub fn neighbors_from_levels(
     periodic_y: bool,
 ) -> Result<Vec<i32>> {
     if depth >= keys.len() || depth >= children.len() {
-        return Err(CoreError::arg("depth", format!("0..={}", keys.len().min(children.len()) as i64 - 1), depth));
+        return Err(CoreError::arg(
+            "depth",
+            format!("0..={}", keys.len().min(children.len()) as i64 - 1),
+            depth,
+        ));
     }
     for d in 0..=depth {
         if keys[d].len() != children[d].len() {
-            return Err(CoreError::arg("children", format!("{} entries at depth {d} (one per key)", keys[d].len()), children[d].len()));
+            return Err(CoreError::arg(
+                "children",
+                format!("{} entries at depth {d} (one per key)", keys[d].len()),
+                children[d].len(),
+            ));
         }
-        let nonempty_above = if d == 0 { keys[0].len() } else { children[d - 1].iter().filter(|&&c| c >= 0).count() };
+        let nonempty_above = if d == 0 {
+            keys[0].len()
+        } else {
+            children[d - 1].iter().filter(|&&c| c >= 0).count()
+        };
         if keys[d].len() != 8 * nonempty_above && d > 0 {
-            return Err(CoreError::arg("keys", format!("8 nodes per non-empty parent at depth {d} ({})", 8 * nonempty_above), keys[d].len()));
+            return Err(CoreError::arg(
+                "keys",
+                format!(
+                    "8 nodes per non-empty parent at depth {d} ({})",
+                    8 * nonempty_above
+                ),
+                keys[d].len(),
+            ));
         }
         let mut next_rank = 0i32;
         for &c in children[d] {
             if c >= 0 {
                 if c != next_rank {
-                    return Err(CoreError::arg("children", format!("non-empty ranks 0, 1, 2, ... in order at depth {d}"), format!("rank {c} where {next_rank} was due")));
+                    return Err(CoreError::arg(
+                        "children",
+                        format!("non-empty ranks 0, 1, 2, ... in order at depth {d}"),
+                        format!("rank {c} where {next_rank} was due"),
+                    ));
                 }
                 next_rank += 1;
             }
@@ -80,32 +108,34 @@ pub fn neighbors_from_levels(
         let keys = keys[d];
         let parent = &table;
         let mut next = vec![-1i32; rows.len() * 27];
-        next.par_chunks_mut(27 * 1024).enumerate().for_each(|(c, out)| {
-            for (j, row) in out.chunks_mut(27).enumerate() {
-                let i = rows[c * 1024 + j];
-                let p = i / 8; // rank of the parent among non-empty nodes at d-1
-                let k = keys[i];
-                let s = [((k >> 2) & 1) as i32, ((k >> 1) & 1) as i32, (k & 1) as i32];
-                let prow = &parent[p * 27..p * 27 + 27];
-                for dx in -1..=1 {
-                    for dy in -1..=1 {
-                        for dz in -1..=1 {
-                            let t = [s[0] + dx, s[1] + dy, s[2] + dz];
-                            let pn = prow[slot(t[0] >> 1, t[1] >> 1, t[2] >> 1)];
-                            if pn < 0 {
-                                continue;
+        next.par_chunks_mut(27 * 1024)
+            .enumerate()
+            .for_each(|(c, out)| {
+                for (j, row) in out.chunks_mut(27).enumerate() {
+                    let i = rows[c * 1024 + j];
+                    let p = i / 8; // rank of the parent among non-empty nodes at d-1
+                    let k = keys[i];
+                    let s = [((k >> 2) & 1) as i32, ((k >> 1) & 1) as i32, (k & 1) as i32];
+                    let prow = &parent[p * 27..p * 27 + 27];
+                    for dx in -1..=1 {
+                        for dy in -1..=1 {
+                            for dz in -1..=1 {
+                                let t = [s[0] + dx, s[1] + dy, s[2] + dz];
+                                let pn = prow[slot(t[0] >> 1, t[1] >> 1, t[2] >> 1)];
+                                if pn < 0 {
+                                    continue;
+                                }
+                                let r = parent_children[pn as usize];
+                                if r < 0 {
+                                    continue;
+                                }
+                                let cs = ((t[0] & 1) << 2) | ((t[1] & 1) << 1) | (t[2] & 1);
+                                row[slot(dx, dy, dz)] = r * 8 + cs;
                             }
-                            let r = parent_children[pn as usize];
-                            if r < 0 {
-                                continue;
-                            }
-                            let cs = ((t[0] & 1) << 2) | ((t[1] & 1) << 1) | (t[2] & 1);
-                            row[slot(dx, dy, dz)] = r * 8 + cs;
                         }
                     }
                 }
-            }
-        });
+            });
         if d == depth {
             return Ok(finish(children[d], next, nonempty));
         }
@@ -115,7 +145,12 @@ pub fn neighbors_from_levels(
 }
 
 fn nonempty_indices(children: &[i32]) -> Vec<usize> {
-    children.iter().enumerate().filter(|(_, c)| **c >= 0).map(|(i, _)| i).collect()
+    children
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c >= 0)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 fn finish(ch: &[i32], mut table: Vec<i32>, nonempty: bool) -> Vec<i32> {
@@ -181,18 +216,37 @@ mod tests {
     fn matches_brute_force() {
         let mut state = 7u64;
         let mut rnd = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 33) as f64 / (1u64 << 31) as f64) * 1.98 - 0.99
         };
         let pts: Vec<f64> = (0..3 * 700).map(|_| rnd()).collect();
         for depth in [1u8, 2, 3, 5] {
             let c = 2.0 / (1u64 << depth) as f64;
-            let bx = SampleBox { origin: [-1.0; 3], cell: [c; 3] };
-            let t = build_octree(&pts, &[0, 300, 300, 700], &[bx, bx, bx], BuildOptions { depth, full_depth: 2.min(depth), clip: false }).unwrap();
+            let bx = SampleBox {
+                origin: [-1.0; 3],
+                cell: [c; 3],
+            };
+            let t = build_octree(
+                &pts,
+                &[0, 300, 300, 700],
+                &[bx, bx, bx],
+                BuildOptions {
+                    depth,
+                    full_depth: 2.min(depth),
+                    clip: false,
+                },
+            )
+            .unwrap();
             for d in 0..=depth as usize {
                 for nonempty in [true, false] {
                     for periodic in [false, true] {
-                        assert_eq!(neighbors(&t, d, nonempty, periodic).unwrap(), brute(&t, d, nonempty, periodic), "depth {depth} d {d} nonempty {nonempty} periodic {periodic}");
+                        assert_eq!(
+                            neighbors(&t, d, nonempty, periodic).unwrap(),
+                            brute(&t, d, nonempty, periodic),
+                            "depth {depth} d {d} nonempty {nonempty} periodic {periodic}"
+                        );
                     }
                 }
             }

@@ -8,6 +8,11 @@
 use crate::error::{CoreError, Result};
 use crate::morton;
 use crate::sort::{RadixKey, radix_sort};
+
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
 use crate::MAX_DEPTH;
 use rayon::prelude::*;
 
@@ -20,6 +25,8 @@ pub trait Coord: Copy + Send + Sync + PartialOrd + 'static {
     fn sub(self, o: Self) -> Self;
     fn mul(self, o: Self) -> Self;
     fn floor(self) -> Self;
+    /// Truncating conversion of a value already clamped into [0, 2^21).
+    fn to_u32(self) -> u32;
 }
 
 macro_rules! impl_coord {
@@ -48,6 +55,10 @@ macro_rules! impl_coord {
             #[inline(always)]
             fn floor(self) -> Self {
                 <$t>::floor(self)
+            }
+            #[inline(always)]
+            fn to_u32(self) -> u32 {
+                self as u32
             }
         }
     };
@@ -131,7 +142,11 @@ impl Item for u64 {
     }
     #[inline(always)]
     fn idx(&self, idx_bits: u32) -> usize {
-        if idx_bits == 0 { 0 } else { (self & ((1u64 << idx_bits) - 1)) as usize }
+        if idx_bits == 0 {
+            0
+        } else {
+            (self & ((1u64 << idx_bits) - 1)) as usize
+        }
     }
 }
 
@@ -153,10 +168,18 @@ impl Item for (u64, u32) {
 /// Checks shared by all entry points.
 pub fn validate_depths(depth: u8, full_depth: u8) -> Result<()> {
     if depth == 0 || depth > MAX_DEPTH {
-        return Err(CoreError::arg("depth", format!("an integer in 1..={MAX_DEPTH}"), depth));
+        return Err(CoreError::arg(
+            "depth",
+            format!("an integer in 1..={MAX_DEPTH}"),
+            depth,
+        ));
     }
     if full_depth > depth {
-        return Err(CoreError::arg("full_depth", format!("at most depth ({depth})"), full_depth));
+        return Err(CoreError::arg(
+            "full_depth",
+            format!("at most depth ({depth})"),
+            full_depth,
+        ));
     }
     Ok(())
 }
@@ -171,37 +194,78 @@ pub fn build_octree<T: Coord>(
 ) -> Result<Octree> {
     validate_depths(opts.depth, opts.full_depth)?;
     if points.len() % 3 != 0 {
-        return Err(CoreError::arg("points", "a flat (N, 3) buffer", format!("{} values", points.len())));
+        return Err(CoreError::arg(
+            "points",
+            "a flat (N, 3) buffer",
+            format!("{} values", points.len()),
+        ));
     }
     let n = points.len() / 3;
     if offsets.is_empty() || offsets[0] != 0 || *offsets.last().unwrap() != n {
-        return Err(CoreError::arg("offsets", format!("(B+1,) starting at 0 and ending at N={n}"), format!("{offsets:?}")));
+        return Err(CoreError::arg(
+            "offsets",
+            format!("(B+1,) starting at 0 and ending at N={n}"),
+            format!("{offsets:?}"),
+        ));
     }
     if offsets.windows(2).any(|w| w[1] < w[0]) {
-        return Err(CoreError::arg("offsets", "non-decreasing values", format!("{offsets:?}")));
+        return Err(CoreError::arg(
+            "offsets",
+            "non-decreasing values",
+            format!("{offsets:?}"),
+        ));
     }
     let batch_size = offsets.len() - 1;
     if boxes.len() != batch_size {
-        return Err(CoreError::arg("boxes", format!("{batch_size} boxes (one per sample)"), boxes.len()));
+        return Err(CoreError::arg(
+            "boxes",
+            format!("{batch_size} boxes (one per sample)"),
+            boxes.len(),
+        ));
     }
     for b in boxes {
-        if b.cell.iter().any(|c| !(c.is_finite() && *c > 0.0)) || b.origin.iter().any(|o| !o.is_finite()) {
-            return Err(CoreError::arg("bbox", "finite origin and positive finite cell size", format!("{b:?}")));
+        if b.cell.iter().any(|c| !(c.is_finite() && *c > 0.0))
+            || b.origin.iter().any(|o| !o.is_finite())
+        {
+            return Err(CoreError::arg(
+                "bbox",
+                "finite origin and positive finite cell size",
+                format!("{b:?}"),
+            ));
         }
     }
-    let build_one = |s: usize| build_sample(&points[offsets[s] * 3..offsets[s + 1] * 3], offsets[s], &boxes[s], opts);
+    let build_one = |s: usize| {
+        build_sample(
+            &points[offsets[s] * 3..offsets[s + 1] * 3],
+            offsets[s],
+            &boxes[s],
+            opts,
+        )
+    };
     let samples: Vec<SampleTree> = if batch_size == 1 {
         vec![build_one(0)?]
     } else {
-        (0..batch_size).into_par_iter().map(build_one).collect::<Result<Vec<_>>>()?
+        (0..batch_size)
+            .into_par_iter()
+            .map(build_one)
+            .collect::<Result<Vec<_>>>()?
     };
     Ok(concat_samples(samples, opts))
 }
 
-fn build_sample<T: Coord>(pts: &[T], first: usize, bx: &SampleBox, opts: BuildOptions) -> Result<SampleTree> {
+fn build_sample<T: Coord>(
+    pts: &[T],
+    first: usize,
+    bx: &SampleBox,
+    opts: BuildOptions,
+) -> Result<SampleTree> {
     let n = pts.len() / 3;
     let key_bits = 3 * opts.depth as u32;
-    let idx_bits = if n <= 1 { 0 } else { usize::BITS - (n - 1).leading_zeros() };
+    let idx_bits = if n <= 1 {
+        0
+    } else {
+        usize::BITS - (n - 1).leading_zeros()
+    };
     if key_bits + idx_bits <= 64 {
         build_sample_with::<T, u64>(pts, first, bx, opts, idx_bits)
     } else {
@@ -233,29 +297,33 @@ fn build_sample_with<T: Coord, I: Item>(
         .enumerate()
         .map(|(c, out)| {
             let mut rep = ChunkReport::default();
-            for (j, slot) in out.iter_mut().enumerate() {
-                let i = c * CHUNK + j;
-                let mut q = [0u32; 3];
-                let mut outside = false;
-                for a in 0..3 {
-                    let v = pts[3 * i + a];
-                    if !v.is_finite() {
-                        rep.non_finite.get_or_insert((first + i, a, v.to_f64()));
-                        continue;
+            let base = c * CHUNK;
+            let chunk_pts = &pts[base * 3..(base + out.len()) * 3];
+            for (j, (slot, p)) in out.iter_mut().zip(chunk_pts.chunks_exact(3)).enumerate() {
+                let tx = p[0].sub(origin[0]).mul(inv[0]);
+                let ty = p[1].sub(origin[1]).mul(inv[1]);
+                let tz = p[2].sub(origin[2]).mul(inv[2]);
+                // NaN fails every comparison, so it takes the slow path too
+                let inside =
+                    tx >= zero && tx <= top && ty >= zero && ty <= top && tz >= zero && tz <= top;
+                let clamp_hi = |v: T| if v > last { last } else { v };
+                let q = if inside {
+                    [
+                        clamp_hi(tx).to_u32(),
+                        clamp_hi(ty).to_u32(),
+                        clamp_hi(tz).to_u32(),
+                    ]
+                } else {
+                    let i = base + j;
+                    if let Some(a) = (0..3).find(|&a| !p[a].is_finite()) {
+                        rep.non_finite.get_or_insert((first + i, a, p[a].to_f64()));
+                        [0; 3]
+                    } else {
+                        rep.add_outside([p[0].to_f64(), p[1].to_f64(), p[2].to_f64()]);
+                        [tx, ty, tz].map(|v| clamp_hi(if v < zero { zero } else { v }).to_u32())
                     }
-                    let mut t = v.sub(origin[a]).mul(inv[a]);
-                    if t < zero || t > top {
-                        outside = true;
-                        t = if t < zero { zero } else { last };
-                    } else if t > last {
-                        t = last;
-                    }
-                    q[a] = t.floor().to_f64() as u32;
-                }
-                if outside {
-                    rep.add_outside([pts[3 * i].to_f64(), pts[3 * i + 1].to_f64(), pts[3 * i + 2].to_f64()]);
-                }
-                *slot = I::make(morton::encode(q[0], q[1], q[2]), i, idx_bits);
+                };
+                *slot = I::make(morton::encode(q[0], q[1], q[2]), base + j, idx_bits);
             }
             rep
         })
@@ -269,7 +337,13 @@ fn build_sample_with<T: Coord, I: Item>(
     }
     if total.outside > 0 && !opts.clip {
         let bbox_max = [0, 1, 2].map(|a| bx.origin[a] + bx.cell[a] * side);
-        return Err(CoreError::OutOfBounds { count: total.outside, bbox_min: bx.origin, bbox_max, min: total.min, max: total.max });
+        return Err(CoreError::OutOfBounds {
+            count: total.outside,
+            bbox_min: bx.origin,
+            bbox_max,
+            min: total.min,
+            max: total.max,
+        });
     }
 
     let key_bits = 3 * depth as u32;
@@ -279,26 +353,78 @@ fn build_sample_with<T: Coord, I: Item>(
         radix_sort(&mut items, 0, key_bits);
     }
 
-    // collapse runs of equal keys into leaves
-    let mut leaves: Vec<u64> = Vec::new();
+    // collapse runs of equal keys into leaves: count run starts per chunk, then fill in parallel
     let mut point_leaf = vec![0i64; n];
-    let mut prev = u64::MAX;
-    for it in &items {
-        let k = it.key(idx_bits);
-        if k != prev {
-            leaves.push(k);
-            prev = k;
-        }
-        point_leaf[it.idx(idx_bits)] = (leaves.len() - 1) as i64;
+    let chunk = n
+        .div_ceil(rayon::current_num_threads().max(1) * 4)
+        .max(1 << 14);
+    let starts_per_chunk: Vec<usize> = items
+        .par_chunks(chunk)
+        .enumerate()
+        .map(|(c, part)| {
+            let mut prev = if c == 0 {
+                u64::MAX
+            } else {
+                items[c * chunk - 1].key(idx_bits)
+            };
+            let mut count = 0;
+            for it in part {
+                let k = it.key(idx_bits);
+                count += (k != prev) as usize;
+                prev = k;
+            }
+            count
+        })
+        .collect();
+    let mut leaf_base = Vec::with_capacity(starts_per_chunk.len());
+    let mut total_leaves = 0usize;
+    for c in &starts_per_chunk {
+        leaf_base.push(total_leaves);
+        total_leaves += c;
+    }
+    let mut leaves = vec![0u64; total_leaves];
+    {
+        let leaves_ptr = SendPtr(leaves.as_mut_ptr());
+        let leaf_ptr = SendPtr(point_leaf.as_mut_ptr());
+        items.par_chunks(chunk).enumerate().for_each(|(c, part)| {
+            let (leaves_ptr, leaf_ptr) = (leaves_ptr, leaf_ptr);
+            let mut prev = if c == 0 {
+                u64::MAX
+            } else {
+                items[c * chunk - 1].key(idx_bits)
+            };
+            // rank of the leaf holding the item before this chunk's first run start
+            let mut rank = leaf_base[c] as i64 - 1;
+            for it in part {
+                let k = it.key(idx_bits);
+                if k != prev {
+                    rank += 1;
+                    prev = k;
+                    // SAFETY: ranks of distinct chunks are disjoint ranges of 0..total_leaves
+                    unsafe { *leaves_ptr.0.add(rank as usize) = k };
+                }
+                // SAFETY: every point index appears in exactly one item
+                unsafe { *leaf_ptr.0.add(it.idx(idx_bits)) = rank };
+            }
+        });
     }
     drop(items);
 
     let (keys, children, nonempty) = grow_levels(leaves, opts.depth, opts.full_depth);
-    Ok(SampleTree { keys, children, point_leaf, nonempty })
+    Ok(SampleTree {
+        keys,
+        children,
+        point_leaf,
+        nonempty,
+    })
 }
 
 /// From the sorted non-empty keys at `depth`, make every level: keys and children.
-pub fn grow_levels(leaves: Vec<u64>, depth: u8, full_depth: u8) -> (Vec<Vec<u64>>, Vec<Vec<i32>>, Vec<usize>) {
+pub fn grow_levels(
+    leaves: Vec<u64>,
+    depth: u8,
+    full_depth: u8,
+) -> (Vec<Vec<u64>>, Vec<Vec<i32>>, Vec<usize>) {
     let depth = depth as usize;
     let fd = full_depth as usize;
     let mut keys = vec![Vec::new(); depth + 1];
@@ -306,25 +432,7 @@ pub fn grow_levels(leaves: Vec<u64>, depth: u8, full_depth: u8) -> (Vec<Vec<u64>
     let mut nonempty = vec![0usize; depth + 1];
     let mut level = leaves;
     for d in (fd + 1..=depth).rev() {
-        let mut parents: Vec<u64> = Vec::with_capacity(level.len() / 2 + 1);
-        for &k in &level {
-            let p = k >> 3;
-            if parents.last() != Some(&p) {
-                parents.push(p);
-            }
-        }
-        let mut kd = Vec::with_capacity(parents.len() * 8);
-        for &p in &parents {
-            kd.extend((0..8).map(|c| (p << 3) | c));
-        }
-        let mut cd = vec![-1i32; kd.len()];
-        let mut j = 0usize;
-        for (rank, &k) in level.iter().enumerate() {
-            while parents[j] != k >> 3 {
-                j += 1;
-            }
-            cd[8 * j + (k & 7) as usize] = rank as i32;
-        }
+        let (kd, cd, parents) = split_level(&level);
         nonempty[d] = level.len();
         keys[d] = kd;
         children[d] = cd;
@@ -346,6 +454,67 @@ pub fn grow_levels(leaves: Vec<u64>, depth: u8, full_depth: u8) -> (Vec<Vec<u64>
         nonempty[d] = size;
     }
     (keys, children, nonempty)
+}
+
+/// One level up: from sorted non-empty keys, every parent's 8 child keys, their children
+/// ranks (-1 empty) and the parents' keys. Chunks cut at parent boundaries run in parallel.
+fn split_level(level: &[u64]) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
+    let n = level.len();
+    let threads = rayon::current_num_threads().max(1);
+    let pieces = if n < 1 << 15 || threads == 1 {
+        1
+    } else {
+        threads * 4
+    };
+    // chunk starts moved forward to the first key of a new parent
+    let mut starts: Vec<usize> = (0..pieces).map(|i| i * n / pieces).collect();
+    for s in starts.iter_mut().skip(1) {
+        while *s < n && *s > 0 && level[*s] >> 3 == level[*s - 1] >> 3 {
+            *s += 1;
+        }
+    }
+    starts.push(n);
+    starts.dedup();
+    let ranges: Vec<(usize, usize)> = starts.windows(2).map(|w| (w[0], w[1])).collect();
+    let counts: Vec<usize> = ranges
+        .par_iter()
+        .map(|&(a, b)| {
+            let part = &level[a..b];
+            1 + part.windows(2).filter(|w| w[0] >> 3 != w[1] >> 3).count()
+        })
+        .collect();
+    let total: usize = counts.iter().sum();
+    let mut parents = vec![0u64; total];
+    let mut kd = vec![0u64; total * 8];
+    let mut cd = vec![-1i32; total * 8];
+    // hand each range its own disjoint output windows
+    let mut jobs = Vec::with_capacity(ranges.len());
+    let (mut p_rest, mut k_rest, mut c_rest) = (&mut parents[..], &mut kd[..], &mut cd[..]);
+    for (&(a, b), &m) in ranges.iter().zip(&counts) {
+        let (p, pr) = p_rest.split_at_mut(m);
+        let (k, kr) = k_rest.split_at_mut(8 * m);
+        let (c, cr) = c_rest.split_at_mut(8 * m);
+        jobs.push((a, b, p, k, c));
+        (p_rest, k_rest, c_rest) = (pr, kr, cr);
+    }
+    jobs.into_par_iter().for_each(|(a, b, p, k, c)| {
+        let mut j = usize::MAX;
+        let mut prev = u64::MAX;
+        for (rank, &key) in level[a..b].iter().enumerate() {
+            let parent = key >> 3;
+            if parent != prev {
+                prev = parent;
+                j = j.wrapping_add(1);
+                p[j] = parent;
+                let base = parent << 3;
+                for (c8, slot) in k[8 * j..8 * j + 8].iter_mut().enumerate() {
+                    *slot = base | c8 as u64;
+                }
+            }
+            c[8 * j + (key & 7) as usize] = (a + rank) as i32;
+        }
+    });
+    (kd, cd, parents)
 }
 
 fn concat_samples(samples: Vec<SampleTree>, opts: BuildOptions) -> Octree {
@@ -382,11 +551,16 @@ fn concat_samples(samples: Vec<SampleTree>, opts: BuildOptions) -> Octree {
             tree.batch_nnum_nempty[d][b] = s.nonempty[d];
             tree.keys[d].extend_from_slice(&s.keys[d]);
             let base = nempty_base[d];
-            tree.children[d].extend(s.children[d].iter().map(|&c| if c < 0 { -1 } else { c + base }));
+            tree.children[d].extend(
+                s.children[d]
+                    .iter()
+                    .map(|&c| if c < 0 { -1 } else { c + base }),
+            );
             tree.batch[d].extend(std::iter::repeat_n(b as i32, s.keys[d].len()));
             nempty_base[d] += s.nonempty[d] as i32;
         }
-        tree.point_leaf.extend(s.point_leaf.iter().map(|&l| l + leaf_base));
+        tree.point_leaf
+            .extend(s.point_leaf.iter().map(|&l| l + leaf_base));
         leaf_base += s.nonempty[depth] as i64;
     }
     tree
@@ -432,11 +606,79 @@ impl ChunkReport {
     }
 }
 
+/// Per-sample axis-aligned bounds `(min, max)` of (N, 3) points; empty samples give `None`.
+/// Fails on the first non-finite coordinate (in point order).
+pub fn sample_bounds<T: Coord>(
+    points: &[T],
+    offsets: &[usize],
+) -> Result<Vec<Option<([f64; 3], [f64; 3])>>> {
+    let n = points.len() / 3;
+    if offsets.is_empty()
+        || offsets[0] != 0
+        || *offsets.last().unwrap() != n
+        || offsets.windows(2).any(|w| w[1] < w[0])
+    {
+        return Err(CoreError::arg(
+            "offsets",
+            format!("non-decreasing (B+1,) from 0 to N={n}"),
+            format!("{offsets:?}"),
+        ));
+    }
+    const CHUNK: usize = 1 << 15;
+    let mut out = Vec::with_capacity(offsets.len() - 1);
+    for w in offsets.windows(2) {
+        let pts = &points[w[0] * 3..w[1] * 3];
+        if pts.is_empty() {
+            out.push(None);
+            continue;
+        }
+        let partial: Vec<std::result::Result<([f64; 3], [f64; 3]), (usize, usize, f64)>> = pts
+            .par_chunks(CHUNK * 3)
+            .enumerate()
+            .map(|(c, part)| {
+                let (mut lo, mut hi) = ([f64::INFINITY; 3], [f64::NEG_INFINITY; 3]);
+                for (j, p) in part.chunks_exact(3).enumerate() {
+                    for a in 0..3 {
+                        let v = p[a].to_f64();
+                        if !v.is_finite() {
+                            return Err((w[0] + c * CHUNK + j, a, v));
+                        }
+                        lo[a] = lo[a].min(v);
+                        hi[a] = hi[a].max(v);
+                    }
+                }
+                Ok((lo, hi))
+            })
+            .collect();
+        let (mut lo, mut hi) = ([f64::INFINITY; 3], [f64::NEG_INFINITY; 3]);
+        for r in partial {
+            let (l, h) =
+                r.map_err(|(index, axis, value)| CoreError::NonFinite { index, axis, value })?;
+            for a in 0..3 {
+                lo[a] = lo[a].min(l[a]);
+                hi[a] = hi[a].max(h[a]);
+            }
+        }
+        out.push(Some((lo, hi)));
+    }
+    Ok(out)
+}
+
 /// Average per-point values (N, C) over each non-empty leaf; optionally re-normalise
 /// each averaged row to unit length (normals). Sums in f64, in point order.
-pub fn average_per_leaf(values: &[f32], channels: usize, point_leaf: &[i64], num_leaves: usize, normalize: bool) -> Result<Vec<f32>> {
+pub fn average_per_leaf(
+    values: &[f32],
+    channels: usize,
+    point_leaf: &[i64],
+    num_leaves: usize,
+    normalize: bool,
+) -> Result<Vec<f32>> {
     if channels == 0 || values.len() != point_leaf.len() * channels {
-        return Err(CoreError::arg("features", format!("({}, C) values", point_leaf.len()), format!("{} values with C={channels}", values.len())));
+        return Err(CoreError::arg(
+            "features",
+            format!("({}, C) values", point_leaf.len()),
+            format!("{} values with C={channels}", values.len()),
+        ));
     }
     let mut sums = vec![0f64; num_leaves * channels];
     let mut counts = vec![0u32; num_leaves];
@@ -474,11 +716,18 @@ mod tests {
 
     fn cube(depth: u8) -> SampleBox {
         let c = 2.0 / (1u64 << depth) as f64;
-        SampleBox { origin: [-1.0; 3], cell: [c; 3] }
+        SampleBox {
+            origin: [-1.0; 3],
+            cell: [c; 3],
+        }
     }
 
     fn opts(depth: u8) -> BuildOptions {
-        BuildOptions { depth, full_depth: 2.min(depth), clip: false }
+        BuildOptions {
+            depth,
+            full_depth: 2.min(depth),
+            clip: false,
+        }
     }
 
     proptest! {
@@ -529,13 +778,29 @@ mod tests {
     #[test]
     fn errors_are_typed() {
         let p = [0.0f32, f32::NAN, 0.0];
-        assert!(matches!(build_octree(&p, &[0, 1], &[cube(4)], opts(4)), Err(CoreError::NonFinite { index: 0, axis: 1, .. })));
+        assert!(matches!(
+            build_octree(&p, &[0, 1], &[cube(4)], opts(4)),
+            Err(CoreError::NonFinite {
+                index: 0,
+                axis: 1,
+                ..
+            })
+        ));
         let p = [0.0f32, 1.5, 0.0, 0.0, 0.0, 0.0];
         match build_octree(&p, &[0, 2], &[cube(4)], opts(4)) {
             Err(CoreError::OutOfBounds { count, .. }) => assert_eq!(count, 1),
             other => panic!("{other:?}"),
         }
-        let clipped = build_octree(&p, &[0, 2], &[cube(4)], BuildOptions { clip: true, ..opts(4) }).unwrap();
+        let clipped = build_octree(
+            &p,
+            &[0, 2],
+            &[cube(4)],
+            BuildOptions {
+                clip: true,
+                ..opts(4)
+            },
+        )
+        .unwrap();
         assert_eq!(clipped.nnum_nempty(4), 2);
         assert!(build_octree(&p, &[0, 2], &[cube(4)], opts(0)).is_err());
         assert!(build_octree(&p, &[0, 2], &[cube(4)], opts(22)).is_err());
@@ -545,9 +810,20 @@ mod tests {
     #[test]
     fn deep_tree_uses_pair_items() {
         // 3*21 key bits + index bits > 64 forces the (key, idx) sort path
-        let pts: Vec<f64> = (0..3000).map(|i| ((i * 7919) % 1999) as f64 / 1000.0 - 0.999).collect();
+        let pts: Vec<f64> = (0..3000)
+            .map(|i| ((i * 7919) % 1999) as f64 / 1000.0 - 0.999)
+            .collect();
         let c = 2.0 / (1u64 << 21) as f64;
-        let t = build_octree(&pts, &[0, 1000], &[SampleBox { origin: [-1.0; 3], cell: [c; 3] }], opts(21)).unwrap();
+        let t = build_octree(
+            &pts,
+            &[0, 1000],
+            &[SampleBox {
+                origin: [-1.0; 3],
+                cell: [c; 3],
+            }],
+            opts(21),
+        )
+        .unwrap();
         assert!(t.keys[21].windows(2).all(|w| w[0] < w[1]));
         assert_eq!(t.point_leaf.len(), 1000);
     }

@@ -34,20 +34,169 @@ struct SendPtr<T>(*mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
+/// Bits of the leading (most significant) digit in the hybrid sort.
+const TOP_BITS: u32 = 11;
+
 /// Sort `data` stably by bits `lo..hi` of each item's key (bits outside are ignored).
+///
+/// Wide keys take one most-significant-digit scatter over the whole array (the only pass
+/// that streams through DRAM), then sort each of its ≤ 2048 buckets in cache by LSD
+/// passes; buckets are independent, so threads split them without synchronisation.
 pub fn radix_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) {
+    let n = data.len();
+    let hi = hi.min(64);
+    if hi <= lo + 2 * DIGIT_BITS || n < 1 << 14 {
+        return lsd_sort(data, lo, hi);
+    }
+    let top = hi - TOP_BITS;
+    let threads = rayon::current_num_threads().max(1);
+    let chunks = if n < PARALLEL_MIN || threads == 1 {
+        1
+    } else {
+        threads * 2
+    };
+    let chunk_len = n.div_ceil(chunks);
+    let mask = (1usize << TOP_BITS) - 1;
+    let hists: Vec<Vec<u32>> = if chunks == 1 {
+        vec![histogram(data, top, mask)]
+    } else {
+        data.par_chunks(chunk_len)
+            .map(|c| histogram(c, top, mask))
+            .collect()
+    };
+    let mut offsets = vec![vec![0usize; mask + 1]; hists.len()];
+    let mut starts = vec![0usize; mask + 2];
+    let mut run = 0usize;
+    for b in 0..=mask {
+        starts[b] = run;
+        for (c, h) in hists.iter().enumerate() {
+            offsets[c][b] = run;
+            run += h[b] as usize;
+        }
+    }
+    starts[mask + 1] = n;
+    let mut buf: Vec<T> = vec![T::default(); n];
+    let out = SendPtr(buf.as_mut_ptr());
+    let scatter = |(chunk, mut off): (&[T], Vec<usize>)| {
+        let out = out;
+        for v in chunk {
+            let b = ((v.radix_key() >> top) as usize) & mask;
+            // SAFETY: offsets partition 0..n disjointly across chunks and buckets.
+            unsafe { *out.0.add(off[b]) = *v };
+            off[b] += 1;
+        }
+    };
+    if chunks == 1 {
+        scatter((&data[..], offsets.pop().unwrap()));
+    } else {
+        data.par_chunks(chunk_len)
+            .zip(offsets.into_par_iter())
+            .for_each(scatter);
+    }
+    // split the scattered array into its buckets and sort each in cache
+    let mut buckets: Vec<&mut [T]> = Vec::with_capacity(mask + 1);
+    let mut rest: &mut [T] = &mut buf[..];
+    for b in 0..=mask {
+        let (head, tail) = rest.split_at_mut(starts[b + 1] - starts[b]);
+        if head.len() > 1 {
+            buckets.push(head);
+        }
+        rest = tail;
+    }
+    let sort_bucket =
+        |bucket: &mut &mut [T], scratch: &mut Vec<T>| small_lsd(bucket, lo, top, scratch);
+    if chunks == 1 {
+        let mut scratch = Vec::new();
+        buckets
+            .iter_mut()
+            .for_each(|b| sort_bucket(b, &mut scratch));
+    } else {
+        buckets
+            .par_iter_mut()
+            .for_each_init(Vec::new, |scratch, b| sort_bucket(b, scratch));
+    }
+    *data = buf;
+}
+
+/// Serial LSD sort of a cache-resident slice by bits `lo..hi`, digits of ≤ 10 bits.
+fn small_lsd<T: RadixKey>(data: &mut [T], lo: u32, hi: u32, scratch: &mut Vec<T>) {
+    let n = data.len();
+    if n <= 64 {
+        let mask = if hi - lo >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << (hi - lo)) - 1
+        };
+        data.sort_by_key(|v| (v.radix_key() >> lo) & mask);
+        return;
+    }
+    scratch.clear();
+    scratch.resize(n, T::default());
+    let mut src_is_data = true;
+    let mut shift = lo;
+    // as few passes of at most 10 bits as cover the range, digits of near-equal width
+    let passes = (hi - lo).div_ceil(10);
+    let width = (hi - lo).div_ceil(passes);
+    while shift < hi {
+        let bits = width.min(hi - shift);
+        let mask = (1usize << bits) - 1;
+        let mut count = [0u32; 1024];
+        {
+            let src: &[T] = if src_is_data { data } else { scratch };
+            for v in src {
+                count[((v.radix_key() >> shift) as usize) & mask] += 1;
+            }
+        }
+        if count[..=mask].iter().any(|&c| c as usize == n) {
+            shift += bits;
+            continue;
+        }
+        let mut run = 0u32;
+        for c in count[..=mask].iter_mut() {
+            let t = *c;
+            *c = run;
+            run += t;
+        }
+        let (src, dst): (&[T], &mut [T]) = if src_is_data {
+            (&*data, &mut scratch[..])
+        } else {
+            (&scratch[..], &mut *data)
+        };
+        for v in src {
+            let b = ((v.radix_key() >> shift) as usize) & mask;
+            dst[count[b] as usize] = *v;
+            count[b] += 1;
+        }
+        src_is_data = !src_is_data;
+        shift += bits;
+    }
+    if !src_is_data {
+        data.copy_from_slice(scratch);
+    }
+}
+
+/// Plain parallel LSD sort (narrow keys or small inputs).
+fn lsd_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) {
     let n = data.len();
     let hi = hi.min(64);
     if n < 2 || hi <= lo {
         return;
     }
     if n < 64 {
-        let mask = if hi - lo >= 64 { u64::MAX } else { (1u64 << (hi - lo)) - 1 };
+        let mask = if hi - lo >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << (hi - lo)) - 1
+        };
         data.sort_by_key(|v| (v.radix_key() >> lo) & mask);
         return;
     }
     let threads = rayon::current_num_threads().max(1);
-    let chunks = if n < PARALLEL_MIN || threads == 1 { 1 } else { threads * 2 };
+    let chunks = if n < PARALLEL_MIN || threads == 1 {
+        1
+    } else {
+        threads * 2
+    };
     let chunk_len = n.div_ceil(chunks);
     let mut buf: Vec<T> = vec![T::default(); n];
     let mut shift = lo;
@@ -58,7 +207,9 @@ pub fn radix_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) {
         let hists: Vec<Vec<u32>> = if chunks == 1 {
             vec![histogram(data, shift, mask)]
         } else {
-            data.par_chunks(chunk_len).map(|c| histogram(c, shift, mask)).collect()
+            data.par_chunks(chunk_len)
+                .map(|c| histogram(c, shift, mask))
+                .collect()
         };
         // a pass where every item has the same digit changes nothing: skip it
         let trivial = (0..=mask).any(|b| hists.iter().map(|h| h[b] as usize).sum::<usize>() == n);
@@ -84,7 +235,9 @@ pub fn radix_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) {
             if chunks == 1 {
                 scatter((&data[..], offsets.pop().unwrap()));
             } else {
-                data.par_chunks(chunk_len).zip(offsets.into_par_iter()).for_each(scatter);
+                data.par_chunks(chunk_len)
+                    .zip(offsets.into_par_iter())
+                    .for_each(scatter);
             }
             std::mem::swap(data, &mut buf);
         }
@@ -131,7 +284,10 @@ mod tests {
         let mut expected = v.clone();
         expected.sort_by_key(|x| x >> 5);
         for threads in [1, 2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             let mut got = v.clone();
             pool.install(|| radix_sort(&mut got, 5, 45));
             assert_eq!(got, expected, "threads={threads}");

@@ -6,8 +6,16 @@ use pyo3::prelude::*;
 use crate::errors::OctformerError;
 
 /// Borrow a contiguous 1-D array as a slice or raise naming the argument.
-pub fn slice1<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| OctformerError::new_err(format!("{name}: expected a C-contiguous array, got strides {:?}", a.strides())))
+pub fn slice1<'a, T: numpy::Element>(
+    a: &'a PyReadonlyArray1<'_, T>,
+    name: &str,
+) -> PyResult<&'a [T]> {
+    a.as_slice().map_err(|_| {
+        OctformerError::new_err(format!(
+            "{name}: expected a C-contiguous array, got strides {:?}",
+            a.strides()
+        ))
+    })
 }
 
 /// int64 keys as u64 (same size and alignment; keys never use bit 63).

@@ -5,10 +5,30 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
-create_exception!(_core, OctformerError, PyValueError, "Bad input to octformer: names the argument, the expected and the actual value.");
-create_exception!(_core, OutOfBoundsError, OctformerError, "Points lie outside the explicit bounding box.");
-create_exception!(_core, CorruptDataError, OctformerError, "A byte stream or file could not be decoded.");
-create_exception!(_core, InternalError, PyRuntimeError, "A bug in octformer's native code (please report it).");
+create_exception!(
+    _core,
+    OctformerError,
+    PyValueError,
+    "Bad input to octformer: names the argument, the expected and the actual value."
+);
+create_exception!(
+    _core,
+    OutOfBoundsError,
+    OctformerError,
+    "Points lie outside the explicit bounding box."
+);
+create_exception!(
+    _core,
+    CorruptDataError,
+    OctformerError,
+    "A byte stream or file could not be decoded."
+);
+create_exception!(
+    _core,
+    InternalError,
+    PyRuntimeError,
+    "A bug in octformer's native code (please report it)."
+);
 
 /// Map a core error to its Python exception.
 pub fn to_py(err: CoreError) -> PyErr {
@@ -16,7 +36,9 @@ pub fn to_py(err: CoreError) -> PyErr {
     match err {
         CoreError::OutOfBounds { .. } => OutOfBoundsError::new_err(msg),
         CoreError::Corrupt { .. } => CorruptDataError::new_err(msg),
-        CoreError::InvalidArgument { .. } | CoreError::NonFinite { .. } => OctformerError::new_err(msg),
+        CoreError::InvalidArgument { .. } | CoreError::NonFinite { .. } => {
+            OctformerError::new_err(msg)
+        }
     }
 }
 
@@ -30,7 +52,9 @@ pub fn guarded<R>(f: impl FnOnce() -> Result<R, CoreError>) -> PyResult<R> {
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(InternalError::new_err(format!("native code panicked: {what}")))
+            Err(InternalError::new_err(format!(
+                "native code panicked: {what}"
+            )))
         }
     }
 }

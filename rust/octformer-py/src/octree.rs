@@ -3,7 +3,7 @@
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use octformer_core::neighbors::neighbors_from_levels;
-use octformer_core::octree::{average_per_leaf, build_octree as core_build};
+use octformer_core::octree::{average_per_leaf, build_octree as core_build, sample_bounds};
 use octformer_core::{BuildOptions, SampleBox};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -36,49 +36,127 @@ pub fn build_octree<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let offs = slice1(&offsets, "offsets")?;
     if offs.iter().any(|&o| o < 0) {
-        return Err(OctformerError::new_err(format!("offsets: expected non-negative values, got {offs:?}")));
+        return Err(OctformerError::new_err(format!(
+            "offsets: expected non-negative values, got {offs:?}"
+        )));
     }
     let offs: Vec<usize> = offs.iter().map(|&o| o as usize).collect();
     let b = offs.len().saturating_sub(1);
     for (name, a) in [("origins", &origins), ("cells", &cells)] {
         if a.shape() != [b, 3] {
-            return Err(OctformerError::new_err(format!("{name}: expected shape ({b}, 3), got {:?}", a.shape())));
+            return Err(OctformerError::new_err(format!(
+                "{name}: expected shape ({b}, 3), got {:?}",
+                a.shape()
+            )));
         }
     }
     let origins = origins.as_array();
     let cells = cells.as_array();
     let boxes: Vec<SampleBox> = (0..b)
-        .map(|i| SampleBox { origin: [origins[[i, 0]], origins[[i, 1]], origins[[i, 2]]], cell: [cells[[i, 0]], cells[[i, 1]], cells[[i, 2]]] })
+        .map(|i| SampleBox {
+            origin: [origins[[i, 0]], origins[[i, 1]], origins[[i, 2]]],
+            cell: [cells[[i, 0]], cells[[i, 1]], cells[[i, 2]]],
+        })
         .collect();
-    let opts = BuildOptions { depth, full_depth, clip };
+    let opts = BuildOptions {
+        depth,
+        full_depth,
+        clip,
+    };
     let tree = match &points {
         Points::F32(p) => {
             let s = points_slice(p)?;
-            py.detach(|| threads::install(num_threads, || guarded(|| core_build(s, &offs, &boxes, opts))))??
+            py.detach(|| {
+                threads::install(num_threads, || {
+                    guarded(|| core_build(s, &offs, &boxes, opts))
+                })
+            })??
         }
         Points::F64(p) => {
             let s = points_slice(p)?;
-            py.detach(|| threads::install(num_threads, || guarded(|| core_build(s, &offs, &boxes, opts))))??
+            py.detach(|| {
+                threads::install(num_threads, || {
+                    guarded(|| core_build(s, &offs, &boxes, opts))
+                })
+            })??
         }
     };
     let d = tree.depth as usize;
     let out = PyDict::new(py);
-    let nnum = Array2::from_shape_fn((d + 1, tree.batch_size), |(i, j)| tree.batch_nnum[i][j] as i64);
-    let nnum_ne = Array2::from_shape_fn((d + 1, tree.batch_size), |(i, j)| tree.batch_nnum_nempty[i][j] as i64);
+    let nnum = Array2::from_shape_fn((d + 1, tree.batch_size), |(i, j)| {
+        tree.batch_nnum[i][j] as i64
+    });
+    let nnum_ne = Array2::from_shape_fn((d + 1, tree.batch_size), |(i, j)| {
+        tree.batch_nnum_nempty[i][j] as i64
+    });
     out.set_item("batch_nnum", nnum.into_pyarray(py))?;
     out.set_item("batch_nnum_nempty", nnum_ne.into_pyarray(py))?;
-    out.set_item("keys", PyList::new(py, tree.keys.into_iter().map(|k| keys_to_numpy(py, k)))?)?;
-    out.set_item("children", PyList::new(py, tree.children.into_iter().map(|c| c.into_pyarray(py)))?)?;
-    out.set_item("batch", PyList::new(py, tree.batch.into_iter().map(|c| c.into_pyarray(py)))?)?;
+    out.set_item(
+        "keys",
+        PyList::new(py, tree.keys.into_iter().map(|k| keys_to_numpy(py, k)))?,
+    )?;
+    out.set_item(
+        "children",
+        PyList::new(py, tree.children.into_iter().map(|c| c.into_pyarray(py)))?,
+    )?;
+    out.set_item(
+        "batch",
+        PyList::new(py, tree.batch.into_iter().map(|c| c.into_pyarray(py)))?,
+    )?;
     out.set_item("point_leaf", tree.point_leaf.into_pyarray(py))?;
     Ok(out)
 }
 
+#[pyfunction]
+#[pyo3(signature = (points, offsets, num_threads=None))]
+/// Per-sample (B, 3) float64 min and max and a (B,) non-empty mask; raises on NaN/Inf.
+pub fn bounds<'py>(
+    py: Python<'py>,
+    points: Points<'py>,
+    offsets: PyReadonlyArray1<'py, i64>,
+    num_threads: Option<usize>,
+) -> PyResult<(
+    Bound<'py, PyArray2<f64>>,
+    Bound<'py, PyArray2<f64>>,
+    Bound<'py, numpy::PyArray1<bool>>,
+)> {
+    let offs = slice1(&offsets, "offsets")?;
+    if offs.iter().any(|&o| o < 0) {
+        return Err(OctformerError::new_err(format!(
+            "offsets: expected non-negative values, got {offs:?}"
+        )));
+    }
+    let offs: Vec<usize> = offs.iter().map(|&o| o as usize).collect();
+    let res = match &points {
+        Points::F32(p) => {
+            let s = points_slice(p)?;
+            py.detach(|| threads::install(num_threads, || guarded(|| sample_bounds(s, &offs))))??
+        }
+        Points::F64(p) => {
+            let s = points_slice(p)?;
+            py.detach(|| threads::install(num_threads, || guarded(|| sample_bounds(s, &offs))))??
+        }
+    };
+    let b = res.len();
+    let lo = Array2::from_shape_fn((b, 3), |(i, a)| res[i].map_or(0.0, |r| r.0[a]));
+    let hi = Array2::from_shape_fn((b, 3), |(i, a)| res[i].map_or(0.0, |r| r.1[a]));
+    let nonempty: Vec<bool> = res.iter().map(|r| r.is_some()).collect();
+    Ok((
+        lo.into_pyarray(py),
+        hi.into_pyarray(py),
+        nonempty.into_pyarray(py),
+    ))
+}
+
 fn points_slice<'a, T: numpy::Element>(p: &'a PyReadonlyArray2<'_, T>) -> PyResult<&'a [T]> {
     if p.shape()[1] != 3 {
-        return Err(OctformerError::new_err(format!("points: expected shape (N, 3), got {:?}", p.shape())));
+        return Err(OctformerError::new_err(format!(
+            "points: expected shape (N, 3), got {:?}",
+            p.shape()
+        )));
     }
-    p.as_slice().map_err(|_| OctformerError::new_err("points: expected a C-contiguous array"))
+    p.as_slice()
+        .map_err(|_| OctformerError::new_err("points: expected a C-contiguous array"))
 }
 
 #[pyfunction]
@@ -95,14 +173,28 @@ pub fn average_leaf_values<'py>(
     let c = values.shape()[1];
     let leaf = slice1(&point_leaf, "point_leaf")?;
     if values.shape()[0] != leaf.len() {
-        return Err(OctformerError::new_err(format!("values: expected {} rows (one per point), got {}", leaf.len(), values.shape()[0])));
+        return Err(OctformerError::new_err(format!(
+            "values: expected {} rows (one per point), got {}",
+            leaf.len(),
+            values.shape()[0]
+        )));
     }
     if leaf.iter().any(|&l| l < 0 || l as usize >= num_leaves) {
-        return Err(OctformerError::new_err(format!("point_leaf: expected values in 0..{num_leaves}")));
+        return Err(OctformerError::new_err(format!(
+            "point_leaf: expected values in 0..{num_leaves}"
+        )));
     }
-    let v = values.as_slice().map_err(|_| OctformerError::new_err("values: expected a C-contiguous array"))?;
-    let out = py.detach(|| threads::install(num_threads, || guarded(|| average_per_leaf(v, c, leaf, num_leaves, normalize))))??;
-    Ok(Array2::from_shape_vec((num_leaves, c), out).expect("shape").into_pyarray(py))
+    let v = values
+        .as_slice()
+        .map_err(|_| OctformerError::new_err("values: expected a C-contiguous array"))?;
+    let out = py.detach(|| {
+        threads::install(num_threads, || {
+            guarded(|| average_per_leaf(v, c, leaf, num_leaves, normalize))
+        })
+    })??;
+    Ok(Array2::from_shape_vec((num_leaves, c), out)
+        .expect("shape")
+        .into_pyarray(py))
 }
 
 #[pyfunction]
@@ -117,16 +209,29 @@ pub fn neighbors<'py>(
     periodic_y: bool,
     num_threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyArray2<i32>>> {
-    let k: Vec<&[u64]> = keys.iter().map(|a| slice1(a, "keys").map(as_u64)).collect::<PyResult<_>>()?;
-    let c: Vec<&[i32]> = children.iter().map(|a| slice1(a, "children")).collect::<PyResult<_>>()?;
-    let table = py.detach(|| threads::install(num_threads, || guarded(|| neighbors_from_levels(&k, &c, depth, nonempty, periodic_y))))??;
+    let k: Vec<&[u64]> = keys
+        .iter()
+        .map(|a| slice1(a, "keys").map(as_u64))
+        .collect::<PyResult<_>>()?;
+    let c: Vec<&[i32]> = children
+        .iter()
+        .map(|a| slice1(a, "children"))
+        .collect::<PyResult<_>>()?;
+    let table = py.detach(|| {
+        threads::install(num_threads, || {
+            guarded(|| neighbors_from_levels(&k, &c, depth, nonempty, periodic_y))
+        })
+    })??;
     let rows = table.len() / 27;
-    Ok(Array2::from_shape_vec((rows, 27), table).expect("shape").into_pyarray(py))
+    Ok(Array2::from_shape_vec((rows, 27), table)
+        .expect("shape")
+        .into_pyarray(py))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(build_octree, m)?)?;
     m.add_function(wrap_pyfunction!(average_leaf_values, m)?)?;
+    m.add_function(wrap_pyfunction!(bounds, m)?)?;
     m.add_function(wrap_pyfunction!(neighbors, m)?)?;
     Ok(())
 }

@@ -19,7 +19,9 @@ static POOLS: Mutex<Option<Pools>> = Mutex::new(None);
 pub fn resolve(num_threads: Option<usize>) -> PyResult<usize> {
     if let Some(n) = num_threads {
         if n == 0 {
-            return Err(crate::errors::OctformerError::new_err("num_threads: expected a positive integer, got 0"));
+            return Err(crate::errors::OctformerError::new_err(
+                "num_threads: expected a positive integer, got 0",
+            ));
         }
         return Ok(n);
     }
@@ -31,7 +33,9 @@ pub fn resolve(num_threads: Option<usize>) -> PyResult<usize> {
             ))),
         };
     }
-    Ok(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+    Ok(std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1))
 }
 
 fn pool(n: usize) -> PyResult<Arc<rayon::ThreadPool>> {
@@ -42,7 +46,10 @@ fn pool(n: usize) -> PyResult<Arc<rayon::ThreadPool>> {
         let stale = guard.take().unwrap();
         std::mem::forget(stale);
     }
-    let pools = guard.get_or_insert_with(|| Pools { pid, by_size: HashMap::new() });
+    let pools = guard.get_or_insert_with(|| Pools {
+        pid,
+        by_size: HashMap::new(),
+    });
     if let Some(p) = pools.by_size.get(&n) {
         return Ok(p.clone());
     }
@@ -50,7 +57,9 @@ fn pool(n: usize) -> PyResult<Arc<rayon::ThreadPool>> {
         .num_threads(n)
         .thread_name(|i| format!("octformer-{i}"))
         .build()
-        .map_err(|e| crate::errors::InternalError::new_err(format!("could not start {n} threads: {e}")))?;
+        .map_err(|e| {
+            crate::errors::InternalError::new_err(format!("could not start {n} threads: {e}"))
+        })?;
     let p = Arc::new(p);
     pools.by_size.insert(n, p.clone());
     Ok(p)

@@ -1,0 +1,75 @@
+//! Phase timing of the octree build on a raw float32 (N, 3) file: `cargo run --release --example profile_build FILE DEPTH`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use octformer_core::{BuildOptions, SampleBox, build_octree};
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let bytes = std::fs::read(&args[1]).expect("read points file");
+    let depth: u8 = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(10);
+    let pts: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let n = pts.len() / 3;
+    let (mut lo, mut hi) = ([f64::MAX; 3], [f64::MIN; 3]);
+    for i in 0..n {
+        for a in 0..3 {
+            lo[a] = lo[a].min(pts[3 * i + a] as f64);
+            hi[a] = hi[a].max(pts[3 * i + a] as f64);
+        }
+    }
+    let side = (0..3).map(|a| hi[a] - lo[a]).fold(0.0, f64::max);
+    let cell = side / (1u64 << depth) as f64;
+    let bx = SampleBox {
+        origin: lo,
+        cell: [cell; 3],
+    };
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut times = Vec::new();
+        let mut cpu = Vec::new();
+        for _ in 0..15 {
+            let t0 = Instant::now();
+            let c0 = cpu_ms();
+            let t = pool.install(|| {
+                build_octree(
+                    &pts,
+                    &[0, n],
+                    &[bx],
+                    BuildOptions {
+                        depth,
+                        full_depth: 2,
+                        clip: true,
+                    },
+                )
+                .unwrap()
+            });
+            cpu.push(cpu_ms() - c0);
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+            std::hint::black_box(t);
+        }
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        cpu.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "threads {threads}: wall median {:.2} ms min {:.2} ms; process CPU median {:.2} ms",
+            times[times.len() / 2],
+            times[0],
+            cpu[cpu.len() / 2]
+        );
+    }
+}
+
+/// Process CPU time in ms (robust to other load on a shared machine, for 1-thread runs).
+fn cpu_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
