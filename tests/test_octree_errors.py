@@ -417,3 +417,30 @@ def test_native_build_checks_its_arguments(args):
 def test_native_average_checks_its_arguments(values, leaf, num_leaves):
     out = call(_core.average_leaf_values, values, leaf, num_leaves)
     assert isinstance(out, (OctformerError, OverflowError)), out
+
+
+# ------------------------------------------------------------------ Octree methods
+
+
+def test_octree_method_arguments(pts):
+    t = octformer.build_octree(pts, 5)
+    for bad in (-1, 6, 2.0, True):
+        with raises(OctformerError, "depth"):
+            t.neighbors(bad)
+        with raises(OctformerError, "depth"):
+            t.xyz(bad)
+    with raises(OctformerError, "trees"):
+        octformer.Octree.merge([])
+    with pytest.raises(OctformerError, match=r"^trees\[1\]\.depth"):
+        octformer.Octree.merge([t, octformer.build_octree(pts, 6)])
+    with pytest.raises(OctformerError, match=r"^trees\[1\]\.coords"):
+        octformer.Octree.merge([t, octformer.build_octree(pts, 5, coords="cylindrical")])
+    with pytest.raises(OctformerError, match=r"^trees\[1\]\.features"):
+        octformer.Octree.merge([t, octformer.build_octree(pts, 5, features=pts)])
+
+
+def test_to_ocnn_refuses_depths_ocnn_cannot_hold(pts):
+    pytest.importorskip("ocnn")
+    with raises(OctformerError, "depth") as info:
+        octformer.build_octree(pts.astype(np.float64), 17).to_ocnn()
+    assert "16" in str(info.value)
