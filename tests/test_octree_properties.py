@@ -386,3 +386,19 @@ def test_cylindrical_points_in_cells(pts, depth):
     np.testing.assert_allclose(t.voxel_size[0, 1], 2 * np.pi / 2**depth)
     check_structure(t)
     assert_points_in_leaves(t, pts.astype(np.float64), rho_phi_z)
+
+
+def test_threads_identical_on_real_lidar(shared_data):
+    """A real 123k-point scan: 1, 2 and 4 threads give the same tree, leaf averages and neighbours."""
+    path = shared_data / "semantickitti" / "velodyne" / "000000.bin"
+    if not path.exists():
+        pytest.skip(f"{path} missing")
+    scan = np.fromfile(path, dtype="<f4").reshape(-1, 4)
+    pts, remission = scan[:, :3], scan[:, 3:]
+    trees = [octformer.build_octree(pts, 12, features=remission, num_threads=n) for n in (1, 2, 4)]
+    assert trees[0] == trees[1] == trees[2]
+    check_structure(trees[0])
+    assert_points_in_leaves(trees[0], pts)
+    for d in (6, 12):
+        a, b = trees[0].neighbors(d, num_threads=1), trees[1].neighbors(d, num_threads=2)
+        np.testing.assert_array_equal(a, b)
