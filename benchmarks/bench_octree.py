@@ -244,12 +244,12 @@ def _run_case(kind: str, data: str, depth: int, threads: int, libs: list[str], a
     res = common.run_worker([__file__, "--worker", json.dumps(spec)], threads)
     res["busy_before"] = quiet["busy_before"]
     res["mem"] = {}
-    if not args.no_mem:
+    if not args.no_mem and threads in args.mem_threads:
         for lib in libs:
             if lib in res["skipped"] or lib in ("np.sort", "octformer._core"):
                 continue
             mspec = dict(spec, mode="mem", lib=lib)
-            common.wait_for_quiet(timeout_s=min(args.quiet_timeout, 20), log=log)
+            common.wait_for_quiet(timeout_s=min(args.quiet_timeout, 5.0), log=log)
             m = common.run_worker([__file__, "--worker", json.dumps(mspec)], threads)
             res["mem"][lib] = m["mem"]
     return res
@@ -357,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-runs", type=int, default=7)
     p.add_argument("--budget", type=float, default=20.0, help="stop timing after this many seconds (past min-runs)")
     p.add_argument("--no-mem", action="store_true", help="skip the memory-probe workers")
-    p.add_argument("--quiet-timeout", type=float, default=60.0, help="max seconds to wait for a quiet machine per case")
+    p.add_argument("--mem-threads", type=int, nargs="+", default=[1], help="thread counts to probe memory at")
+    p.add_argument("--quiet-timeout", type=float, default=20.0, help="max seconds to wait for a quiet machine per case")
     p.add_argument("--no-write", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = p.parse_args(argv)
 
@@ -413,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     parts.append(
         f"Median (min) of {args.min_runs}–{args.max_runs} timed calls after one untimed call, libraries timed in "
         "alternating rounds in one fresh process per (case, T); dpeak = rise of peak RSS during the first call in a "
-        "separate fresh process per library. 'other load' = cores used by other processes while the timing worker ran. "
+        f"separate fresh process per library (probed at T = {', '.join(map(str, args.mem_threads))}; '–' elsewhere). 'other load' = cores used by other processes while the timing worker ran. "
         f"Total wall time {time.monotonic() - t_start:.0f} s."
     )
     body = "\n".join(parts)
