@@ -109,9 +109,6 @@ impl<'a> Cursor<'a> {
     pub(crate) fn new(data: &'a [u8]) -> Self {
         Cursor { data, pos: 0 }
     }
-    pub(crate) fn pos(&self) -> usize {
-        self.pos
-    }
     pub(crate) fn remaining(&self) -> usize {
         self.data.len() - self.pos
     }

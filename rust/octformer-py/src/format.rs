@@ -6,6 +6,7 @@ use octformer_core::format::{
     self as octf, ChildOrder, Coords, DecodeOptions, EncodeOptions, Header, NodeKind, OctfOctree, TreeView,
 };
 use octformer_core::Octree;
+use octformer_core::omnitree::Omnitree;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
@@ -216,6 +217,132 @@ pub fn octree_from_occupancy_tokens<'py>(
     Ok(out)
 }
 
+// ------------------------------------------------------------------------ omnitrees
+
+/// Native omnitree (octformer.omnitree.Omnitree wraps it): validated pre-order masks,
+/// per-leaf occupancy and the breadth-first location index.
+#[pyclass(frozen, module = "octformer._core")]
+pub struct OmnitreeCore {
+    inner: Omnitree,
+}
+
+fn small_vec(a: &PyReadonlyArray1<'_, f64>, name: &str) -> PyResult<Vec<f64>> {
+    Ok(slice1(a, name)?.to_vec())
+}
+
+#[pymethods]
+impl OmnitreeCore {
+    #[staticmethod]
+    /// Check and index pre-order masks (uint8) and per-leaf occupancy (uint8 0/1).
+    fn from_preorder(
+        py: Python<'_>,
+        dims: u8,
+        max_level: u8,
+        masks: PyReadonlyArray1<'_, u8>,
+        occupied: PyReadonlyArray1<'_, u8>,
+        origin: PyReadonlyArray1<'_, f64>,
+        cell: PyReadonlyArray1<'_, f64>,
+    ) -> PyResult<Self> {
+        let (m, o) = (slice1(&masks, "masks")?.to_vec(), slice1(&occupied, "occupied")?.to_vec());
+        let (org, c) = (small_vec(&origin, "origin")?, small_vec(&cell, "cell")?);
+        let inner = py.detach(|| guarded(|| Omnitree::from_preorder(dims, max_level, m, o, org, c)))?;
+        Ok(OmnitreeCore { inner })
+    }
+
+    #[staticmethod]
+    /// Build from (N, dims) uint32 finest-grid cells with the extent-ratio rule.
+    fn from_cells(
+        py: Python<'_>,
+        cells: PyReadonlyArray2<'_, u32>,
+        max_level: u8,
+        ratio: f64,
+        origin: PyReadonlyArray1<'_, f64>,
+        cell: PyReadonlyArray1<'_, f64>,
+    ) -> PyResult<Self> {
+        let dims = cells.shape()[1];
+        if !(2..=4).contains(&dims) {
+            return Err(OctformerError::new_err(format!("cells: expected shape (N, 2..4), got {:?}", cells.shape())));
+        }
+        let q = contiguous(&cells, "cells")?;
+        let (org, c) = (small_vec(&origin, "origin")?, small_vec(&cell, "cell")?);
+        let inner = py.detach(|| guarded(|| Omnitree::from_cells(dims as u8, max_level, q, ratio, org, c)))?;
+        Ok(OmnitreeCore { inner })
+    }
+
+    #[staticmethod]
+    /// The equivalent omnitree of one octree sample (per-depth children, sample-local ranks).
+    fn from_octree(
+        py: Python<'_>,
+        children: Vec<PyReadonlyArray1<'_, i32>>,
+        depth: u8,
+        origin: PyReadonlyArray1<'_, f64>,
+        cell: PyReadonlyArray1<'_, f64>,
+    ) -> PyResult<Self> {
+        let ch: Vec<&[i32]> = children.iter().map(|a| slice1(a, "children")).collect::<PyResult<_>>()?;
+        let (org, c) = (small_vec(&origin, "origin")?, small_vec(&cell, "cell")?);
+        let inner = py.detach(|| guarded(|| Omnitree::from_octree_levels(&ch, depth, org, c)))?;
+        Ok(OmnitreeCore { inner })
+    }
+
+    #[staticmethod]
+    /// Decode OCTF omnitree bytes.
+    fn decode(py: Python<'_>, data: &[u8]) -> PyResult<Self> {
+        let inner = py.detach(|| guarded(|| Omnitree::decode(data, &DecodeOptions::default())))?;
+        Ok(OmnitreeCore { inner })
+    }
+
+    /// OCTF bytes of this omnitree.
+    fn encode<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let b = py.detach(|| self.inner.encode());
+        PyBytes::new(py, &b)
+    }
+
+    #[getter]
+    fn dims(&self) -> u8 {
+        self.inner.dims
+    }
+    #[getter]
+    fn max_level(&self) -> u8 {
+        self.inner.max_level
+    }
+    #[getter]
+    fn masks<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u8>> {
+        self.inner.masks.clone().into_pyarray(py)
+    }
+    #[getter]
+    fn occupied<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u8>> {
+        self.inner.occupied.clone().into_pyarray(py)
+    }
+    #[getter]
+    fn origin<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        self.inner.origin.clone().into_pyarray(py)
+    }
+    #[getter]
+    fn cell<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        self.inner.cell.clone().into_pyarray(py)
+    }
+
+    /// Leaf boxes in pre-order: ((L, dims) int64 lowest finest-grid cell, (L, dims) int64 level).
+    fn leaf_cells<'py>(&self, py: Python<'py>) -> (Bound<'py, numpy::PyArray2<i64>>, Bound<'py, numpy::PyArray2<i64>>) {
+        let (lo, lv) = py.detach(|| self.inner.leaf_cells());
+        let (n, d) = (self.inner.num_leaves(), self.inner.dims as usize);
+        let lo = Array2::from_shape_vec((n, d), lo.into_iter().map(i64::from).collect()).expect("shape");
+        let lv = Array2::from_shape_vec((n, d), lv.into_iter().map(i64::from).collect()).expect("shape");
+        (lo.into_pyarray(py), lv.into_pyarray(py))
+    }
+
+    /// Pre-order leaf index of each (N, dims) int64 finest-grid cell, -1 outside the grid.
+    fn locate_cells<'py>(&self, py: Python<'py>, cells: PyReadonlyArray2<'py, i64>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let d = self.inner.dims as usize;
+        if cells.shape()[1] != d {
+            return Err(OctformerError::new_err(format!("cells: expected shape (N, {d}), got {:?}", cells.shape())));
+        }
+        let q = contiguous(&cells, "cells")?;
+        let out = py.detach(|| guarded(|| self.inner.locate_cells(q)))?;
+        Ok(out.into_pyarray(py))
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(octf_encode, m)?)?;
     m.add_function(wrap_pyfunction!(octf_decode, m)?)?;
@@ -223,5 +350,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(octf_header, m)?)?;
     m.add_function(wrap_pyfunction!(occupancy_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(octree_from_occupancy_tokens, m)?)?;
+    m.add_class::<OmnitreeCore>()?;
     Ok(())
 }
