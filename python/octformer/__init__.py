@@ -6,6 +6,7 @@ from octformer.octree import Octree, build_octree, key_to_xyz
 from octformer.format import load, save  # OCTF files (octformer.format has encode/decode/token views)
 from octformer import serialize  # the module: serialize.serialize, .decode, .encode, .order_for_block
 from octformer.serialize import FlattenPlan, Serialization, flatten, patches
+from octformer.models import create_model, list_models  # backbones (torch); see octformer.models
 
 __all__ = [
     "__version__",

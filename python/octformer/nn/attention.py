@@ -1,0 +1,129 @@
+"""Multi-head attention over token plans (windows, dilated/shifted windows, global per sample).
+
+Positional options: OctFormer's relative position bias (``rpe_bound``), axial 3D RoPE
+(Volt) or learnable mixed-frequency RoPE (OctGPT), and QK-norm. The softmax runs in
+``octformer.ops.window_attention`` (compiled kernels or the torch reference).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from octformer import ops
+from octformer.errors import OctformerError
+from octformer.nn.plans import TokenPlan
+
+__all__ = ["PlanAttention", "rpe_bound_for"]
+
+
+def rpe_bound_for(group_size: int, dilation: int = 1) -> int:
+    """OctFormer's RPE clamp: int(0.8 · K · sqrt(D))."""
+    return int(0.8 * group_size * math.sqrt(dilation))
+
+
+class PlanAttention(nn.Module):
+    """Attention of (N, C) tokens inside the sequences of a :class:`TokenPlan`.
+
+    Args:
+        dim: C. heads: H (C must divide by H).
+        rpe_bound: b of a learned (3(2b+1), H) relative-position bias table, or None.
+        rope: None, "axial" (fixed frequencies, split pairs over x/y/z) or "mixed"
+            (learnable per-head frequency vectors).
+        rope_split / rope_theta: axial pair split and base (Volt: (12, 12, 8), 100).
+        qk_norm: LayerNorm of q and k per head before RoPE (Volt).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        qkv_bias: bool = True,
+        rpe_bound: int | None = None,
+        rope: str | None = None,
+        rope_split: tuple[int, int, int] | None = None,
+        rope_theta: float = 100.0,
+        qk_norm: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if dim % heads:
+            raise OctformerError(f"dim: expected a multiple of heads={heads}, got {dim}")
+        if rope not in (None, "axial", "mixed"):
+            raise OctformerError(f"rope: expected None, 'axial' or 'mixed', got {rope!r}")
+        self.dim, self.heads, self.head_dim = dim, heads, dim // heads
+        self.backend = backend
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else None
+        self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else None
+        self.rpe_table = None
+        if rpe_bound is not None:
+            self.rpe_table = nn.Parameter(torch.zeros(3 * (2 * rpe_bound + 1), heads))
+            nn.init.trunc_normal_(self.rpe_table, std=0.02)
+        self.rope = rope
+        if rope == "axial":
+            self.register_buffer(
+                "rope_freqs", ops.rope_axial_freqs(self.head_dim, rope_split, rope_theta), persistent=False
+            )
+        elif rope == "mixed":
+            g = torch.Generator().manual_seed(0)
+            self.rope_freqs = nn.Parameter(ops.rope_mixed_freqs(heads, self.head_dim, rope_theta, generator=g))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        plan: TokenPlan,
+        *,
+        coords: torch.Tensor | None = None,
+        pos: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (N, C) → (N, C). coords (N, 3) int for RPE; pos (N, 3) for RoPE; key_mask (N,) extra 0/-inf."""
+        n, c = x.shape
+        if c != self.dim:
+            raise OctformerError(f"x: expected (N, {self.dim}) tokens, got {tuple(x.shape)}")
+        if self.rpe_table is not None and coords is None:
+            raise OctformerError("coords: this attention has a relative position bias, so (N, 3) coords are required")
+        if self.rope is not None and pos is None:
+            raise OctformerError("pos: this attention uses RoPE, so (N, 3) positions are required")
+        h, dh = self.heads, self.head_dim
+        xs = x[plan.gather]
+        m = xs.shape[0]
+        q, k, v = self.qkv(xs).view(m, 3, h, dh).unbind(1)  # (M, H, dh) each
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope is not None:
+            p = pos[plan.gather].to(x.dtype)
+            freqs = self.rope_freqs.to(x.dtype)
+            q = ops.rope3d(q.contiguous(), p, freqs, backend=self.backend)
+            k = ops.rope3d(k.contiguous(), p, freqs, backend=self.backend)
+        mask = plan.key_mask
+        if key_mask is not None:
+            extra = key_mask[plan.gather]
+            mask = extra if mask is None else mask + extra
+        if mask is not None:
+            mask = mask.to(x.dtype)
+        c_g = coords[plan.gather] if self.rpe_table is not None else None
+        table = self.rpe_table.to(x.dtype) if self.rpe_table is not None else None
+        if plan.cu_seqlens is not None:
+            out = ops.window_attention(
+                q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens=plan.cu_seqlens, coords=c_g,
+                rpe_table=table, key_mask=mask, backend=self.backend,
+            )
+        else:
+            kk = plan.group_size
+            g = m // kk
+
+            def grp(t: torch.Tensor) -> torch.Tensor:
+                return t.view(g, kk, h, dh).transpose(1, 2).contiguous()
+
+            out = ops.window_attention(
+                grp(q), grp(k), grp(v), coords=c_g, rpe_table=table, key_mask=mask, backend=self.backend
+            )
+            out = out.transpose(1, 2)
+        out = self.proj(out.reshape(m, c))
+        return out[plan.scatter]

@@ -1,0 +1,120 @@
+"""Generic, registry-parametrised model tests (timm style) on real clouds from ../shared/data.
+
+Every registered model honours one interface: ``build_input(points) -> Octree``,
+``forward(octree)``, ``split_output(out, octree)``. The forward tests run the ``*_tiny``
+configs; the published configs are built on the meta device for their parameter counts.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+import octformer
+from octformer.errors import OctformerError
+from octformer.io import read_points
+from octformer.models import create_model, list_models
+
+TINY = list_models("*_tiny")
+
+
+@pytest.fixture(scope="module")
+def clouds(shared_data):
+    """Two real, differently sized lidar crops of the SemanticKITTI scan (a near disc and a far sector)."""
+    pts = read_points(shared_data / "semantickitti" / "velodyne" / "000000.bin").points.astype(np.float64)
+    r = np.linalg.norm(pts[:, :2], axis=1)
+    ang = np.arctan2(pts[:, 1], pts[:, 0])
+    near = pts[r < 6.0]
+    far = pts[(r > 8.0) & (r < 14.0) & (np.abs(ang) < 1.2)]
+    rng = np.random.default_rng(0)
+    near = near[rng.permutation(len(near))[:3000]]
+    far = far[rng.permutation(len(far))[:3000]]
+    return near, far
+
+
+def _model(name: str, **kw):
+    torch.manual_seed(0)
+    return create_model(name, **kw)
+
+
+def test_registry_lists_every_family_and_rejects_unknown_names():
+    names = list_models()
+    for expected in ("volt_s", "volt_b", "volt_tiny"):
+        assert expected in names
+    assert octformer.list_models() == names and octformer.create_model is create_model
+    assert TINY and all(n.endswith("_tiny") for n in TINY)
+    with pytest.raises(OctformerError, match="name: expected one of"):
+        create_model("volt_xxl")
+    with pytest.raises(OctformerError, match="unknown"):
+        create_model("volt_tiny", not_an_option=3)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_forward_shapes_and_finite(name, clouds):
+    model = _model(name).eval()
+    tree = model.build_input(list(clouds))
+    with torch.no_grad():
+        out = model(tree)
+    parts = model.split_output(out, tree)
+    assert len(parts) == 2
+    if model.output_kind == "tokens":
+        assert out.shape[0] == sum(model.output_counts(tree))
+        assert [p.shape[0] for p in parts] == model.output_counts(tree)
+    else:
+        assert out.shape[0] == 2
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_backward_reaches_every_parameter(name, clouds):
+    model = _model(name, drop_path=0.0).train()
+    tree = model.build_input(list(clouds))
+    out = model(tree)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * weights).sum().backward()
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.grad is None]
+    assert not missing, f"parameters without gradient: {missing}"
+    zero = [n for n, p in params.items() if not torch.isfinite(p.grad).all() or float(p.grad.abs().sum()) == 0.0]
+    assert not zero, f"parameters with a zero or non-finite gradient: {zero}"
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_forward_bitwise_deterministic(name, clouds):
+    outs = []
+    for _ in range(2):
+        model = _model(name).eval()
+        with torch.no_grad():
+            outs.append(model(model.build_input(list(clouds))))
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_state_dict_round_trip(name, clouds):
+    a = _model(name).eval()
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    torch.manual_seed(123)  # a differently initialised twin
+    b = create_model(name).eval()
+    tree = a.build_input([clouds[0]])
+    with torch.no_grad():
+        assert not torch.equal(a(tree), b(tree))
+        buf.seek(0)
+        b.load_state_dict(torch.load(buf, weights_only=True))
+        assert torch.equal(a(tree), b(tree))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_batch_of_two_equals_samples_alone(name, clouds):
+    model = _model(name).eval()
+    with torch.no_grad():
+        tree = model.build_input(list(clouds))
+        together = model.split_output(model(tree), tree)
+        for i, cloud in enumerate(clouds):
+            alone = model(model.build_input([cloud]))
+            assert together[i].shape == alone.squeeze(0).shape if model.output_kind == "samples" else alone.shape
+            torch.testing.assert_close(together[i], alone.squeeze(0) if model.output_kind == "samples" else alone,
+                                       rtol=1e-4, atol=1e-5)
