@@ -20,6 +20,8 @@ __all__ = [
     "FlattenPlan",
     "flatten",
     "patches",
+    "create_model",
+    "list_models",
     "show_config",
     "OctformerError",
     "OutOfBoundsError",
