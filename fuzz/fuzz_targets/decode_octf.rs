@@ -1,9 +1,11 @@
-//! Fuzz the OCTF decoder: no input may panic; whatever decodes must re-encode canonically.
+//! Fuzz the OCTF decoders (octree and omnitree): no input may panic; whatever decodes
+//! must re-encode canonically.
 //! Trees are compared through their encodings (bit-exact, so NaN payloads compare equal).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use octformer_core::format::{decode_octree, encode_octree, ChildOrder, DecodeOptions, EncodeOptions};
+use octformer_core::omnitree::Omnitree;
 
 fuzz_target!(|data: &[u8]| {
     // with checksums: the path users take
@@ -20,6 +22,19 @@ fuzz_target!(|data: &[u8]| {
         if checked.is_ok() {
             assert_eq!(bytes.as_slice(), data, "encode(decode(b)) == b");
         }
+    }
+    let unchecked_opts = DecodeOptions { max_depth: None, verify_checksums: false };
+    if let Ok(t) = Omnitree::decode(data, &unchecked_opts) {
+        let bytes = t.encode();
+        let again = Omnitree::decode(&bytes, &DecodeOptions::default()).expect("re-encoded omnitree decodes");
+        assert_eq!(again.encode(), bytes);
+        if Omnitree::decode(data, &DecodeOptions::default()).is_ok() {
+            assert_eq!(bytes.as_slice(), data, "omnitree encode(decode(b)) == b");
+        }
+        let q: Vec<i64> = data.iter().take(8).map(|&b| b as i64 - 8).collect();
+        let q = &q[..q.len() / t.dims as usize * t.dims as usize];
+        let _ = t.locate_cells(q);
+        let _ = t.leaf_cells();
     }
     for k in 0..3u8 {
         let _ = decode_octree(data, &DecodeOptions { max_depth: Some(k), verify_checksums: false });

@@ -71,13 +71,19 @@ class Omnitree:
         return cls(core)
 
     @classmethod
-    def from_cells(cls, cells: Any, max_level: int, *, ratio: float = 0.5, origin: Any = 0.0, cell: Any = 1.0) -> Omnitree:
+    def from_cells(
+        cls, cells: Any, max_level: int, *, rule: str = "carve", ratio: float = 0.5, origin: Any = 0.0, cell: Any = 1.0
+    ) -> Omnitree:
         """Build from (N, d) integer finest-grid cells in [0, 2^max_level), d in 2..4.
 
-        Refinement rule: a node holding points halves every dimension along which its
-        points extend over more than ``ratio`` of the node's size (in cells); if none
-        does it halves its largest dimensions, so occupied leaves are always single
-        finest cells. Empty nodes are leaves.
+        Refinement rules for a node holding points (empty nodes are leaves, and
+        refinement always reaches single finest cells):
+
+        * ``"carve"`` (default): halve the dimensions along which one half of the node
+          is empty (each such split cuts away empty space); if every dimension has
+          points on both sides, halve all of them (an octree split).
+        * ``"extent"``: halve the dimensions along which the points extend over more
+          than ``ratio`` of the node's size; if none does, halve the largest ones.
         """
         c = np.asarray(cells)
         if c.ndim != 2 or c.shape[1] not in (2, 3, 4) or c.dtype.kind not in "iu":
@@ -85,16 +91,18 @@ class Omnitree:
         level = _check_level(max_level)
         if c.size and (c.min() < 0 or c.max() >= 1 << level):
             raise OctformerError(f"cells: expected values in [0, {1 << level}), got [{c.min()}, {c.max()}]")
+        if rule not in ("carve", "extent"):
+            raise OctformerError(f"rule: expected 'carve' or 'extent', got {rule!r}")
         if not isinstance(ratio, (int, float, np.floating)) or not 0.0 <= float(ratio) <= 1.0:
             raise OctformerError(f"ratio: expected a number in [0, 1], got {ratio!r}")
         d = c.shape[1]
         core = _core.OmnitreeCore.from_cells(
-            np.ascontiguousarray(c, dtype=np.uint32), level, float(ratio), _vec(origin, d, "origin"), _vec(cell, d, "cell")
+            np.ascontiguousarray(c, dtype=np.uint32), level, rule, float(ratio), _vec(origin, d, "origin"), _vec(cell, d, "cell")
         )
         return cls(core)
 
     @classmethod
-    def from_points(cls, points: Any, max_level: int, *, ratio: float = 0.5, bbox: Any = None) -> Omnitree:
+    def from_points(cls, points: Any, max_level: int, *, rule: str = "carve", ratio: float = 0.5, bbox: Any = None) -> Omnitree:
         """Quantise (N, d) points into 2^max_level cells per dimension and build (see :meth:`from_cells`).
 
         ``bbox`` = (min, max) per dimension; default: the points' tight box (per dimension).
@@ -119,7 +127,7 @@ class Omnitree:
                 raise OctformerError(f"points: expected all points inside bbox {lo.tolist()} .. {hi.tolist()}")
         cell = (hi - lo) / float(1 << level)
         q = np.floor((p - lo) / cell).astype(np.int64).clip(0, (1 << level) - 1)
-        return cls.from_cells(q, level, ratio=ratio, origin=lo, cell=cell)
+        return cls.from_cells(q, level, rule=rule, ratio=ratio, origin=lo, cell=cell)
 
     @classmethod
     def from_octree(cls, tree: Octree, sample: int = 0) -> Omnitree:

@@ -203,19 +203,20 @@ impl Omnitree {
         }
     }
 
-    /// Build from quantised cells (N, dims) in [0, 2^max_level): a non-empty node splits
-    /// the dims along which its points extend over more than `ratio` of the node's
-    /// size; if none does, it splits its largest dims (so refinement always reaches
-    /// the finest level). Empty nodes and finest-level cells are leaves.
-    pub fn from_cells(dims: u8, max_level: u8, cells: &[u32], ratio: f64, origin: Vec<f64>, cell: Vec<f64>) -> Result<Self> {
+    /// Build from quantised cells (N, dims) in [0, 2^max_level) with a refinement
+    /// [`Rule`]; empty nodes and finest-level cells are leaves, so every occupied leaf
+    /// is one finest cell (equal leaf resolution with the octree of the same cells).
+    pub fn from_cells(dims: u8, max_level: u8, cells: &[u32], rule: Rule, origin: Vec<f64>, cell: Vec<f64>) -> Result<Self> {
         if !(2..=4).contains(&dims) {
             return Err(bad("dims", "2, 3 or 4", dims));
         }
         if max_level > MAX_LEVEL {
             return Err(bad("max_level", format!("at most {MAX_LEVEL}"), max_level));
         }
-        if !(ratio.is_finite() && (0.0..=1.0).contains(&ratio)) {
-            return Err(bad("ratio", "a number in [0, 1]", ratio));
+        if let Rule::Extent(ratio) = rule {
+            if !(ratio.is_finite() && (0.0..=1.0).contains(&ratio)) {
+                return Err(bad("ratio", "a number in [0, 1]", ratio));
+            }
         }
         let d = dims as usize;
         if cells.len() % d != 0 {
@@ -229,7 +230,7 @@ impl Omnitree {
         let mut masks = Vec::new();
         let mut occupied = Vec::new();
         let mut scratch = Vec::new();
-        split_node(cells, d, max_level, ratio, &mut idx, [0; 4], &mut masks, &mut occupied, &mut scratch);
+        split_node(cells, d, max_level, rule, &mut idx, [0; 4], &mut masks, &mut occupied, &mut scratch);
         Omnitree::from_preorder(dims, max_level, masks, occupied, origin, cell)
     }
 
@@ -327,12 +328,23 @@ impl Omnitree {
     }
 }
 
+/// Which dimensions a non-empty node halves when an omnitree is built from points.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    /// Halve the dims along which one half of the node holds no point (each such split
+    /// cuts away empty space); when every dim has points on both sides, halve all.
+    Carve,
+    /// Halve the dims along which the points extend over more than this fraction of the
+    /// node's size; when none does, halve the node's largest dims.
+    Extent(f64),
+}
+
 #[allow(clippy::too_many_arguments)]
 fn split_node(
     cells: &[u32],
     d: usize,
     top: u8,
-    ratio: f64,
+    rule: Rule,
     idx: &mut [u32],
     levels: [u8; 4],
     masks: &mut Vec<u8>,
@@ -346,29 +358,49 @@ fn split_node(
     }
     let mut lo = [u32::MAX; 4];
     let mut hi = [0u32; 4];
+    let mut upper = [0u32; 4]; // points in the upper half along each dim
     for &p in idx.iter() {
         let c = &cells[p as usize * d..p as usize * d + d];
         for i in 0..d {
             lo[i] = lo[i].min(c[i]);
             hi[i] = hi[i].max(c[i]);
-        }
-    }
-    let mut mask = 0u8;
-    let mut largest = 0u8;
-    for i in 0..d {
-        if levels[i] < top {
-            let size = (1u64 << (top - levels[i])) as f64;
-            let extent = (hi[i] - lo[i]) as f64 + 1.0;
-            if extent > ratio * size {
-                mask |= 1 << i;
+            if levels[i] < top {
+                upper[i] += (c[i] >> (top - 1 - levels[i])) & 1;
             }
-            largest = largest.max(top - levels[i]);
         }
     }
-    if mask == 0 {
-        for i in 0..d {
-            if levels[i] < top && top - levels[i] == largest {
-                mask |= 1 << i;
+    let splittable: u8 = (0..d).filter(|&i| levels[i] < top).map(|i| 1u8 << i).sum();
+    let mut mask = 0u8;
+    match rule {
+        Rule::Carve => {
+            // halve the dims where one half is empty; if every dim is occupied on both sides, halve all
+            for i in 0..d {
+                if splittable & (1 << i) != 0 && (upper[i] == 0 || upper[i] as usize == idx.len()) {
+                    mask |= 1 << i;
+                }
+            }
+            if mask == 0 {
+                mask = splittable;
+            }
+        }
+        Rule::Extent(ratio) => {
+            let mut largest = 0u8;
+            for i in 0..d {
+                if levels[i] < top {
+                    let size = (1u64 << (top - levels[i])) as f64;
+                    let extent = (hi[i] - lo[i]) as f64 + 1.0;
+                    if extent > ratio * size {
+                        mask |= 1 << i;
+                    }
+                    largest = largest.max(top - levels[i]);
+                }
+            }
+            if mask == 0 {
+                for i in 0..d {
+                    if levels[i] < top && top - levels[i] == largest {
+                        mask |= 1 << i;
+                    }
+                }
             }
         }
     }
@@ -405,7 +437,7 @@ fn split_node(
         child_levels[dim] += 1;
     }
     for j in 0..n_children {
-        split_node(cells, d, top, ratio, &mut idx[counts[j]..counts[j + 1]], child_levels, masks, occupied, scratch);
+        split_node(cells, d, top, rule, &mut idx[counts[j]..counts[j + 1]], child_levels, masks, occupied, scratch);
     }
 }
 
@@ -536,13 +568,14 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
         #[test]
-        fn build_locate_and_round_trip(dims in 2u8..5, level in 1u8..6, ratio in 0.0f64..1.0,
+        fn build_locate_and_round_trip(dims in 2u8..5, level in 1u8..6, ratio in 0.0f64..1.1,
                                        raw in proptest::collection::vec(any::<u32>(), 0..200)) {
             let d = dims as usize;
             let side = 1u32 << level;
             let cells: Vec<u32> = raw[..raw.len() / d * d].iter().map(|v| v % side).collect();
             let (o, c) = unit(d);
-            let t = Omnitree::from_cells(dims, level, &cells, ratio, o, c).unwrap();
+            let rule = if ratio > 1.0 { Rule::Carve } else { Rule::Extent(ratio) };
+            let t = Omnitree::from_cells(dims, level, &cells, rule, o, c).unwrap();
             // every point's leaf is occupied and found by brute force
             let q: Vec<i64> = cells.iter().map(|&v| v as i64).collect();
             let located = t.locate_cells(&q).unwrap();
@@ -566,7 +599,7 @@ mod tests {
     fn corruption_and_truncation_are_errors() {
         let cells: Vec<u32> = (0..40).map(|i| (i * 7 % 16) as u32).collect();
         let (o, c) = unit(4);
-        let t = Omnitree::from_cells(4, 4, &cells, 0.5, o, c).unwrap();
+        let t = Omnitree::from_cells(4, 4, &cells, Rule::Carve, o, c).unwrap();
         let bytes = t.encode();
         for i in 0..bytes.len() {
             for x in [1u8, 0x40, 0xff] {
@@ -577,6 +610,22 @@ mod tests {
         }
         for n in 0..bytes.len() {
             assert!(Omnitree::decode(&bytes[..n], &DecodeOptions::default()).is_err());
+        }
+    }
+
+    /// Omnitree seeds for the cargo-fuzz target (see format.rs `write_fuzz_seeds`).
+    #[test]
+    #[ignore]
+    fn write_fuzz_seeds() {
+        let dir = std::env::var("OCTF_SEED_DIR").expect("set OCTF_SEED_DIR");
+        std::fs::create_dir_all(&dir).unwrap();
+        for dims in 2u8..=4 {
+            let cells: Vec<u32> = (0..12 * dims as u32).map(|i| i * 5 % 8).collect();
+            let (o, c) = unit(dims as usize);
+            for (i, rule) in [Rule::Carve, Rule::Extent(0.5)].into_iter().enumerate() {
+                let t = Omnitree::from_cells(dims, 3, &cells, rule, o.clone(), c.clone()).unwrap();
+                std::fs::write(format!("{dir}/omni{dims}_{i}.octf"), t.encode()).unwrap();
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use octformer_core::format::{
     self as octf, ChildOrder, Coords, DecodeOptions, EncodeOptions, Header, NodeKind, OctfOctree, TreeView,
 };
 use octformer_core::Octree;
-use octformer_core::omnitree::Omnitree;
+use octformer_core::omnitree::{Omnitree, Rule};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
@@ -250,11 +250,13 @@ impl OmnitreeCore {
     }
 
     #[staticmethod]
-    /// Build from (N, dims) uint32 finest-grid cells with the extent-ratio rule.
+    /// Build from (N, dims) uint32 finest-grid cells; rule "carve" or "extent" (with ratio).
+    #[pyo3(signature = (cells, max_level, rule, ratio, origin, cell))]
     fn from_cells(
         py: Python<'_>,
         cells: PyReadonlyArray2<'_, u32>,
         max_level: u8,
+        rule: &str,
         ratio: f64,
         origin: PyReadonlyArray1<'_, f64>,
         cell: PyReadonlyArray1<'_, f64>,
@@ -265,7 +267,12 @@ impl OmnitreeCore {
         }
         let q = contiguous(&cells, "cells")?;
         let (org, c) = (small_vec(&origin, "origin")?, small_vec(&cell, "cell")?);
-        let inner = py.detach(|| guarded(|| Omnitree::from_cells(dims as u8, max_level, q, ratio, org, c)))?;
+        let rule = match rule {
+            "carve" => Rule::Carve,
+            "extent" => Rule::Extent(ratio),
+            other => return Err(OctformerError::new_err(format!("rule: expected 'carve' or 'extent', got {other:?}"))),
+        };
+        let inner = py.detach(|| guarded(|| Omnitree::from_cells(dims as u8, max_level, q, rule, org, c)))?;
         Ok(OmnitreeCore { inner })
     }
 
