@@ -411,30 +411,41 @@ def time_interleaved(
     min_runs: int = 3,
     max_runs: int = 7,
     budget_s: float = 20.0,
+    numbers: dict[str, int] | None = None,
 ) -> dict[str, list[float]]:
-    """Time several (setup, fn) pairs in alternating rounds; returns seconds per timed call of fn(setup()).
+    """Time several (setup, fn) pairs in alternating rounds; returns seconds per call of fn(setup()).
 
     Setup is untimed and runs before every call (fresh inputs, no caching between repeats).
-    The order rotates each round so drift hits every side alike. Stops after ``max_runs``
-    rounds, or after ``min_runs`` once the timed total passes ``budget_s``.
+    With ``numbers[name] = k`` one sample is the mean of k back-to-back calls (k setups made
+    first), so sub-millisecond calls are not lost in timer and scheduler noise. The order
+    rotates each round so drift hits every side alike. Stops after ``max_runs`` rounds, or
+    after ``min_runs`` once the timed total passes ``budget_s``.
     """
     names = list(calls)
+    numbers = numbers or {}
     times: dict[str, list[float]] = {k: [] for k in names}
     spent = 0.0
     for r in range(max_runs):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             setup, fn = calls[name]
-            arg = setup()
+            k = max(1, int(numbers.get(name, 1)))
+            args = [setup() for _ in range(k)]
             t0 = time.perf_counter()
-            out = fn(arg)
+            for arg in args:
+                fn(arg)
             dt = time.perf_counter() - t0
-            del out, arg
-            times[name].append(dt)
+            del args
+            times[name].append(dt / k)
             spent += dt
         if r + 1 >= min_runs and spent > budget_s:
             break
     return times
+
+
+def calls_per_sample(first_call_s: float, min_sample_s: float = 0.05, cap: int = 200) -> int:
+    """How many back-to-back calls make one timing sample last at least ``min_sample_s``."""
+    return max(1, min(cap, math.ceil(min_sample_s / max(first_call_s, 1e-6))))
 
 
 def summarize(times: list[float]) -> dict[str, float]:
@@ -563,6 +574,13 @@ def machine_info() -> dict[str, str]:
         except Exception as exc:  # noqa: BLE001 - recorded, not hidden
             info[mod] = f"unavailable ({type(exc).__name__})"
     try:
+        from octformer import _core
+
+        built = _dt.datetime.fromtimestamp(os.path.getmtime(_core.__file__), _dt.timezone.utc)
+        info["core_built"] = built.strftime("%Y-%m-%d %H:%M UTC")
+    except Exception as exc:  # noqa: BLE001 - recorded, not hidden
+        info["core_built"] = f"unknown ({type(exc).__name__})"
+    try:
         info["commit"] = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
         ).stdout.strip()
@@ -587,7 +605,7 @@ def append_results(title: str, body: str, command: str) -> None:
         "",
         f"- Machine: {info.get('cpu', '?')} ({info.get('hypervisor', 'bare metal')} VM), "
         f"{info['cores']} cores, {info['ram_gib']} GiB RAM",
-        f"- Versions: {versions}; octformer commit {info.get('commit', '?')}",
+        f"- Versions: {versions}; octformer commit {info.get('commit', '?')}, native module built {info.get('core_built', '?')}",
         f"- Command: `{command}`",
         "",
     ]
