@@ -21,6 +21,8 @@ from octformer.octree import Octree, build_octree
 
 __all__ = ["Volt", "volt_s", "volt_b", "volt_tiny"]
 
+_UNPATCH_CHUNK = 1 << 24  # elements of the (tokens, K³·c) unpatch output materialised at once
+
 
 class Volt(OctreeModel):
     """Volt segmentation backbone; ``forward(octree)`` → (V, num_classes) logits per occupied voxel.
@@ -152,14 +154,27 @@ class Volt(OctreeModel):
         return self.decode(x, inverse, offset)
 
     def decode(self, tokens: torch.Tensor, inverse: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-        """Patch tokens (T, D) → voxel logits (V, classes): each voxel takes its offset's slice of the unpatch GEMM."""
+        """Patch tokens (T, D) → voxel logits (V, classes): each voxel reads its offset's row of the unpatch GEMM.
+
+        The (T, K³·c) unpatch output is computed in token chunks of at most ``_UNPATCH_CHUNK``
+        elements, so memory stays O(V·c) rather than O(T·K³·c).
+        """
         h = self.decoder_in(tokens)
-        c = h.shape[1]
-        w = self.unpatch.weight.view(self.patch_size**3, c, c)  # (K³, out, in)
-        y = h.new_empty(inverse.shape[0], c)
-        for o in torch.unique(offset).tolist():  # group voxels by in-patch offset: one GEMM each
-            sel = torch.nonzero(offset == o).squeeze(1)
-            y[sel] = h[inverse[sel]] @ w[o].t()
+        t, c = h.shape
+        k3 = self.patch_size**3
+        order = torch.argsort(inverse, stable=True)  # voxels grouped by their patch token
+        inv_sorted = inverse[order]
+        step = max(1, _UNPATCH_CHUNK // (k3 * c))
+        parts = []
+        for t0 in range(0, t, step):
+            t1 = min(t, t0 + step)
+            lo, hi = torch.searchsorted(inv_sorted, torch.tensor([t0, t1], device=inverse.device)).tolist()
+            dense = self.unpatch(h[t0:t1]).view(t1 - t0, k3, c)
+            vox = order[lo:hi]
+            parts.append(dense[inverse[vox] - t0, offset[vox]])
+        y = torch.empty_like(order)
+        y[order] = torch.arange(order.numel(), device=order.device)
+        y = torch.cat(parts)[y]  # back to voxel order
         y = self.decoder_out(y + self.unpatch_bias)
         return self.head(y)
 
