@@ -176,7 +176,30 @@ def _make_model(cfg: dict, in_channels: int, num_classes: int) -> tuple[torch.nn
     except ImportError as exc:
         raise OctformerError(f"model.name: {name!r} needs octformer.models, which is not importable here ({exc})") from exc
     model = create_model(name, in_channels=in_channels, num_classes=num_classes, **params)
-    return model, name
+    if not (hasattr(model, "build_input") and hasattr(model, "point_logits")):
+        raise OctformerError(f"model.name: {name!r} is not a segmentation model (it has no build_input/point_logits)")
+    return SegmentationAdapter(model), name
+
+
+class SegmentationAdapter(torch.nn.Module):
+    """Runs a registry segmentation model on a collated batch: input octree (built in the worker) → per-point logits."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def build_input(self, points: list, features: list):
+        """The model's own input octree for a list of (N_i, 3) clouds and (N_i, C) features (called in the collate)."""
+        return self.model.build_input(points, features if features and features[0].shape[1] else None)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        tree = batch.get("model_input")
+        if tree is None:
+            offs = batch["offsets"].tolist()
+            pts = batch["points"].cpu().numpy()
+            feats = batch["features"].cpu().numpy()
+            tree = self.build_input([pts[a:b] for a, b in zip(offs[:-1], offs[1:])], [feats[a:b] for a, b in zip(offs[:-1], offs[1:])])
+        return self.model.point_logits(self.model(tree), tree)
 
 
 # ------------------------------------------------------------------ the trainer
@@ -235,6 +258,9 @@ class Trainer:
         torch.manual_seed(seed + self.rank)
         np.random.seed(seed + self.rank)
         random.seed(seed + self.rank)
+        task = cfg.get("task", "segmentation")
+        if task != "segmentation":
+            raise OctformerError(f"task: the trainer runs 'segmentation' configs so far; {cfg.get('name')!r} asks for {task!r} (not implemented yet)")
         from octformer.data import GlobalBatchSampler, PointCollate
         from octformer.metrics import confusion_matrix, format_iou_table, segmentation_scores
 
@@ -248,12 +274,15 @@ class Trainer:
             raise OctformerError(f"train.batch_size * train.accumulate: expected at most the training set size {len(train_set)}, got {batch_size * accumulate}")
         total_steps = int(t["max_steps"]) if t.get("max_steps") else int(steps_per_epoch * float(t.get("epochs", 1)))
         d = cfg["data"]
-        collate = PointCollate(int(d.get("depth", 6)), full_depth=int(d.get("full_depth", 2)))
         in_channels = int(train_set[0]["features"].shape[1])
         num_classes = train_set.num_classes
         ignore = int(getattr(train_set, "ignore_index", -1))
 
         model, model_desc = _make_model(cfg, in_channels, num_classes)
+        builder = model.build_input if isinstance(model, SegmentationAdapter) else None
+        collate = PointCollate(int(d.get("depth", 6)), full_depth=int(d.get("full_depth", 2)), input_builder=builder)
+        if self.world > 1 and t.get("sync_batchnorm", True):
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over the global batch
         model.to(self.device)
         lr = float(t.get("lr", 1e-3))
         opt_name = t.get("optimizer", "adamw")

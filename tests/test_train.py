@@ -1,0 +1,191 @@
+"""The trainer: torchrun/gloo equals one process, SIGKILL + --resume equals an uninterrupted run, atomic checkpoints, the no-argument run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from octformer.train import atomic_save, latest_checkpoint, load_config
+from octformer.train.trainer import CHECKPOINT_PATTERN
+
+# A short run of the tiny config: 24 scenes of 1024 points, global batch 4 -> 6 steps per epoch.
+SMALL = ("data.size=24", "data.val_size=4", "data.num_points=1024", "train.log_every=1000", "train.threads=1")
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    env["OCTFORMER_NUM_THREADS"] = "1"
+    return env
+
+
+def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "octformer.train", *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "loss.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}  # a resumed run rewrites re-done steps; the last write wins
+
+
+def _final_weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "final.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def test_shipped_configs_load():
+    names = set(__import__("octformer.train", fromlist=["shipped_configs"]).shipped_configs())
+    assert {"tiny", "volt_scannet", "volt_waymo", "hotformerloc_oxford", "hotformerloc_cs_wild_places", "octgpt_shapenet"} <= names
+    for n in names:
+        cfg = load_config(n)
+        assert cfg["name"] and "train" in cfg and "data" in cfg and "model" in cfg
+
+
+def test_overrides_parse_yaml_values():
+    cfg = load_config("tiny", ["train.lr=0.5", "data.transforms=[]", "new.key=[1, 2]"])
+    assert cfg["train"]["lr"] == 0.5 and cfg["data"]["transforms"] == [] and cfg["new"]["key"] == [1, 2]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    common = ["tiny", *SMALL, "train.max_steps=8", "train.checkpoint_every=0"]
+    one = _run([*common, "--out", str(tmp_path / "one")], tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    torchrun = shutil.which("torchrun")
+    assert torchrun, "torchrun not on PATH"
+    two = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "octformer.train", *common, "--out", str(tmp_path / "two")],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 process(es)" in two.stdout
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for s in a:
+        assert b[s] == pytest.approx(a[s], rel=1e-4, abs=1e-5), (s, a[s], b[s])
+    assert a[8] < a[1]  # it did train
+    wa, wb = _final_weights(tmp_path / "one"), _final_weights(tmp_path / "two")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    # checkpoints every 5 steps, 6 steps per epoch: every checkpoint but the last is mid-epoch
+    common = ["tiny", *SMALL, "train.max_steps=30", "train.checkpoint_every=5", "train.keep_checkpoints=10"]
+    full = _run([*common, "--out", str(tmp_path / "full")], tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "octformer.train", *common, "--out", str(run_dir)], cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    ckpt_dir = run_dir / "checkpoints"
+    try:
+        while time.monotonic() < deadline:
+            latest = latest_checkpoint(ckpt_dir)
+            if latest is not None and int(CHECKPOINT_PATTERN.match(latest.name).group(1)) >= 10:
+                break
+            assert proc.poll() is None, "training ended before it could be killed"
+            time.sleep(0.01)
+        else:
+            pytest.fail("no checkpoint at step 10 within the deadline")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "final.pt").exists()
+    steps = []
+    for p in ckpt_dir.iterdir():
+        m = CHECKPOINT_PATTERN.match(p.name)
+        if m:  # every visible checkpoint is complete and loadable
+            state = torch.load(p, map_location="cpu", weights_only=True)
+            assert state["step"] == int(m.group(1))
+            steps.append(state["step"])
+    resume_step = max(steps)
+    assert resume_step % 6 != 0 and resume_step < 30  # mid-epoch
+
+    resumed = _run([*common, "--out", str(run_dir), "--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from" in resumed.stdout and f"at step {resume_step}" in resumed.stdout
+    wa, wb = _final_weights(tmp_path / "full"), _final_weights(run_dir)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    la, lb = _losses(tmp_path / "full"), _losses(run_dir)
+    assert all(la[s] == lb[s] for s in range(resume_step + 1, 31))
+
+
+_WRITER = """
+import sys, torch
+from octformer.train import atomic_save
+big = torch.arange(6_000_000, dtype=torch.float32)
+i = 0
+while True:
+    i += 1
+    atomic_save({"i": i, "payload": big + i}, sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("delay", [0.15, 0.4, 0.9])
+def test_atomic_save_is_never_half_written_under_sigkill(tmp_path, delay):
+    target = tmp_path / "ckpt.pt"
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(target)], env=_env())
+    try:
+        t0 = time.monotonic()
+        while not target.exists() and time.monotonic() - t0 < 60:
+            time.sleep(0.01)
+        time.sleep(delay)  # somewhere inside a later write
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    state = torch.load(target, map_location="cpu", weights_only=True)
+    assert torch.equal(state["payload"], torch.arange(6_000_000, dtype=torch.float32) + state["i"])
+
+
+def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
+    target = tmp_path / "c.pt"
+    atomic_save({"v": torch.ones(3)}, target)
+
+    def broken_save(obj, fh):
+        fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"v": torch.zeros(3)}, target)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(target, weights_only=True)["v"], torch.ones(3))
+    assert latest_checkpoint(tmp_path) is None  # temp files never match the checkpoint pattern
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "octformer.cli", "train", "tiny", "--out", str(tmp_path / "r"), "--resume", *SMALL], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "--resume: expected a checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_config_values_are_named(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "octformer.cli", "train", "tiny", "train.schedule=linear", *SMALL, "--out", str(tmp_path / "x")], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "train.schedule: expected" in r.stderr
+
+
+@pytest.mark.slow
+def test_no_argument_run_beats_majority_baseline(tmp_path):
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "octformer.cli", "train"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    elapsed = time.monotonic() - start
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((tmp_path / "runs" / "tiny" / "result.json").read_text())
+    assert result["mIoU"] > result["baseline_mIoU"] + 0.2
+    lines = r.stdout.splitlines()
+    for name in ("ground", "building", "car", "pole", "trunk", "canopy", "mIoU"):
+        assert any(line.startswith(name) for line in lines), name
+    print(f"no-argument run: {elapsed:.1f} s wall, mIoU {result['mIoU']:.3f} vs baseline {result['baseline_mIoU']:.3f}")
