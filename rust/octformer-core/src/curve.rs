@@ -265,6 +265,19 @@ pub fn decode_one(order: Order, code: u64, depth: u32) -> [u32; 3] {
 // ---------------------------------------------------------------------------------------
 // Validation
 
+/// (min, max) of a slice, scanned in parallel chunks ((0, 0) when empty).
+pub(crate) fn min_max(v: &[i64]) -> (i64, i64) {
+    if v.is_empty() {
+        return (0, 0);
+    }
+    v.par_chunks(CHUNK * 4)
+        .map(|c| {
+            c.iter()
+                .fold((i64::MAX, i64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+        })
+        .reduce(|| (i64::MAX, i64::MIN), |a, b| (a.0.min(b.0), a.1.max(b.1)))
+}
+
 /// Check a depth is in 1..=21.
 pub fn check_depth(depth: u8) -> Result<()> {
     if depth == 0 || depth > MAX_CURVE_DEPTH {
@@ -279,7 +292,7 @@ pub fn check_depth(depth: u8) -> Result<()> {
 
 /// Smallest depth (≥ 1) whose grid holds every coordinate: bit length of the largest one.
 pub fn depth_for(coords: &[i64]) -> u8 {
-    let max = coords.par_iter().copied().max().unwrap_or(0).max(1);
+    let max = min_max(coords).1.max(1);
     (64 - (max as u64).leading_zeros()) as u8
 }
 
@@ -294,8 +307,12 @@ pub fn check_coords(coords: &[i64], depth: u8) -> Result<()> {
         ));
     }
     let limit = 1i64 << depth;
-    let bad = coords.par_iter().position_first(|&v| v < 0 || v >= limit);
-    if let Some(i) = bad {
+    let (lo, hi) = min_max(coords);
+    if lo < 0 || hi >= limit {
+        let i = coords
+            .iter()
+            .position(|&v| v < 0 || v >= limit)
+            .expect("an out-of-range value exists");
         let v = coords[i];
         let what = if v < 0 {
             "non-negative coordinates".to_string()
@@ -320,14 +337,19 @@ pub fn check_batch(batch: &[i64], n: usize) -> Result<u64> {
             batch.len(),
         ));
     }
-    if let Some(i) = batch.par_iter().position_first(|&b| b < 0) {
+    let (lo, hi) = min_max(batch);
+    if lo < 0 {
+        let i = batch
+            .iter()
+            .position(|&b| b < 0)
+            .expect("a negative value exists");
         return Err(CoreError::arg(
             "batch",
             "non-negative sample indices",
             format!("{} at position {i}", batch[i]),
         ));
     }
-    Ok(batch.par_iter().copied().max().unwrap_or(0) as u64)
+    Ok(hi.max(0) as u64)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -355,7 +377,16 @@ fn encode_into(coords: &[i64], order: Order, depth: u8, out: &mut [u64]) {
 pub fn decode(codes: &[u64], order: Order, depth: u8) -> Result<Vec<i64>> {
     check_depth(depth)?;
     let limit = 1u64 << (3 * depth as u32);
-    if let Some(i) = codes.par_iter().position_first(|&c| c >= limit) {
+    let largest = codes
+        .par_chunks(CHUNK * 4)
+        .map(|c| c.iter().copied().max().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    if largest >= limit {
+        let i = codes
+            .iter()
+            .position(|&c| c >= limit)
+            .expect("an out-of-range code exists");
         return Err(CoreError::arg(
             "codes",
             format!("values in [0, 2^(3*depth)) = [0, {limit}) (depth={depth})"),
@@ -401,50 +432,63 @@ pub fn argsort_pair(
             n,
         ));
     }
-    let mut items: Vec<(u64, u32)> = vec![(0, 0); n];
-    match major {
-        Some((m, mb)) if minor_bits + mb <= 64 && mb > 0 => {
-            items
-                .par_chunks_mut(CHUNK)
-                .enumerate()
-                .for_each(|(c, dst)| {
-                    let base = c * CHUNK;
-                    for (j, it) in dst.iter_mut().enumerate() {
-                        let i = base + j;
-                        let hi = if minor_bits >= 64 {
-                            0
-                        } else {
-                            m[i] << minor_bits
-                        };
-                        *it = (hi | minor[i], i as u32);
-                    }
-                });
-            radix_sort(&mut items, 0, minor_bits + mb);
+    let idx_bits = bit_length(n.saturating_sub(1) as u64);
+    let (one_key, key_bits) = match major {
+        None => (true, minor_bits),
+        Some((_, 0)) => (true, minor_bits),
+        Some((_, mb)) => (minor_bits + mb <= 64, minor_bits + mb),
+    };
+    let key_of = |i: usize| -> u64 {
+        match major {
+            Some((m, mb)) if mb > 0 && minor_bits < 64 => (m[i] << minor_bits) | minor[i],
+            _ => minor[i],
         }
-        _ => {
-            items
-                .par_chunks_mut(CHUNK)
-                .enumerate()
-                .for_each(|(c, dst)| {
-                    let base = c * CHUNK;
-                    for (j, it) in dst.iter_mut().enumerate() {
-                        *it = (minor[base + j], (base + j) as u32);
-                    }
-                });
-            radix_sort(&mut items, 0, minor_bits);
-            if let Some((m, mb)) = major {
-                if mb > 0 {
-                    items.par_chunks_mut(CHUNK).for_each(|dst| {
-                        for it in dst.iter_mut() {
-                            it.0 = m[it.1 as usize];
-                        }
-                    });
-                    radix_sort(&mut items, 0, mb);
-                }
-            }
-        }
-    }
+    };
     let mut perm = vec![0u32; n];
+    if one_key && key_bits + idx_bits <= 64 {
+        // key and index packed into one word: half the bytes to move per radix pass;
+        // sorting the key bits stably keeps equal keys in index order
+        let mut items = vec![0u64; n];
+        items
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, dst)| {
+                for (j, it) in dst.iter_mut().enumerate() {
+                    let i = c * CHUNK + j;
+                    *it = (key_of(i) << idx_bits) | i as u64;
+                }
+            });
+        radix_sort(&mut items, idx_bits, idx_bits + key_bits);
+        let mask = (1u64 << idx_bits) - 1;
+        perm.par_chunks_mut(CHUNK)
+            .zip(items.par_chunks(CHUNK))
+            .for_each(|(d, s)| {
+                for (o, it) in d.iter_mut().zip(s) {
+                    *o = (it & mask) as u32;
+                }
+            });
+        return Ok(perm);
+    }
+    let mut items: Vec<(u64, u32)> = vec![(0, 0); n];
+    items
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, dst)| {
+            for (j, it) in dst.iter_mut().enumerate() {
+                let i = c * CHUNK + j;
+                *it = (if one_key { key_of(i) } else { minor[i] }, i as u32);
+            }
+        });
+    radix_sort(&mut items, 0, if one_key { key_bits } else { minor_bits });
+    if !one_key {
+        let (m, mb) = major.expect("two-pass sort has a major key");
+        items.par_chunks_mut(CHUNK).for_each(|dst| {
+            for it in dst.iter_mut() {
+                it.0 = m[it.1 as usize];
+            }
+        });
+        radix_sort(&mut items, 0, mb);
+    }
     perm.par_chunks_mut(CHUNK)
         .zip(items.par_chunks(CHUNK))
         .for_each(|(d, s)| {
@@ -452,6 +496,65 @@ pub fn argsort_pair(
                 *o = it.1;
             }
         });
+    Ok(perm)
+}
+
+/// Stable argsort of `n` keys of `key_bits` bits given by `key(i)` (sorted position →
+/// index); packs key and index into one word when they fit, else sorts (key, index) pairs.
+pub fn argsort_by_key(
+    n: usize,
+    key_bits: u32,
+    key: impl Fn(usize) -> u64 + Sync,
+) -> Result<Vec<u32>> {
+    if n > u32::MAX as usize {
+        return Err(CoreError::arg(
+            "grid_coords",
+            format!("at most {} points", u32::MAX),
+            n,
+        ));
+    }
+    let idx_bits = bit_length(n.saturating_sub(1) as u64);
+    let mut perm = vec![0u32; n];
+    if key_bits + idx_bits <= 64 {
+        let mut items = vec![0u64; n];
+        items
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, dst)| {
+                for (j, it) in dst.iter_mut().enumerate() {
+                    let i = c * CHUNK + j;
+                    *it = (key(i) << idx_bits) | i as u64;
+                }
+            });
+        radix_sort(&mut items, idx_bits, idx_bits + key_bits);
+        let mask = (1u64 << idx_bits) - 1;
+        perm.par_chunks_mut(CHUNK)
+            .zip(items.par_chunks(CHUNK))
+            .for_each(|(d, s)| {
+                for (o, it) in d.iter_mut().zip(s) {
+                    *o = (it & mask) as u32;
+                }
+            });
+    } else {
+        let mut items: Vec<(u64, u32)> = vec![(0, 0); n];
+        items
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, dst)| {
+                for (j, it) in dst.iter_mut().enumerate() {
+                    let i = c * CHUNK + j;
+                    *it = (key(i), i as u32);
+                }
+            });
+        radix_sort(&mut items, 0, key_bits);
+        perm.par_chunks_mut(CHUNK)
+            .zip(items.par_chunks(CHUNK))
+            .for_each(|(d, s)| {
+                for (o, it) in d.iter_mut().zip(s) {
+                    *o = it.1;
+                }
+            });
+    }
     Ok(perm)
 }
 
@@ -505,10 +608,12 @@ pub fn serialize(
             "an empty list",
         ));
     }
-    let batch_u64: Option<(Vec<u64>, u32)> = match batch {
+    let batch_u64: Option<(&[u64], u32)> = match batch {
         Some(b) => {
             let max = check_batch(b, n)?;
-            let v: Vec<u64> = b.par_iter().map(|&x| x as u64).collect();
+            // SAFETY: checked non-negative above; i64 and u64 share size and alignment.
+            let v: &[u64] =
+                unsafe { std::slice::from_raw_parts(b.as_ptr() as *const u64, b.len()) };
             Some((v, bit_length(max)))
         }
         None => None,
@@ -520,7 +625,7 @@ pub fn serialize(
     for (k, &order) in orders.iter().enumerate() {
         let row = &mut codes[k * n..(k + 1) * n];
         encode_into(coords, order, depth, row);
-        let major = batch_u64.as_ref().map(|(v, b)| (v.as_slice(), *b));
+        let major = batch_u64;
         let p = argsort_pair(major, row, 3 * depth as u32)?;
         invert_into(&p, &mut inverse[k * n..(k + 1) * n]);
         perm[k * n..(k + 1) * n]

@@ -16,10 +16,55 @@
 
 use rayon::prelude::*;
 
-use crate::curve::argsort_pair;
+use crate::curve::{argsort_by_key, argsort_pair};
 use crate::error::{CoreError, Result};
 
 const CHUNK: usize = 1 << 14;
+
+/// Division of numbers < 2^32 by a fixed divisor < 2^32 with one multiply (Lemire et al.).
+#[derive(Clone, Copy)]
+struct FastDiv {
+    magic: u64,
+}
+
+impl FastDiv {
+    /// `magic` = ⌊(2^64 − 1)/d⌋ + 1; d = 1 would overflow it, so 0 marks "divide by one".
+    fn new(d: u64) -> FastDiv {
+        debug_assert!(d > 0 && d < 1 << 32);
+        FastDiv {
+            magic: if d == 1 { 0 } else { u64::MAX / d + 1 },
+        }
+    }
+
+    #[inline(always)]
+    fn div(self, n: u64) -> u64 {
+        debug_assert!(n < 1 << 32);
+        if self.magic == 0 {
+            n
+        } else {
+            ((self.magic as u128 * n as u128) >> 64) as u64
+        }
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn fast_division_is_exact() {
+    let mut s = 99u64;
+    for d in (1u64..70).chain([1 << 21, (1 << 32) - 1, 12345679]) {
+        let f = FastDiv::new(d);
+        for n in (0u64..300).chain([(1 << 32) - 1, (1 << 31) + 7]) {
+            assert_eq!(f.div(n), n / d, "{n} / {d}");
+        }
+        for _ in 0..2000 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let n = s >> 32;
+            assert_eq!(f.div(n), n / d, "{n} / {d}");
+        }
+    }
+}
 
 /// Which axis the window sort runs along (FlatFormer alternates x and y per layer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,10 +284,12 @@ pub fn window_order(
         ));
     }
     const LIMIT: i64 = 1 << 31;
-    if let Some(i) = coords
-        .par_iter()
-        .position_first(|&v| !(0..LIMIT).contains(&v))
-    {
+    let (lo, hi) = crate::curve::min_max(coords);
+    if lo < 0 || hi >= LIMIT {
+        let i = coords
+            .iter()
+            .position(|&v| !(0..LIMIT).contains(&v))
+            .expect("an out-of-range value exists");
         return Err(CoreError::arg(
             "grid_coords",
             "coordinates in [0, 2^31)",
@@ -264,10 +311,13 @@ pub fn window_order(
         Axis::X => (1usize, 0usize),
         Axis::Y => (0, 1),
     };
-    let mut max_c = [0u64; 3];
-    for (k, m) in max_c.iter_mut().enumerate() {
-        *m = coords.par_chunks(3).map(|p| p[k] as u64).max().unwrap_or(0);
-    }
+    let max_c: [u64; 3] = coords
+        .par_chunks(CHUNK * 3)
+        .map(|rows| {
+            rows.chunks_exact(3)
+                .fold([0u64; 3], |m, p| [0, 1, 2].map(|k| m[k].max(p[k] as u64)))
+        })
+        .reduce(|| [0; 3], |x, y| [0, 1, 2].map(|k| x[k].max(y[k])));
     let max_win = [0, 1, 2].map(|k| (max_c[k] + sh[k]) / w64[k]);
     // field widths, outermost first: batch, Z, Wa, Wc', oc', oa', w
     let widths = [
@@ -280,47 +330,174 @@ pub fn window_order(
         bit_length(w64[2] - 1),
     ];
     let total: u32 = widths.iter().sum();
+    // bit position of each field (each value is < 2^width, so fields never overlap)
+    let mut pos = [0u32; 7];
+    let mut acc = 0u32;
+    for f in (0..7).rev() {
+        pos[f] = acc;
+        acc += widths[f];
+    }
+    let wk = WindowKey {
+        sh,
+        w: w64,
+        div: w64.map(FastDiv::new),
+        a,
+        c,
+        max_wc: max_win[c],
+        pos,
+    };
     let batch = batch.unwrap_or(&[]);
-    let key = |i: usize| -> u128 {
-        let p = &coords[3 * i..3 * i + 3];
-        let q = [0, 1, 2].map(|k| p[k] as u64 + sh[k]);
-        let win = [0, 1, 2].map(|k| q[k] / w64[k]);
-        let off = [0, 1, 2].map(|k| q[k] % w64[k]);
+    let fields = |i: usize| {
+        wk.fields(
+            &coords[3 * i..3 * i + 3],
+            if batch.is_empty() { 0 } else { batch[i] as u64 },
+        )
+    };
+    if total <= 64 {
+        let masks = [widths[3], widths[4], widths[5]]
+            .map(|w| if w == 0 { 0 } else { u64::MAX >> (64 - w) });
+        let fast = FastKey {
+            sh,
+            w: w64,
+            div: w64.map(FastDiv::new),
+            masks,
+            pos,
+        };
+        match axis {
+            Axis::X => argsort_by_key(n, total, |i| {
+                fast.key::<true>(&coords[3 * i..3 * i + 3], batch_at(batch, i))
+            }),
+            Axis::Y => argsort_by_key(n, total, |i| {
+                fast.key::<false>(&coords[3 * i..3 * i + 3], batch_at(batch, i))
+            }),
+        }
+    } else {
+        let key = |i: usize| -> u128 {
+            let f = fields(i);
+            f.iter()
+                .zip(&wk.pos)
+                .fold(0u128, |k, (&v, &p)| k | ((v as u128) << p))
+        };
+        let mut lo = vec![0u64; n];
+        let mut hi = vec![0u64; n];
+        lo.par_chunks_mut(CHUNK)
+            .zip(hi.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(c, (l, h))| {
+                for (j, (ol, oh)) in l.iter_mut().zip(h.iter_mut()).enumerate() {
+                    let k = key(c * CHUNK + j);
+                    *ol = k as u64;
+                    *oh = (k >> 64) as u64;
+                }
+            });
+        argsort_pair(Some((&hi, total - 64)), &lo, 64)
+    }
+}
+
+#[inline(always)]
+fn batch_at(batch: &[i64], i: usize) -> u64 {
+    if batch.is_empty() { 0 } else { batch[i] as u64 }
+}
+
+/// The packed 64-bit window key, branch-free: a reversal is an xor with the field's
+/// all-ones mask (order-equivalent to `max − v` within the field's width).
+struct FastKey {
+    sh: [u64; 3],
+    w: [u64; 3],
+    div: [FastDiv; 3],
+    /// all-ones masks of the Wc', oc', oa' fields
+    masks: [u64; 3],
+    pos: [u32; 7],
+}
+
+impl FastKey {
+    #[inline(always)]
+    fn key<const AXIS_X: bool>(&self, p: &[i64], b: u64) -> u64 {
+        let q = [
+            p[0] as u64 + self.sh[0],
+            p[1] as u64 + self.sh[1],
+            p[2] as u64 + self.sh[2],
+        ];
+        let win = [
+            self.div[0].div(q[0]),
+            self.div[1].div(q[1]),
+            self.div[2].div(q[2]),
+        ];
+        let off = [
+            q[0] - win[0] * self.w[0],
+            q[1] - win[1] * self.w[1],
+            q[2] - win[2] * self.w[2],
+        ];
+        let (wa, wc, oa, oc) = if AXIS_X {
+            (win[1], win[0], off[1], off[0])
+        } else {
+            (win[0], win[1], off[0], off[1])
+        };
+        let odd_row = (wa & 1).wrapping_neg();
+        let oa = oa ^ (((oc + wa) & 1).wrapping_neg() & self.masks[2]);
+        let wc = wc ^ (odd_row & self.masks[0]);
+        let oc = oc ^ (odd_row & self.masks[1]);
+        let pos = &self.pos;
+        // a zero-width field is 0 and may sit at bit 64: wrapping_shl keeps it 0
+        b.wrapping_shl(pos[0])
+            | win[2].wrapping_shl(pos[1])
+            | wa.wrapping_shl(pos[2])
+            | wc.wrapping_shl(pos[3])
+            | oc.wrapping_shl(pos[4])
+            | oa.wrapping_shl(pos[5])
+            | off[2]
+    }
+}
+
+/// Everything needed to turn one cell into its window-order fields.
+struct WindowKey {
+    sh: [u64; 3],
+    w: [u64; 3],
+    div: [FastDiv; 3],
+    /// outer window axis `a`, inner window axis `c` (the traversal runs along c)
+    a: usize,
+    c: usize,
+    max_wc: u64,
+    pos: [u32; 7],
+}
+
+impl WindowKey {
+    /// (batch, Z, Wa, Wc', oc', oa', w) of one cell, outermost first.
+    #[inline(always)]
+    fn fields(&self, p: &[i64], b: u64) -> [u64; 7] {
+        let (a, c) = (self.a, self.c);
+        let q = [
+            p[0] as u64 + self.sh[0],
+            p[1] as u64 + self.sh[1],
+            p[2] as u64 + self.sh[2],
+        ];
+        let win = [
+            self.div[0].div(q[0]),
+            self.div[1].div(q[1]),
+            self.div[2].div(q[2]),
+        ];
+        let off = [
+            q[0] - win[0] * self.w[0],
+            q[1] - win[1] * self.w[1],
+            q[2] - win[2] * self.w[2],
+        ];
         let odd_row = win[a] & 1 == 1;
-        let wc = if odd_row { max_win[c] - win[c] } else { win[c] };
-        let oc = if odd_row { w64[c] - 1 - off[c] } else { off[c] };
+        let wc = if odd_row {
+            self.max_wc - win[c]
+        } else {
+            win[c]
+        };
+        let oc = if odd_row {
+            self.w[c] - 1 - off[c]
+        } else {
+            off[c]
+        };
         let oa = if (off[c] + win[a]) & 1 == 1 {
-            w64[a] - 1 - off[a]
+            self.w[a] - 1 - off[a]
         } else {
             off[a]
         };
-        let fields = [
-            if batch.is_empty() { 0 } else { batch[i] as u64 },
-            win[2],
-            win[a],
-            wc,
-            oc,
-            oa,
-            off[2],
-        ];
-        let mut k = 0u128;
-        for (f, &wd) in fields.iter().zip(&widths) {
-            k = (k << wd) | *f as u128;
-        }
-        k
-    };
-    if total <= 64 {
-        let keys: Vec<u64> = (0..n).into_par_iter().map(|i| key(i) as u64).collect();
-        argsort_pair(None, &keys, total)
-    } else {
-        let (hi, lo): (Vec<u64>, Vec<u64>) = (0..n)
-            .into_par_iter()
-            .map(|i| {
-                let k = key(i);
-                ((k >> 64) as u64, k as u64)
-            })
-            .unzip();
-        argsort_pair(Some((&hi, total - 64)), &lo, 64)
+        [b, win[2], win[a], wc, oc, oa, off[2]]
     }
 }
 
