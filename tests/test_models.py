@@ -118,3 +118,28 @@ def test_batch_of_two_equals_samples_alone(name, clouds):
             assert together[i].shape == alone.squeeze(0).shape if model.output_kind == "samples" else alone.shape
             torch.testing.assert_close(together[i], alone.squeeze(0) if model.output_kind == "samples" else alone,
                                        rtol=1e-4, atol=1e-5)
+
+
+# Published figures from the research notes (../shared/research): HOTFormerLoc 35.3M parameters
+# (Oxford config). Volt has no published count there; it is checked against a closed-form formula.
+PUBLISHED_PARAMS = {"hotformerloc": 35.3e6}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
+def test_published_parameter_counts_within_two_percent(name):
+    with torch.device("meta"):
+        model = create_model(name)
+    count = sum(p.numel() for p in model.parameters())
+    assert abs(count - PUBLISHED_PARAMS[name]) / PUBLISHED_PARAMS[name] < 0.02, count
+
+
+@pytest.mark.parametrize("name", ["volt_s", "volt_b", "volt_tiny"])
+def test_volt_parameter_count_matches_closed_form(name):
+    from octformer.models.volt import volt_param_formula
+
+    with torch.device("meta"):
+        model = create_model(name)
+    c = model.config
+    want = volt_param_formula(c["dim"], c["layers"], c["heads"], c["in_channels"], c["num_classes"],
+                              c["patch_size"], c["decoder_dim"], c["mlp_ratio"])
+    assert model.num_params() == want
