@@ -40,6 +40,17 @@ def neighbors(
     periodic_y: bool = False,
     num_threads: int | None = None,
 ) -> npt.NDArray[np.int32]: ...
+def neighbors_root(
+    root_children: npt.NDArray[np.int32], rows_all: bool = False, entries_all: bool = False, periodic_y: bool = False
+) -> npt.NDArray[np.int32]: ...
+def neighbors_step(
+    parent_table: npt.NDArray[np.int32],
+    parent_children: npt.NDArray[np.int32],
+    children: npt.NDArray[np.int32],
+    rows_all: bool = False,
+    entries_all: bool = False,
+    num_threads: int | None = None,
+) -> npt.NDArray[np.int32]: ...
 def resolved_num_threads(num_threads: int | None = None) -> int: ...
 
 # --- serialization and flattening plans (octformer.serialize) ---
@@ -98,6 +109,7 @@ class OmnitreeCore:
     def from_cells(
         cells: npt.NDArray[np.uint32],
         max_level: int,
+        rule: str,
         ratio: float,
         origin: npt.NDArray[np.float64],
         cell: npt.NDArray[np.float64],

@@ -108,19 +108,27 @@ class Octree:
         """(M, 27) int32 3×3×3 neighbour table at ``depth``, -1 where absent; built once, cached.
 
         Slot ``(dx+1)*9 + (dy+1)*3 + (dz+1)``. With ``nonempty`` rows and entries index
-        non-empty nodes, else all nodes. Periodic in phi for cylindrical trees.
+        non-empty nodes, else all nodes. Periodic in phi for cylindrical trees. Each depth
+        is derived from the parent depth's (cached) non-empty table, so asking for every
+        depth costs one pass per depth.
         """
         d = self._check_depth(depth)
         key = (d, bool(nonempty))
         if key not in self._neighbor_cache:
-            table = _core.neighbors(
-                [np.ascontiguousarray(_to_numpy(k)) for k in self.keys[: d + 1]],
-                [np.ascontiguousarray(_to_numpy(c)) for c in self.children[: d + 1]],
-                d,
-                nonempty=bool(nonempty),
-                periodic_y=self.periodic[1],
-                num_threads=default_num_threads(num_threads),
-            )
+            threads = default_num_threads(num_threads)
+            children = np.ascontiguousarray(_to_numpy(self.children[d]))
+            full = not nonempty
+            if d == 0:
+                table = _core.neighbors_root(children, rows_all=full, entries_all=full, periodic_y=self.periodic[1])
+            else:
+                table = _core.neighbors_step(
+                    _to_numpy(self.neighbors(d - 1, nonempty=True, num_threads=num_threads)),
+                    np.ascontiguousarray(_to_numpy(self.children[d - 1])),
+                    children,
+                    rows_all=full,
+                    entries_all=full,
+                    num_threads=threads,
+                )
             self._neighbor_cache[key] = _like(table, self.keys[0])
         return self._neighbor_cache[key]
 

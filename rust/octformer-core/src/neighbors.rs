@@ -51,118 +51,178 @@ pub fn neighbors_from_levels(
                 children[d].len(),
             ));
         }
-        let nonempty_above = if d == 0 {
-            keys[0].len()
-        } else {
-            children[d - 1].iter().filter(|&&c| c >= 0).count()
-        };
-        if keys[d].len() != 8 * nonempty_above && d > 0 {
-            return Err(CoreError::arg(
-                "keys",
-                format!(
-                    "8 nodes per non-empty parent at depth {d} ({})",
-                    8 * nonempty_above
-                ),
-                keys[d].len(),
-            ));
-        }
-        let mut next_rank = 0i32;
-        for &c in children[d] {
-            if c >= 0 {
-                if c != next_rank {
-                    return Err(CoreError::arg(
-                        "children",
-                        format!("non-empty ranks 0, 1, 2, ... in order at depth {d}"),
-                        format!("rank {c} where {next_rank} was due"),
-                    ));
-                }
-                next_rank += 1;
-            }
-        }
     }
-    // table for non-empty rows at depth 0 (roots), entries index all nodes at that depth;
-    // rows are by non-empty rank (an empty sample's root has none), all roots only when asked
-    let roots: Vec<usize> = if depth == 0 && !nonempty {
-        (0..keys[0].len()).collect()
-    } else {
-        nonempty_indices(children[0])
-    };
-    let mut table = vec![-1i32; roots.len() * 27];
-    for (j, &r) in roots.iter().enumerate() {
-        table[j * 27 + slot(0, 0, 0)] = r as i32;
-        if periodic_y {
-            table[j * 27 + slot(0, -1, 0)] = r as i32;
-            table[j * 27 + slot(0, 1, 0)] = r as i32;
-        }
-    }
-    if depth == 0 {
-        return Ok(finish(children[0], table, nonempty));
-    }
+    let last = depth == 0;
+    let mut table = root_table(
+        children[0],
+        last && !nonempty,
+        last && !nonempty,
+        periodic_y,
+    )?;
     for d in 1..=depth {
-        let rows: Vec<usize> = if d == depth && !nonempty {
-            (0..keys[d].len()).collect()
-        } else {
-            nonempty_indices(children[d])
-        };
-        let parent_children = children[d - 1];
-        let keys = keys[d];
-        let parent = &table;
-        let mut next = vec![-1i32; rows.len() * 27];
-        next.par_chunks_mut(27 * 1024)
-            .enumerate()
-            .for_each(|(c, out)| {
-                for (j, row) in out.chunks_mut(27).enumerate() {
-                    let i = rows[c * 1024 + j];
-                    let p = i / 8; // rank of the parent among non-empty nodes at d-1
-                    let k = keys[i];
-                    let s = [((k >> 2) & 1) as i32, ((k >> 1) & 1) as i32, (k & 1) as i32];
-                    let prow = &parent[p * 27..p * 27 + 27];
-                    for dx in -1..=1 {
-                        for dy in -1..=1 {
-                            for dz in -1..=1 {
-                                let t = [s[0] + dx, s[1] + dy, s[2] + dz];
-                                let pn = prow[slot(t[0] >> 1, t[1] >> 1, t[2] >> 1)];
-                                if pn < 0 {
-                                    continue;
-                                }
-                                let r = parent_children[pn as usize];
-                                if r < 0 {
-                                    continue;
-                                }
-                                let cs = ((t[0] & 1) << 2) | ((t[1] & 1) << 1) | (t[2] & 1);
-                                row[slot(dx, dy, dz)] = r * 8 + cs;
-                            }
+        let last = d == depth;
+        table = step(
+            &table,
+            children[d - 1],
+            children[d],
+            last && !nonempty,
+            last && !nonempty,
+        )?;
+    }
+    Ok(table)
+}
+
+/// Non-empty nodes in `children`, after checking their ranks run 0, 1, 2, ... in order.
+fn count_nonempty(children: &[i32], name: &'static str) -> Result<usize> {
+    let mut next_rank = 0i32;
+    for &c in children {
+        if c >= 0 {
+            if c != next_rank {
+                return Err(CoreError::arg(
+                    name,
+                    "non-empty ranks 0, 1, 2, ... in key order",
+                    format!("rank {c} where {next_rank} was due"),
+                ));
+            }
+            next_rank += 1;
+        }
+    }
+    Ok(next_rank as usize)
+}
+
+/// Depth-0 table (one root per sample): each root is its own centre neighbour, and its own
+/// ±y neighbour when y wraps. Rows: all roots or the non-empty ones; entries: root index
+/// or non-empty rank.
+pub fn root_table(
+    root_children: &[i32],
+    rows_all: bool,
+    entries_all: bool,
+    periodic_y: bool,
+) -> Result<Vec<i32>> {
+    count_nonempty(root_children, "children")?;
+    let mut table = Vec::new();
+    for (r, &c) in root_children.iter().enumerate() {
+        if !rows_all && c < 0 {
+            continue;
+        }
+        let me = if entries_all { r as i32 } else { c };
+        let mut row = [-1i32; 27];
+        row[slot(0, 0, 0)] = me;
+        if periodic_y {
+            row[slot(0, -1, 0)] = me;
+            row[slot(0, 1, 0)] = me;
+        }
+        table.extend_from_slice(&row);
+    }
+    Ok(table)
+}
+
+/// For child slot c and offset o (as a 27-slot): the parent-level neighbour slot holding the
+/// neighbour, and the neighbour's own child slot — ocnn's `lut_parent` / `lut_child`.
+const fn step_luts() -> ([[u8; 27]; 8], [[u8; 27]; 8]) {
+    let mut parent = [[0u8; 27]; 8];
+    let mut child = [[0u8; 27]; 8];
+    let mut c = 0;
+    while c < 8 {
+        let s = [(c >> 2) & 1, (c >> 1) & 1, c & 1];
+        let mut o = 0;
+        while o < 27 {
+            let off = [o / 9, (o / 3) % 3, o % 3]; // each in 0..3, i.e. offset + 1
+            let t = [s[0] + off[0], s[1] + off[1], s[2] + off[2]]; // slot + offset + 1, in 0..4
+            // parent offset = floor((t - 1) / 2) + 1 = (t + 1) / 2 ; child slot = (t - 1) mod 2 = (t + 1) & 1
+            let p = [(t[0] + 1) / 2, (t[1] + 1) / 2, (t[2] + 1) / 2];
+            parent[c][o] = (p[0] * 9 + p[1] * 3 + p[2]) as u8;
+            child[c][o] =
+                ((((t[0] + 1) & 1) << 2) | (((t[1] + 1) & 1) << 1) | ((t[2] + 1) & 1)) as u8;
+            o += 1;
+        }
+        c += 1;
+    }
+    (parent, child)
+}
+
+static LUTS: ([[u8; 27]; 8], [[u8; 27]; 8]) = step_luts();
+
+/// One level down. `parent` is the table at d-1 with rows for the non-empty nodes and
+/// entries as non-empty ranks (-1 absent or empty); `children` is level d (8 per non-empty
+/// parent). Returns the table at d: rows for all nodes (`rows_all`) or the non-empty ones,
+/// entries as all-node indices (`entries_all`) or non-empty ranks. No search: a child's
+/// neighbours are children of its parent's neighbours.
+pub fn step(
+    parent: &[i32],
+    parent_children: &[i32],
+    children: &[i32],
+    rows_all: bool,
+    entries_all: bool,
+) -> Result<Vec<i32>> {
+    let parents = count_nonempty(parent_children, "parent_children")?;
+    if parent.len() != parents * 27 {
+        return Err(CoreError::arg(
+            "parent_table",
+            format!("({parents}, 27): one row per non-empty parent"),
+            format!("{} values", parent.len()),
+        ));
+    }
+    if parent.iter().any(|&v| v >= parents as i32) {
+        return Err(CoreError::arg(
+            "parent_table",
+            format!("non-empty ranks below {parents}"),
+            "a larger entry",
+        ));
+    }
+    if children.len() != 8 * parents {
+        return Err(CoreError::arg(
+            "children",
+            format!("{} entries: 8 per non-empty parent", 8 * parents),
+            children.len(),
+        ));
+    }
+    let rows = if rows_all {
+        children.len()
+    } else {
+        count_nonempty(children, "children")?
+    };
+    let mut out = vec![-1i32; rows * 27];
+    let (lut_parent, lut_child) = &LUTS;
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    const PARENTS_PER_TASK: usize = 1024;
+    (0..parents.div_ceil(PARENTS_PER_TASK))
+        .into_par_iter()
+        .for_each(|task| {
+            let out_ptr = out_ptr;
+            let lo = task * PARENTS_PER_TASK;
+            for p in lo..(lo + PARENTS_PER_TASK).min(parents) {
+                let prow = &parent[p * 27..p * 27 + 27];
+                for c in 0..8 {
+                    let i = 8 * p + c;
+                    let row_index = if rows_all {
+                        i
+                    } else if children[i] >= 0 {
+                        children[i] as usize
+                    } else {
+                        continue;
+                    };
+                    // SAFETY: every row index is produced by exactly one (p, c)
+                    let row = unsafe {
+                        std::slice::from_raw_parts_mut(out_ptr.0.add(row_index * 27), 27)
+                    };
+                    for o in 0..27 {
+                        let r = prow[lut_parent[c][o] as usize];
+                        if r >= 0 {
+                            let n = r as usize * 8 + lut_child[c][o] as usize;
+                            row[o] = if entries_all { n as i32 } else { children[n] };
                         }
                     }
                 }
-            });
-        if d == depth {
-            return Ok(finish(children[d], next, nonempty));
-        }
-        table = next;
-    }
-    unreachable!()
-}
-
-fn nonempty_indices(children: &[i32]) -> Vec<usize> {
-    children
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| **c >= 0)
-        .map(|(i, _)| i)
-        .collect()
-}
-
-fn finish(ch: &[i32], mut table: Vec<i32>, nonempty: bool) -> Vec<i32> {
-    if nonempty {
-        table.par_iter_mut().for_each(|v| {
-            if *v >= 0 {
-                *v = ch[*v as usize];
             }
         });
-    }
-    table
+    Ok(out)
 }
+
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
 
 #[cfg(test)]
 mod tests {
@@ -210,6 +270,31 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn empty_sample_with_sparse_root() {
+        // full_depth 0: an empty sample's root is an empty node with no children
+        let pts = [0.5f64, 0.5, 0.5, -0.5, 0.25, 0.1];
+        let bx = SampleBox {
+            origin: [-1.0; 3],
+            cell: [0.25; 3],
+        };
+        let opts = BuildOptions {
+            depth: 3,
+            full_depth: 0,
+            clip: false,
+        };
+        let t = build_octree(&pts, &[0, 0, 2], &[bx, bx], opts).unwrap();
+        assert_eq!(t.children[0], vec![-1, 0]);
+        for d in 0..=3 {
+            for nonempty in [true, false] {
+                assert_eq!(
+                    neighbors(&t, d, nonempty, false).unwrap(),
+                    brute(&t, d, nonempty, false)
+                );
+            }
+        }
     }
 
     #[test]

@@ -232,6 +232,60 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(build_octree, m)?)?;
     m.add_function(wrap_pyfunction!(average_leaf_values, m)?)?;
     m.add_function(wrap_pyfunction!(bounds, m)?)?;
+    register_steps(m)?;
     m.add_function(wrap_pyfunction!(neighbors, m)?)?;
+    Ok(())
+}
+
+#[pyfunction]
+#[pyo3(signature = (root_children, rows_all=false, entries_all=false, periodic_y=false))]
+/// Depth-0 neighbour table: each root (one per sample) is its own centre neighbour.
+pub fn neighbors_root<'py>(
+    py: Python<'py>,
+    root_children: PyReadonlyArray1<'py, i32>,
+    rows_all: bool,
+    entries_all: bool,
+    periodic_y: bool,
+) -> PyResult<Bound<'py, PyArray2<i32>>> {
+    let c = slice1(&root_children, "root_children")?;
+    let table =
+        guarded(|| octformer_core::neighbors::root_table(c, rows_all, entries_all, periodic_y))?;
+    let rows = table.len() / 27;
+    Ok(Array2::from_shape_vec((rows, 27), table)
+        .expect("shape")
+        .into_pyarray(py))
+}
+
+#[pyfunction]
+#[pyo3(signature = (parent_table, parent_children, children, rows_all=false, entries_all=false, num_threads=None))]
+/// Neighbour table one level down from the parent level's non-empty table.
+pub fn neighbors_step<'py>(
+    py: Python<'py>,
+    parent_table: PyReadonlyArray2<'py, i32>,
+    parent_children: PyReadonlyArray1<'py, i32>,
+    children: PyReadonlyArray1<'py, i32>,
+    rows_all: bool,
+    entries_all: bool,
+    num_threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray2<i32>>> {
+    let parent = parent_table
+        .as_slice()
+        .map_err(|_| OctformerError::new_err("parent_table: expected a C-contiguous array"))?;
+    let pc = slice1(&parent_children, "parent_children")?;
+    let c = slice1(&children, "children")?;
+    let table = py.detach(|| {
+        threads::install(num_threads, || {
+            guarded(|| octformer_core::neighbors::step(parent, pc, c, rows_all, entries_all))
+        })
+    })??;
+    let rows = table.len() / 27;
+    Ok(Array2::from_shape_vec((rows, 27), table)
+        .expect("shape")
+        .into_pyarray(py))
+}
+
+pub fn register_steps(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(neighbors_root, m)?)?;
+    m.add_function(wrap_pyfunction!(neighbors_step, m)?)?;
     Ok(())
 }
