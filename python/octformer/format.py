@@ -53,7 +53,7 @@ def _tree_arrays(tree: Any) -> SimpleNamespace:
         if a.dtype.kind not in "iu":
             raise OctformerError(f"{name}: expected an integer array, got dtype {a.dtype}")
         out = np.ascontiguousarray(a, dtype=dtype)
-        if not np.array_equal(out, a):
+        if a.dtype != out.dtype and not np.array_equal(out, a):
             raise OctformerError(f"{name}: values do not fit {np.dtype(dtype).name}")
         return out
 

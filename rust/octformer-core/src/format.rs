@@ -16,6 +16,7 @@
 use crate::error::{CoreError, Result};
 use crate::octree::Octree;
 use crate::MAX_DEPTH;
+use rayon::prelude::*;
 
 /// PNG-style magic: a non-ASCII byte, the name, CR LF and ^Z catch text-mode mangling.
 pub const MAGIC: [u8; 8] = *b"\x89OCTF\r\n\x1a";
@@ -492,6 +493,11 @@ impl OctfOctree {
     }
 }
 
+/// The first error in level order (deterministic whatever the thread count), else all values.
+fn first_error<T>(results: Vec<Result<T>>) -> Result<Vec<T>> {
+    results.into_iter().collect()
+}
+
 fn bad_tree(name: &'static str, expected: impl Into<String>, actual: impl ToString) -> CoreError {
     CoreError::arg(name, expected, actual)
 }
@@ -531,9 +537,9 @@ pub fn validate_view(v: &TreeView<'_>) -> Result<Vec<Vec<usize>>> {
     if let Some(x) = v.scale.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
         return Err(bad_tree("tree.voxel_size", "positive finite values", x));
     }
-    let dense_top = dense_nodes(fd).ok_or_else(|| bad_tree("tree.full_depth", "at most 20", fd))?;
-    let mut nonempty = vec![vec![0usize; b]; levels];
-    for d in 0..levels {
+    dense_nodes(fd).ok_or_else(|| bad_tree("tree.full_depth", "at most 20", fd))?;
+    // phase 1, per level: lengths, counts, ranks and batch ids → non-empty count per sample
+    let ranks = |d: usize| -> Result<Vec<usize>> {
         let n = v.keys[d].len();
         if v.children[d].len() != n || v.batch[d].len() != n {
             return Err(bad_tree(
@@ -547,26 +553,36 @@ pub fn validate_view(v: &TreeView<'_>) -> Result<Vec<Vec<usize>>> {
             return Err(bad_tree("tree.batch_nnum", format!("per-sample counts summing to {n} at depth {d}"), format!("{row:?}")));
         }
         // ranks of non-empty nodes run 0, 1, 2, ... in order
+        let mut nonempty = vec![0usize; b];
         let mut next = 0i64;
         let mut start = 0usize;
         for s in 0..b {
             let cnt = row[s] as usize;
             let mut ne = 0usize;
-            for (i, &c) in v.children[d][start..start + cnt].iter().enumerate() {
-                if c >= 0 {
-                    if c as i64 != next {
-                        return Err(bad_tree("tree.children", format!("rank {next} at depth {d}, node {}", start + i), c));
+            if let Some(i) = v.batch[d][start..start + cnt].iter().position(|&x| x as i64 != s as i64) {
+                return Err(bad_tree("tree.batch", format!("sample {s} at depth {d}, node {}", start + i), v.batch[d][start + i]));
+            }
+            // branch-free scan; on failure, rescan to name the first bad node
+            let seg = &v.children[d][start..start + cnt];
+            let mut ok = true;
+            let mut r = next;
+            for &c in seg {
+                let c = c as i64;
+                ok &= (c == -1) | (c == r);
+                r += (c >= 0) as i64;
+            }
+            if !ok {
+                let mut r = next;
+                for (i, &c) in seg.iter().enumerate() {
+                    if c != -1 && c as i64 != r {
+                        return Err(bad_tree("tree.children", format!("-1 or rank {r} at depth {d}, node {}", start + i), c));
                     }
-                    next += 1;
-                    ne += 1;
-                } else if c != -1 {
-                    return Err(bad_tree("tree.children", format!("-1 or a rank at depth {d}, node {}", start + i), c));
-                }
-                if v.batch[d][start + i] as i64 != s as i64 {
-                    return Err(bad_tree("tree.batch", format!("sample {s} at depth {d}, node {}", start + i), v.batch[d][start + i]));
+                    r += (c >= 0) as i64;
                 }
             }
-            nonempty[d][s] = ne;
+            ne += (r - next) as usize;
+            next = r;
+            nonempty[s] = ne;
             if v.batch_nnum_nempty[d * b + s] != ne as i64 {
                 return Err(bad_tree(
                     "tree.batch_nnum_nempty",
@@ -576,9 +592,14 @@ pub fn validate_view(v: &TreeView<'_>) -> Result<Vec<Vec<usize>>> {
             }
             start += cnt;
         }
+        Ok(nonempty)
+    };
+    let nonempty = first_error((0..levels).into_par_iter().map(ranks).collect())?;
+    // phase 2, per level: dense levels hold 0..8^d; deeper ones 8 children per non-empty parent
+    let structure = |d: usize| -> Result<()> {
+        let row = &v.batch_nnum[d * b..(d + 1) * b];
         if d <= fd as usize {
             let size = dense_nodes(d as u8).unwrap();
-            let _ = dense_top;
             let mut start = 0;
             for s in 0..b {
                 if row[s] as usize != size {
@@ -592,40 +613,45 @@ pub fn validate_view(v: &TreeView<'_>) -> Result<Vec<Vec<usize>>> {
                 }
                 start += size;
             }
-        } else {
-            // nodes at d are the 8 children of each non-empty node at d-1, in order
-            for s in 0..b {
-                if row[s] as u128 != 8 * nonempty[d - 1][s] as u128 {
-                    return Err(bad_tree(
-                        "tree.batch_nnum",
-                        format!("{} (8 per non-empty parent) at depth {d}, sample {s}", 8 * nonempty[d - 1][s]),
-                        row[s],
-                    ));
-                }
-            }
-            let (pk, pc) = (v.keys[d - 1], v.children[d - 1]);
-            let keys = v.keys[d];
-            for (i, (&k, &c)) in pk.iter().zip(pc).enumerate() {
-                if c < 0 {
-                    continue;
-                }
-                let r = c as usize;
-                let kids = &keys[8 * r..8 * r + 8];
-                for (j, &ck) in kids.iter().enumerate() {
-                    if ck != (k << 3) | j as u64 {
-                        return Err(bad_tree("tree.keys", format!("{} (child {j} of node {i} at depth {})", (k << 3) | j as u64, d - 1), ck));
-                    }
-                }
-                if v.children[d][8 * r..8 * r + 8].iter().all(|&x| x < 0) {
-                    return Err(bad_tree(
-                        "tree.children",
-                        format!("at least one non-empty child of non-empty node {i} at depth {}", d - 1),
-                        "8 empty children",
-                    ));
-                }
+            return Ok(());
+        }
+        for s in 0..b {
+            if row[s] as u128 != 8 * nonempty[d - 1][s] as u128 {
+                return Err(bad_tree(
+                    "tree.batch_nnum",
+                    format!("{} (8 per non-empty parent) at depth {d}, sample {s}", 8 * nonempty[d - 1][s]),
+                    row[s],
+                ));
             }
         }
-    }
+        let (pk, pc) = (v.keys[d - 1], v.children[d - 1]);
+        let (keys, kids_c) = (v.keys[d], v.children[d]);
+        for (i, (&k, &c)) in pk.iter().zip(pc).enumerate() {
+            if c < 0 {
+                continue;
+            }
+            let r = c as usize;
+            let kids = &keys[8 * r..8 * r + 8];
+            let base = k << 3;
+            let mut bad_key = false;
+            for (j, &ck) in kids.iter().enumerate() {
+                bad_key |= ck != base | j as u64;
+            }
+            if bad_key {
+                let j = kids.iter().enumerate().position(|(j, &ck)| ck != base | j as u64).unwrap();
+                return Err(bad_tree("tree.keys", format!("{} (child {j} of node {i} at depth {})", base | j as u64, d - 1), kids[j]));
+            }
+            if kids_c[8 * r..8 * r + 8].iter().all(|&x| x < 0) {
+                return Err(bad_tree(
+                    "tree.children",
+                    format!("at least one non-empty child of non-empty node {i} at depth {}", d - 1),
+                    "8 empty children",
+                ));
+            }
+        }
+        Ok(())
+    };
+    first_error((0..levels).into_par_iter().map(structure).collect())?;
     let m: usize = nonempty[depth as usize].iter().sum();
     if let Some((f, c)) = v.features {
         if c == 0 || f.len() != m * c {
@@ -1042,28 +1068,34 @@ pub fn decode_octree(data: &[u8], opts: &DecodeOptions) -> Result<OctfOctree> {
         }
         t.children.push(ch);
         t.batch_nnum_nempty.push(lv.nonempty_counts[0].clone());
-        for d in fd..stop {
-            let i = (d - fd) as usize;
-            let occ = lv.occupancy[i + 1];
-            let parents = &lv.nonempty_keys[i];
-            let mut keys = vec![0u64; parents.len() * 8];
-            for (dst, &k) in keys.chunks_exact_mut(8).zip(parents) {
-                let base = k << 3;
-                for (j, slot) in dst.iter_mut().enumerate() {
-                    *slot = base | j as u64;
+        // every deeper level depends only on the streamed data: materialise them in parallel
+        let built: Vec<(Vec<u64>, Vec<i32>, Vec<i32>)> = (fd..stop)
+            .into_par_iter()
+            .map(|d| {
+                let i = (d - fd) as usize;
+                let occ = lv.occupancy[i + 1];
+                let parents = &lv.nonempty_keys[i];
+                let mut keys = vec![0u64; parents.len() * 8];
+                for (dst, &k) in keys.chunks_exact_mut(8).zip(parents) {
+                    let base = k << 3;
+                    for (j, slot) in dst.iter_mut().enumerate() {
+                        *slot = base | j as u64;
+                    }
                 }
-            }
-            let mut ch = vec![-1i32; parents.len() * 8];
-            fill_children(occ, &mut ch);
-            let pc = &lv.nonempty_counts[i];
-            let mut batch = Vec::with_capacity(parents.len() * 8);
-            for (s, &c) in pc.iter().enumerate() {
-                batch.extend(std::iter::repeat_n(s as i32, 8 * c));
-            }
+                let mut ch = vec![-1i32; parents.len() * 8];
+                fill_children(occ, &mut ch);
+                let mut batch = Vec::with_capacity(parents.len() * 8);
+                for (s, &c) in lv.nonempty_counts[i].iter().enumerate() {
+                    batch.extend(std::iter::repeat_n(s as i32, 8 * c));
+                }
+                (keys, ch, batch)
+            })
+            .collect();
+        for (i, (keys, ch, batch)) in built.into_iter().enumerate() {
             t.keys.push(keys);
             t.children.push(ch);
             t.batch.push(batch);
-            t.batch_nnum.push(pc.iter().map(|c| 8 * c).collect());
+            t.batch_nnum.push(lv.nonempty_counts[i].iter().map(|c| 8 * c).collect());
             t.batch_nnum_nempty.push(lv.nonempty_counts[i + 1].clone());
         }
     }
