@@ -36,8 +36,9 @@ def clouds(shared_data):
 
 
 def _model(name: str, **kw):
+    """The model on the torch reference attention (the compiled backend is compared separately below)."""
     torch.manual_seed(0)
-    return create_model(name, **kw)
+    return create_model(name, **{"backend": "torch", **kw})
 
 
 def test_registry_lists_every_family_and_rejects_unknown_names():
@@ -98,7 +99,7 @@ def test_state_dict_round_trip(name, clouds):
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     torch.manual_seed(123)  # a differently initialised twin
-    b = create_model(name).eval()
+    b = create_model(name, backend="torch").eval()
     tree = a.build_input([clouds[0]])
     with torch.no_grad():
         assert not torch.equal(a(tree), b(tree))
@@ -118,6 +119,21 @@ def test_batch_of_two_equals_samples_alone(name, clouds):
             assert together[i].shape == alone.squeeze(0).shape if model.output_kind == "samples" else alone.shape
             torch.testing.assert_close(together[i], alone.squeeze(0) if model.output_kind == "samples" else alone,
                                        rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("name", TINY)
+def test_compiled_attention_backend_matches_torch_reference(name, clouds):
+    from octformer.ops import kernels_available
+
+    if not kernels_available("cpu"):
+        pytest.skip("octformer_kernels is not installed")
+    ref = _model(name).eval()
+    fast = _model(name, backend="kernels").eval()
+    fast.load_state_dict(ref.state_dict())
+    tree = ref.build_input([clouds[0]])
+    with torch.no_grad():
+        torch.testing.assert_close(fast(tree), ref(tree), rtol=1e-4, atol=1e-5)
 
 
 # Published figures from the research notes (../shared/research): HOTFormerLoc 35.3M parameters
@@ -143,3 +159,35 @@ def test_volt_parameter_count_matches_closed_form(name):
     want = volt_param_formula(c["dim"], c["layers"], c["heads"], c["in_channels"], c["num_classes"],
                               c["patch_size"], c["decoder_dim"], c["mlp_ratio"])
     assert model.num_params() == want
+
+
+def test_truncated_smooth_ap_approaches_exact_average_precision():
+    from octformer.models.hotformerloc import truncated_smooth_ap
+
+    rng = np.random.default_rng(8)
+    b = 12
+    emb = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(b, 16))), dim=1)
+    label = rng.integers(0, 3, b)
+    pos = torch.from_numpy(label[:, None] == label[None, :])
+    neg = ~pos
+    sim = (emb @ emb.t()).numpy()
+    aps = []
+    for i in range(b):
+        p = [j for j in range(b) if j != i and label[j] == label[i]]
+        if not p:
+            continue
+        cand = [j for j in range(b) if j != i]
+        top = sorted(p, key=lambda j: -sim[i, j])[:4]
+        aps.append(np.mean([
+            sum(sim[i, j] >= sim[i, q] for j in p) / sum(sim[i, j] >= sim[i, q] for j in cand) for q in top
+        ]))
+    exact = 1 - np.mean(aps)
+    got = truncated_smooth_ap(emb, pos, neg, tau=1e-6, k_pos=4)
+    assert abs(float(got) - exact) < 1e-6
+    # a smooth temperature gives a differentiable loss that falls when positives move closer
+    e = emb.clone().requires_grad_(True)
+    loss = truncated_smooth_ap(e, pos, neg, tau=0.1)
+    loss.backward()
+    with torch.no_grad():
+        stepped = torch.nn.functional.normalize(e - 0.5 * e.grad, dim=1)
+    assert float(truncated_smooth_ap(stepped, pos, neg, tau=0.1)) < float(loss)
