@@ -20,8 +20,10 @@ def has_cuda() -> bool:
 
 
 @torch.library.register_fake("octformer::window_attention_fwd")
-def _window_attention_fwd_fake(q, k, v, cu_seqlens, coords, rpe_table, key_mask, scale):
-    if cu_seqlens is not None:
+def _window_attention_fwd_fake(q, k, v, cu_seqlens, coords, rpe_table, key_mask, scale, return_lse=True):
+    if not return_lse:
+        lse = q.new_empty((0,))
+    elif cu_seqlens is not None:
         lse = q.new_empty((q.shape[0], q.shape[1]))
     else:
         lse = q.new_empty((q.shape[0], q.shape[1], q.shape[2]))
@@ -47,7 +49,7 @@ def _rope3d_bwd_fake(grad, x, pos, freqs):
 
 
 def _attn_setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, coords, rpe_table, key_mask, scale = inputs
+    q, k, v, cu_seqlens, coords, rpe_table, key_mask, scale = inputs[:8]
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, coords, rpe_table, key_mask)
     ctx.scale = scale
@@ -56,10 +58,12 @@ def _attn_setup_context(ctx, inputs, output):
 
 def _attn_backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, cu_seqlens, coords, rpe_table, key_mask = ctx.saved_tensors
+    if lse.numel() == 0 and q.numel() > 0:
+        raise RuntimeError("octformer::window_attention_fwd ran with return_lse=False; its output cannot be backpropagated")
     dq, dk, dv, dtable = _lib.window_attention_bwd(
         grad_out, q, k, v, out, lse, cu_seqlens, coords, rpe_table, key_mask, ctx.scale
     )
-    return dq, dk, dv, None, None, (dtable if rpe_table is not None else None), None, None
+    return dq, dk, dv, None, None, (dtable if rpe_table is not None else None), None, None, None
 
 
 torch.library.register_autograd(

@@ -13,6 +13,7 @@ struct AttnProblem {
   int64_t num_segments = 0, heads = 0, dim = 0;
   int64_t group = 0;  // K for equal groups
   int64_t total_tokens = 0;
+  int64_t max_len = 0;  // longest segment (K for equal groups; from cu_seqlens on the host for varlen)
   // element offset of (segment s, head h, token i) = s*seg_stride + h*head_stride + (start(s)+i)*tok_stride
   int64_t seg_stride = 0, head_stride = 0, tok_stride = 0;
   // lse offset of (s, h, i) = s*lse_seg + h*lse_head + (start(s)+i)*lse_tok
@@ -30,7 +31,8 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cpu(const at::Tensor& q,
                                                             const std::optional<at::Tensor>& cu_seqlens,
                                                             const std::optional<at::Tensor>& coords,
                                                             const std::optional<at::Tensor>& rpe_table,
-                                                            const std::optional<at::Tensor>& key_mask, double scale);
+                                                            const std::optional<at::Tensor>& key_mask, double scale,
+                                                            bool return_lse);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,

@@ -14,8 +14,7 @@
 namespace octformer {
 namespace {
 
-constexpr int64_t kMaxBlockQ = 256;  // query rows per block (upper bound)
-constexpr int64_t kBlockK = 512;     // keys per block (S block is at most kMaxBlockQ x kBlockK)
+constexpr int64_t kBlockK = 512;  // keys per block (S block is at most 256 x kBlockK)
 
 // Larger query blocks for longer segments: fewer, larger GEMMs; small segments keep scratch in L1.
 inline int64_t query_block(int64_t len) { return len >= 768 ? 256 : (len >= 192 ? 64 : 32); }
@@ -51,13 +50,17 @@ struct AttnArgs {
 };
 
 // Per-task scratch: one S block, one dP block, the head's RPE table column, key coordinates as SoA.
+// Sized by the longest segment, so small windows keep a few KiB of scratch (auxiliary memory stays O(threads)).
 template <typename T>
 struct Scratch {
+  int64_t rows, lds;  // S/dP blocks are rows x lds, row stride lds
   std::vector<T> S, dP, tab, m, l, d;
   std::vector<int32_t> kx, ky, kz;
-  explicit Scratch(const AttnProblem& p)
-      : S(kMaxBlockQ * kBlockK), dP(kMaxBlockQ * kBlockK), tab(p.rpe_rows), m(kMaxBlockQ), l(kMaxBlockQ), d(kMaxBlockQ),
-        kx(kBlockK), ky(kBlockK), kz(kBlockK) {}
+  Scratch(const AttnProblem& p, bool need_dp)
+      : rows(query_block(std::max<int64_t>(p.max_len, 1))),
+        lds(std::max<int64_t>(1, std::min(kBlockK, p.max_len))),
+        S(rows * lds), dP(need_dp ? rows * lds : 0), tab(p.rpe_rows), m(rows), l(rows), d(rows),
+        kx(lds), ky(lds), kz(lds) {}
 };
 
 template <typename T>
@@ -83,7 +86,7 @@ void add_bias(const AttnArgs<T>& a, int64_t gq, int64_t nq, int64_t gk, int64_t 
     for (int64_t i = 0; i < nq; ++i) {
       const int16_t* c = a.coords + (gq + i) * 3;
       const int32_t qx = c[0] + b, qy = c[1] + b, qz = c[2] + b;
-      T* srow = S + i * kBlockK;
+      T* srow = S + i * w.lds;
       for (int64_t j = 0; j < nk; ++j) {
         const int32_t ix = std::min(std::max(qx - w.kx[j], 0), 2 * b);
         const int32_t iy = std::min(std::max(qy - w.ky[j], 0), 2 * b);
@@ -95,7 +98,7 @@ void add_bias(const AttnArgs<T>& a, int64_t gq, int64_t nq, int64_t gk, int64_t 
   if (a.p.has_mask) {
     const T* mk = a.mask + gk;
     for (int64_t i = 0; i < nq; ++i) {
-      T* srow = S + i * kBlockK;
+      T* srow = S + i * w.lds;
       for (int64_t j = 0; j < nk; ++j) srow[j] += mk[j];
     }
   }
@@ -109,7 +112,7 @@ void fwd_task(const AttnArgs<T>& a, int64_t s, int64_t h, T* out, T* lse, Scratc
   const int64_t C = a.p.dim, ld = a.p.tok_stride, off = a.base(s, h, start), g0 = a.token0(s, start);
   const T *Q = a.q + off, *K = a.k + off, *V = a.v + off;
   T* O = out + off;
-  T* L = lse + a.lse_base(s, h, start);
+  T* L = lse != nullptr ? lse + a.lse_base(s, h, start) : nullptr;  // null: caller needs no logsumexp
   const T ninf = -std::numeric_limits<T>::infinity();
   if (a.p.has_rpe) load_head_table(a, h, w);
   const int64_t block_q = query_block(len);
@@ -124,10 +127,10 @@ void fwd_task(const AttnArgs<T>& a, int64_t s, int64_t h, T* out, T* lse, Scratc
     for (int64_t kb = 0; kb < len; kb += kBlockK) {
       const int64_t nk = std::min(kBlockK, len - kb);
       T* S = w.S.data();
-      gemm_rm(false, true, nq, nk, C, a.scale, Q + qb * ld, ld, K + kb * ld, ld, T(0), S, kBlockK);
+      gemm_rm(false, true, nq, nk, C, a.scale, Q + qb * ld, ld, K + kb * ld, ld, T(0), S, w.lds);
       add_bias(a, g0 + qb, nq, g0 + kb, nk, w);
       for (int64_t i = 0; i < nq; ++i) {
-        T* srow = S + i * kBlockK;
+        T* srow = S + i * w.lds;
         const T mx = row_max(srow, nk);
         const T mnew = std::max(w.m[i], mx);
         if (mnew == ninf) {  // every key so far is masked: weights stay 0
@@ -143,18 +146,18 @@ void fwd_task(const AttnArgs<T>& a, int64_t s, int64_t h, T* out, T* lse, Scratc
         w.l[i] = w.l[i] * corr + sum;
         w.m[i] = mnew;
       }
-      gemm_rm(false, false, nq, C, nk, T(1), S, kBlockK, V + kb * ld, ld, T(1), Ob, ld);
+      gemm_rm(false, false, nq, C, nk, T(1), S, w.lds, V + kb * ld, ld, T(1), Ob, ld);
     }
     for (int64_t i = 0; i < nq; ++i) {
       T* orow = Ob + i * ld;
       if (w.l[i] == T(0)) {  // fully masked row: output 0, lse -inf
         std::fill(orow, orow + C, T(0));
-        L[(qb + i) * a.p.lse_tok] = ninf;
+        if (L) L[(qb + i) * a.p.lse_tok] = ninf;
         continue;
       }
       const T inv = T(1) / w.l[i];
       for (int64_t c = 0; c < C; ++c) orow[c] *= inv;
-      L[(qb + i) * a.p.lse_tok] = w.m[i] + std::log(w.l[i]);
+      if (L) L[(qb + i) * a.p.lse_tok] = w.m[i] + std::log(w.l[i]);
     }
   }
 }
@@ -184,10 +187,10 @@ void bwd_segment(const AttnArgs<T>& a, int64_t s, int64_t h, const T* gout, cons
       const int64_t nk = std::min(kBlockK, len - kb);
       T* S = w.S.data();
       T* dP = w.dP.data();
-      gemm_rm(false, true, nq, nk, C, a.scale, Q + qb * ld, ld, K + kb * ld, ld, T(0), S, kBlockK);
+      gemm_rm(false, true, nq, nk, C, a.scale, Q + qb * ld, ld, K + kb * ld, ld, T(0), S, w.lds);
       add_bias(a, g0 + qb, nq, g0 + kb, nk, w);
       for (int64_t i = 0; i < nq; ++i) {  // P = exp(S - lse)
-        T* srow = S + i * kBlockK;
+        T* srow = S + i * w.lds;
         const T li = L[(qb + i) * a.p.lse_tok];
         if (li == ninf) {
           std::fill(srow, srow + nk, T(0));
@@ -195,11 +198,11 @@ void bwd_segment(const AttnArgs<T>& a, int64_t s, int64_t h, const T* gout, cons
         }
         exp_shift_sum(srow, nk, li);
       }
-      gemm_rm(true, false, nk, C, nq, T(1), S, kBlockK, dO + qb * ld, ld, T(1), dV + kb * ld, ld);  // dV += P^T dO
-      gemm_rm(false, true, nq, nk, C, T(1), dO + qb * ld, ld, V + kb * ld, ld, T(0), dP, kBlockK);  // dP = dO V^T
+      gemm_rm(true, false, nk, C, nq, T(1), S, w.lds, dO + qb * ld, ld, T(1), dV + kb * ld, ld);  // dV += P^T dO
+      gemm_rm(false, true, nq, nk, C, T(1), dO + qb * ld, ld, V + kb * ld, ld, T(0), dP, w.lds);  // dP = dO V^T
       for (int64_t i = 0; i < nq; ++i) {  // dS = P * (dP - D)
-        const T* srow = S + i * kBlockK;
-        T* drow = dP + i * kBlockK;
+        const T* srow = S + i * w.lds;
+        T* drow = dP + i * w.lds;
         const T di = w.d[i];
         for (int64_t j = 0; j < nk; ++j) drow[j] = srow[j] * (drow[j] - di);
       }
@@ -213,7 +216,7 @@ void bwd_segment(const AttnArgs<T>& a, int64_t s, int64_t h, const T* gout, cons
         for (int64_t i = 0; i < nq; ++i) {
           const int16_t* c = a.coords + (g0 + qb + i) * 3;
           const int32_t qx = c[0] + b, qy = c[1] + b, qz = c[2] + b;
-          const T* drow = dP + i * kBlockK;
+          const T* drow = dP + i * w.lds;
           for (int64_t j = 0; j < nk; ++j) {
             const T g = drow[j];
             dtab[std::min(std::max(qx - w.kx[j], 0), 2 * b)] += g;
@@ -222,8 +225,8 @@ void bwd_segment(const AttnArgs<T>& a, int64_t s, int64_t h, const T* gout, cons
           }
         }
       }
-      gemm_rm(false, false, nq, C, nk, a.scale, dP, kBlockK, K + kb * ld, ld, T(1), dQ + qb * ld, ld);  // dQ += dS K
-      gemm_rm(true, false, nk, C, nq, a.scale, dP, kBlockK, Q + qb * ld, ld, T(1), dK + kb * ld, ld);   // dK += dS^T Q
+      gemm_rm(false, false, nq, C, nk, a.scale, dP, w.lds, K + kb * ld, ld, T(1), dQ + qb * ld, ld);  // dQ += dS K
+      gemm_rm(true, false, nk, C, nq, a.scale, dP, w.lds, Q + qb * ld, ld, T(1), dK + kb * ld, ld);   // dK += dS^T Q
     }
   }
 }
@@ -276,6 +279,10 @@ Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   if (cu_seqlens.has_value()) {
     r.cu = cu_seqlens->contiguous();
     check_cu_seqlens_cpu(*r.cu, r.p.total_tokens);
+    const int32_t* c = r.cu->data_ptr<int32_t>();
+    for (int64_t i = 0; i < r.p.num_segments; ++i) r.p.max_len = std::max<int64_t>(r.p.max_len, c[i + 1] - c[i]);
+  } else {
+    r.p.max_len = r.p.group;
   }
   if (r.p.has_rpe) {
     r.coords = coords->contiguous();
@@ -297,17 +304,18 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cpu(const at::Tensor& q,
                                                             const std::optional<at::Tensor>& cu_seqlens,
                                                             const std::optional<at::Tensor>& coords,
                                                             const std::optional<at::Tensor>& rpe_table,
-                                                            const std::optional<at::Tensor>& key_mask, double scale) {
+                                                            const std::optional<at::Tensor>& key_mask, double scale,
+                                                            bool return_lse) {
   Prepared r = prepare(q, k, v, cu_seqlens, coords, rpe_table, key_mask);
   const AttnProblem& p = r.p;
   at::Tensor out = at::empty_like(r.q, at::MemoryFormat::Contiguous);
-  at::Tensor lse = lse_empty(p, r.q);
+  at::Tensor lse = return_lse ? lse_empty(p, r.q) : at::empty({0}, r.q.options());
   AT_DISPATCH_FLOATING_TYPES(r.q.scalar_type(), "window_attention_fwd_cpu", [&] {
     const AttnArgs<scalar_t> a = make_args<scalar_t>(p, r.q, r.k, r.v, r.cu, r.coords, r.table, r.mask, scale);
     scalar_t* o = out.data_ptr<scalar_t>();
-    scalar_t* l = lse.data_ptr<scalar_t>();
+    scalar_t* l = return_lse ? lse.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, p.num_segments * p.heads, 1, [&](int64_t begin, int64_t end) {
-      Scratch<scalar_t> w(p);
+      Scratch<scalar_t> w(p, false);
       for (int64_t t = begin; t < end; ++t) fwd_task(a, t / p.heads, t % p.heads, o, l, w);
     });
   });
@@ -323,7 +331,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
   TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
                     "window_attention_bwd: grad_out and out must have q's shape ", q.sizes());
   TORCH_CHECK_VALUE(lse.numel() == p.total_tokens * p.heads, "window_attention_bwd: lse has ", lse.numel(),
-                    " values, expected ", p.total_tokens * p.heads);
+                    " values, expected ", p.total_tokens * p.heads,
+                    " (was the forward run with return_lse=False?)");
   const at::Tensor g = grad_out.contiguous().to(q.scalar_type());
   const at::Tensor o = out.contiguous();
   const at::Tensor l = lse.contiguous();
@@ -338,7 +347,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
     scalar_t *dqp = dq.data_ptr<scalar_t>(), *dkp = dk.data_ptr<scalar_t>(), *dvp = dv.data_ptr<scalar_t>();
     scalar_t* part = p.has_rpe ? partial.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, chunks * p.heads, 1, [&](int64_t begin, int64_t end) {
-      Scratch<scalar_t> w(p);
+      Scratch<scalar_t> w(p, true);
       std::vector<scalar_t> dummy(1);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t chunk = t / p.heads, h = t % p.heads;

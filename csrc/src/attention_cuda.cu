@@ -280,21 +280,24 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cuda(const at::Tensor& q
                                                              const std::optional<at::Tensor>& cu_seqlens,
                                                              const std::optional<at::Tensor>& coords,
                                                              const std::optional<at::Tensor>& rpe_table,
-                                                             const std::optional<at::Tensor>& key_mask, double scale) {
+                                                             const std::optional<at::Tensor>& key_mask, double scale,
+                                                             bool return_lse) {
   const c10::cuda::CUDAGuard guard(q.device());
   CudaPrepared r = prepare_cuda(q, k, v, cu_seqlens, coords, rpe_table, key_mask);
   const AttnProblem& p = r.p;
   at::Tensor out = at::zeros_like(r.q, at::MemoryFormat::Contiguous);
+  // the kernel always writes lse (the forward needs it in registers anyway); dropped when not requested
   at::Tensor lse = p.varlen ? at::empty({p.total_tokens, p.heads}, r.q.options())
                             : at::empty({p.num_segments, p.heads, p.group}, r.q.options());
   const int64_t tiles = (r.max_len + kThreads - 1) / kThreads;
-  if (p.num_segments == 0 || tiles == 0) return {out, lse};
+  if (p.num_segments == 0 || tiles == 0) return {out, return_lse ? lse : at::empty({0}, r.q.options())};
   const dim3 grid((unsigned)p.num_segments, (unsigned)p.heads, (unsigned)tiles);
   AT_DISPATCH_FLOATING_TYPES(r.q.scalar_type(), "window_attention_fwd_cuda", [&] {
     attn_fwd_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         device_args<scalar_t>(r, scale), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (!return_lse) lse = at::empty({0}, r.q.options());
   return {out, lse};
 }
 

@@ -26,7 +26,7 @@ static bool has_blas() { return blas_available(); }
 TORCH_LIBRARY(octformer, m) {
   m.def(
       "window_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens, Tensor? coords, Tensor? rpe_table, "
-      "Tensor? key_mask, float scale) -> (Tensor, Tensor)");
+      "Tensor? key_mask, float scale, bool return_lse=True) -> (Tensor, Tensor)");
   m.def(
       "window_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
       "Tensor? cu_seqlens, Tensor? coords, Tensor? rpe_table, Tensor? key_mask, float scale) "

@@ -177,7 +177,13 @@ def window_attention(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if resolve_backend(backend, q.device) == "kernels":
         mask = key_mask.reshape(-1) if key_mask is not None else None
-        out, _ = torch.ops.octformer.window_attention_fwd(q, k, v, cu_seqlens, coords16, rpe_table, mask, scale)
+        # the logsumexp (H floats per token) is only kept when a backward pass may need it
+        need_lse = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (q, k, v, rpe_table)
+        )
+        out, _ = torch.ops.octformer.window_attention_fwd(
+            q, k, v, cu_seqlens, coords16, rpe_table, mask, scale, need_lse
+        )
         return out
     if cu_seqlens is not None:
         return varlen_attention_reference(
