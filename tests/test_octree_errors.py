@@ -361,26 +361,42 @@ def test_fuzzed_arguments_raise_python_errors(n, cols, dtype, depth, full_depth,
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32 - 1), mutation=st.sampled_from(["key", "child", "reverse", "drop", "swap"]), depth=st.integers(0, 6))
-def test_corrupted_tree_arrays_never_panic(seed, mutation, depth):
-    """The native neighbour search validates the level arrays an edited/unpickled Octree hands it."""
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    mutation=st.sampled_from(["table", "parent", "child", "reverse", "drop_row", "drop_child", "narrow"]),
+    rows_all=st.booleans(),
+    entries_all=st.booleans(),
+)
+def test_corrupted_neighbor_inputs_never_panic(seed, mutation, rows_all, entries_all):
+    """The native neighbour step validates the parent table and level arrays an edited/unpickled Octree hands it."""
     rng = np.random.default_rng(seed)
     t = octformer.build_octree(rng.uniform(-1, 1, (60, 3)), 5, full_depth=1)
-    keys = [k.copy() for k in t.keys]
-    children = [c.copy() for c in t.children]
-    d = int(rng.integers(0, 6))
-    i = int(rng.integers(0, len(keys[d])))
-    if mutation == "key":
-        keys[d][i] = rng.integers(-(2**62), 2**62)
-    elif mutation == "child":
-        children[d][i] = rng.integers(-3, 2 * len(children[d]) + 2)
+    d = int(rng.integers(1, 6))
+    table = np.array(t.neighbors(d - 1)).copy()
+    parent, children = t.children[d - 1].copy(), t.children[d].copy()
+    if mutation == "table" and table.size:
+        table[rng.integers(len(table)), rng.integers(27)] = rng.integers(-5, 3 * len(parent) + 5)
+    elif mutation == "parent":
+        parent[rng.integers(len(parent))] = rng.integers(-3, 2 * len(parent) + 2)
+    elif mutation == "child" and children.size:
+        children[rng.integers(len(children))] = rng.integers(-3, 2 * len(children) + 2)
     elif mutation == "reverse":
-        children[d] = children[d][::-1].copy()
-    elif mutation == "drop":
-        keys[d] = keys[d][:-1].copy()
+        parent = parent[::-1].copy()
+    elif mutation == "drop_row":
+        table = table[:-1].copy()
+    elif mutation == "drop_child":
+        children = children[:-1].copy()
     else:
-        keys, children = children, keys
-    call(_core.neighbors, keys, children, depth)
+        table = np.ascontiguousarray(table[:, :26])
+    call(_core.neighbors_step, table, parent, children, rows_all=rows_all, entries_all=entries_all)
+    call(_core.neighbors_root, parent if d == 1 else children, rows_all=rows_all, entries_all=entries_all)
+
+
+def test_edited_octree_neighbors_raise_not_panic():
+    t = octformer.build_octree(np.random.default_rng(1).uniform(-1, 1, (80, 3)), 5)
+    t.children[3] = t.children[3][::-1].copy()
+    out = call(t.neighbors, 4)
+    assert isinstance(out, OctformerError), out
 
 
 @pytest.mark.parametrize(
