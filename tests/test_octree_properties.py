@@ -402,3 +402,23 @@ def test_threads_identical_on_real_lidar(shared_data):
     for d in (6, 12):
         a, b = trees[0].neighbors(d, num_threads=1), trees[1].neighbors(d, num_threads=2)
         np.testing.assert_array_equal(a, b)
+
+
+@SMALL
+@given(clouds=st.lists(cloud(max_points=150), min_size=1, max_size=2), depth=st.integers(1, 8), order=st.randoms(use_true_random=False))
+def test_neighbor_cache_order_does_not_matter(clouds, depth, order):
+    """Tables asked for in any order (deep first, all-nodes first, torch-backed tree) equal a fresh ascending build."""
+    pts, offsets = concat(clouds)
+    ref = octformer.build_octree(pts, depth, offsets=offsets)
+    want = {(d, ne): ref.neighbors(d, ne) for d in range(depth + 1) for ne in (True, False)}
+    requests = list(want)
+    order.shuffle(requests)
+    t = octformer.build_octree(pts, depth, offsets=offsets)
+    for d, ne in requests:
+        np.testing.assert_array_equal(t.neighbors(d, ne), want[(d, ne)], err_msg=f"d={d} nonempty={ne}")
+    pytest.importorskip("torch")
+    tt = octformer.build_octree(pts, depth, offsets=offsets).to_torch()
+    for d, ne in requests:
+        got = tt.neighbors(d, ne)
+        assert type(got).__module__.startswith("torch")
+        np.testing.assert_array_equal(got.numpy(), want[(d, ne)])
