@@ -281,8 +281,13 @@ class Trainer:
         model, model_desc = _make_model(cfg, in_channels, num_classes)
         builder = model.build_input if isinstance(model, SegmentationAdapter) else None
         collate = PointCollate(int(d.get("depth", 6)), full_depth=int(d.get("full_depth", 2)), input_builder=builder)
-        if self.world > 1 and t.get("sync_batchnorm", True):
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over the global batch
+        if self.world > 1 and t.get("sync_batchnorm", True):  # BN statistics over the global batch
+            if self.device.type == "cuda":
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:
+                from octformer.train.syncbn import convert_global_batchnorm
+
+                model = convert_global_batchnorm(model)
         model.to(self.device)
         lr = float(t.get("lr", 1e-3))
         opt_name = t.get("optimizer", "adamw")
@@ -325,7 +330,9 @@ class Trainer:
 
         sampler = GlobalBatchSampler(len(train_set), batch_size, rank=self.rank, world_size=self.world, seed=seed, start_step=step * accumulate, max_steps=total_steps * accumulate)
         workers = int(d.get("num_workers", 0))
-        loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate, num_workers=workers, persistent_workers=False)
+        # its own generator: creating the iterator must not draw from the global RNG, whose state a resume restores
+        loader_rng = torch.Generator().manual_seed(seed)
+        loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate, num_workers=workers, persistent_workers=False, generator=loader_rng)
 
         writer = None
         if self.rank == 0 and t.get("tensorboard", True):
