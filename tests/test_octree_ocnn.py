@@ -53,15 +53,22 @@ def ours_ocnn_keys(tree: octformer.Octree, d: int) -> np.ndarray:
     return keys
 
 
+def assert_same(got, want, err_msg: str = "") -> None:
+    """Exact array equality; the fast check first, numpy's detailed report only on a mismatch."""
+    got, want = np.asarray(got), np.asarray(want)
+    if not (got.shape == want.shape and np.array_equal(got, want)):
+        np.testing.assert_array_equal(got, want, err_msg=err_msg)
+
+
 def assert_structure_equal(ours: octformer.Octree, oc, label: str = "") -> None:
     """keys, children and per-depth counts identical to an ocnn octree at every depth."""
     assert ours.depth == oc.depth and ours.full_depth == oc.full_depth, label
     for d in range(ours.depth + 1):
-        np.testing.assert_array_equal(ours_ocnn_keys(ours, d), oc.keys[d].numpy(), err_msg=f"{label} keys[{d}]")
-        np.testing.assert_array_equal(ours.children[d], oc.children[d].numpy(), err_msg=f"{label} children[{d}]")
+        assert_same(ours_ocnn_keys(ours, d), oc.keys[d].numpy(), err_msg=f"{label} keys[{d}]")
+        assert_same(ours.children[d], oc.children[d].numpy(), err_msg=f"{label} children[{d}]")
         assert ours.keys[d].dtype == np.int64 and ours.children[d].dtype == np.int32
-    np.testing.assert_array_equal(ours.nnum, oc.nnum.numpy(), err_msg=f"{label} nnum")
-    np.testing.assert_array_equal(ours.nnum_nempty, oc.nnum_nempty.numpy(), err_msg=f"{label} nnum_nempty")
+    assert_same(ours.nnum, oc.nnum.numpy(), err_msg=f"{label} nnum")
+    assert_same(ours.nnum_nempty, oc.nnum_nempty.numpy(), err_msg=f"{label} nnum_nempty")
 
 
 def assert_neighbors_equal(ours: octformer.Octree, oc, label: str = "") -> None:
@@ -71,11 +78,11 @@ def assert_neighbors_equal(ours: octformer.Octree, oc, label: str = "") -> None:
         want = oc.neighs[d].numpy()
         got = ours.neighbors(d, nonempty=False)
         assert got.dtype == np.int32 and got.shape == (int(ours.nnum[d]), 27), f"{label} depth {d}"
-        np.testing.assert_array_equal(got, want, err_msg=f"{label} neighbors({d}, nonempty=False)")
+        assert_same(got, want, err_msg=f"{label} neighbors({d}, nonempty=False)")
         want_ne = oc.nempty_neigh(d).numpy()
         got_ne = ours.neighbors(d, nonempty=True)
         assert got_ne.shape == (int(ours.nnum_nempty[d]), 27)
-        np.testing.assert_array_equal(got_ne, want_ne, err_msg=f"{label} neighbors({d}, nonempty=True)")
+        assert_same(got_ne, want_ne, err_msg=f"{label} neighbors({d}, nonempty=True)")
 
 
 # ------------------------------------------------------------------ inputs
