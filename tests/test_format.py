@@ -70,6 +70,18 @@ def test_streaming_decode_stops_at_depth(tree: octformer.Octree, k: int) -> None
         assert part.features is None and part.normals is None
     # the prefix up to level k is all the streaming decoder needs
     levels = octf.decode_levels(data, max_depth=k)
+    if k < tree.depth:
+        # streaming: a prefix that ends right after level k's chunk is enough, one byte less is not
+        lo, hi = 0, len(data)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            try:
+                octf.decode(data[:mid], max_depth=k)
+                hi = mid
+            except CorruptDataError:
+                lo = mid + 1
+        assert lo < len(data) - 12
+        assert octf.decode(data[:lo], max_depth=k) == part
     assert len(levels) == max(0, k - tree.full_depth + 1)
     for i, d in enumerate(range(tree.full_depth, k + 1)):
         # sample-local keys of the non-empty nodes, grouped by sample like tree.keys

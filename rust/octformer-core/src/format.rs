@@ -392,7 +392,9 @@ pub(crate) fn put_chunk(out: &mut Vec<u8>, tag: u8, len: usize, fill: impl FnOnc
     out.extend_from_slice(&crc.to_le_bytes());
 }
 
-pub(crate) fn put_header(out: &mut Vec<u8>, h: &Header) {
+/// Write the magic and a header chunk exactly as given, without validation (low-level;
+/// the encoders and the tests that build hostile files use it).
+pub fn put_header(out: &mut Vec<u8>, h: &Header) {
     out.extend_from_slice(&MAGIC);
     let mut b = Vec::with_capacity(32 + 16 * h.origin.len() + 10 * h.counts.len());
     b.extend_from_slice(&h.major.to_le_bytes());
@@ -410,8 +412,9 @@ pub(crate) fn put_header(out: &mut Vec<u8>, h: &Header) {
     ]);
     put_varint(&mut b, h.batch_size as u64);
     put_varint(&mut b, h.channels as u64);
-    let d = h.dims as usize;
-    for s in 0..h.batch_size {
+    // written as given (no validation): the readers check consistency
+    let d = (h.dims as usize).max(1);
+    for s in 0..h.origin.len().min(h.scale.len()) / d {
         for v in &h.origin[s * d..(s + 1) * d] {
             b.extend_from_slice(&v.to_le_bytes());
         }
@@ -425,7 +428,8 @@ pub(crate) fn put_header(out: &mut Vec<u8>, h: &Header) {
     put_chunk(out, TAG_HEADER, b.len(), |o| o.extend_from_slice(&b));
 }
 
-pub(crate) fn put_footer(out: &mut Vec<u8>) {
+/// Append the footer (file length and whole-file CRC32C) to a complete body.
+pub fn put_footer(out: &mut Vec<u8>) {
     let crc = crc32c::crc32c(out);
     let len = (out.len() + FOOTER_LEN) as u64;
     out.extend_from_slice(&len.to_le_bytes());
