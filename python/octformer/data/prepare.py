@@ -86,13 +86,15 @@ class Progress:
         self.stream.flush()
 
 
-def run_jobs(jobs: Sequence[tuple[str, tuple]], fn: Callable[..., Any], *, dst: Path, workers: int = 1, force: bool = False, desc: str = "preparing") -> list[Any]:
-    """Run ``fn(*args)`` for every ``(sample_name, args)`` whose npz is missing (all of them with ``force``), in parallel.
+def run_jobs(jobs: Sequence[tuple[str, tuple]], fn: Callable[..., Any], *, dst: Path, workers: int = 1, force: bool = False, desc: str = "preparing", done: Callable[[str], bool] | None = None) -> list[Any]:
+    """Run ``fn(*args)`` for every ``(name, args)`` not done yet (all of them with ``force``), in parallel.
 
+    A job is done when ``done(name)`` says so (default: its ``samples/<name>.npz`` exists).
     ``fn`` must be a module-level function (it is sent to worker processes). Returns the
     results of the jobs that ran, in job order; a failing job raises after the others finish.
     """
-    todo = [(name, args) for name, args in jobs if force or not sample_path(dst, name).exists()]
+    is_done = done or (lambda name: sample_path(dst, name).exists())
+    todo = [(name, args) for name, args in jobs if force or not is_done(name)]
     bar = Progress(len(jobs), desc)
     if len(jobs) > len(todo):
         bar.update(len(jobs) - len(todo), skipped=True)
