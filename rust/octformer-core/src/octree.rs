@@ -291,7 +291,8 @@ fn build_sample_with<T: Coord, I: Item>(
 
     // quantise + encode; chunks report their first non-finite value / out-of-box count
     const CHUNK: usize = 1 << 14;
-    let mut items: Vec<I> = vec![I::default(); n];
+    // SAFETY: the quantise loop below writes every item
+    let mut items: Vec<I> = unsafe { crate::sort::vec_for_overwrite(n) };
     let reports: Vec<ChunkReport> = items
         .par_chunks_mut(CHUNK)
         .enumerate()
@@ -354,7 +355,8 @@ fn build_sample_with<T: Coord, I: Item>(
     }
 
     // collapse runs of equal keys into leaves: count run starts per chunk, then fill in parallel
-    let mut point_leaf = vec![0i64; n];
+    // SAFETY: every point index occurs in exactly one item, so the fill below writes each entry
+    let mut point_leaf: Vec<i64> = unsafe { crate::sort::vec_for_overwrite(n) };
     let chunk = n
         .div_ceil(rayon::current_num_threads().max(1) * 4)
         .max(1 << 14);

@@ -29,6 +29,18 @@ impl RadixKey for (u64, u32) {
     }
 }
 
+/// A vector of `n` plain-old-data items that the caller overwrites completely before
+/// reading any of them (saves a memset of the whole buffer on hot paths).
+///
+/// # Safety
+/// Every element must be written before it is read.
+pub(crate) unsafe fn vec_for_overwrite<T: Copy>(n: usize) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    // SAFETY: capacity is n and T is Copy (no drop); the caller writes before reading.
+    unsafe { v.set_len(n) };
+    v
+}
+
 #[derive(Clone, Copy)]
 struct SendPtr<T>(*mut T);
 unsafe impl<T> Send for SendPtr<T> {}
@@ -75,7 +87,8 @@ pub fn radix_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) {
         }
     }
     starts[mask + 1] = n;
-    let mut buf: Vec<T> = vec![T::default(); n];
+    // SAFETY: the scatter below writes every index 0..n exactly once
+    let mut buf: Vec<T> = unsafe { vec_for_overwrite(n) };
     let out = SendPtr(buf.as_mut_ptr());
     let scatter = |(chunk, mut off): (&[T], Vec<usize>)| {
         let out = out;
