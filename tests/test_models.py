@@ -75,7 +75,10 @@ def test_backward_reaches_every_parameter(name, clouds):
     tree = model.build_input(list(clouds))
     out = model(tree)
     weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-    (out * weights).sum().backward()
+    loss = (out * weights).sum()
+    if hasattr(model, "auxiliary_loss"):  # parts trained by their own loss (OctGPT's VQVAE)
+        loss = loss + model.auxiliary_loss(tree)
+    loss.backward()
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.grad is None]
     assert not missing, f"parameters without gradient: {missing}"

@@ -11,7 +11,7 @@ from octformer.errors import OctformerError
 __all__ = ["register_model", "create_model", "list_models", "is_model"]
 
 _MODELS: dict[str, Callable[..., Any]] = {}
-_MODULES = ("volt", "hotformerloc")  # model modules whose factories register on import
+_MODULES = ("volt", "hotformerloc", "octgpt")  # model modules whose factories register on import
 
 
 def register_model(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -81,8 +81,14 @@ class PlanAttention(nn.Module):
         coords: torch.Tensor | None = None,
         pos: torch.Tensor | None = None,
         key_mask: torch.Tensor | None = None,
+        levels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (N, C) → (N, C). coords (N, 3) int for RPE; pos (N, 3) for RoPE; key_mask (N,) extra 0/-inf."""
+        """x (N, C) → (N, C). coords (N, 3) int for RPE; pos (N, 3) for RoPE; key_mask (N,) extra 0/-inf.
+
+        ``levels`` (N,) int makes attention causal across levels and bidirectional within one
+        (a query sees keys of its own or coarser levels; OctGPT). It needs an equal-group plan
+        and runs through torch SDPA, since the ops kernels take per-key masks only.
+        """
         n, c = x.shape
         if c != self.dim:
             raise OctformerError(f"x: expected (N, {self.dim}) tokens, got {tuple(x.shape)}")
@@ -114,6 +120,23 @@ class PlanAttention(nn.Module):
                 q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens=plan.cu_seqlens, coords=c_g,
                 rpe_table=table, key_mask=mask, backend=self.backend,
             )
+        elif levels is not None:
+            if self.rpe_table is not None:
+                raise OctformerError("levels: the level-causal path does not support a relative position bias")
+            kk = plan.group_size
+            g = m // kk
+            lv = levels[plan.gather].view(g, kk)
+            pair = torch.where(lv[:, None, :] > lv[:, :, None], float("-inf"), 0.0).to(x.dtype)  # (G, q, k)
+            if mask is not None:
+                pair = pair + mask.view(g, 1, kk)
+            dead = torch.isinf(pair).all(-1, keepdim=True)  # padding queries with no visible key: outputs unused
+            pair = pair.masked_fill(dead, 0.0)
+
+            def grp(t: torch.Tensor) -> torch.Tensor:
+                return t.view(g, kk, h, dh).transpose(1, 2)
+
+            out = torch.nn.functional.scaled_dot_product_attention(grp(q), grp(k), grp(v), attn_mask=pair[:, None])
+            out = out.transpose(1, 2)
         else:
             kk = plan.group_size
             g = m // kk
