@@ -563,17 +563,25 @@ struct SendPtr<T>(*mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
-/// Inverse of a permutation known to be valid (produced by [`argsort_pair`]).
-fn invert_into(perm: &[u32], out: &mut [i64]) {
-    debug_assert_eq!(perm.len(), out.len());
-    let dst = SendPtr(out.as_mut_ptr());
-    perm.par_chunks(CHUNK).enumerate().for_each(|(c, p)| {
+/// `perm[k] = tok(k)` and `inverse[tok(k)] = k` for a permutation `tok` built by a sort.
+fn perm_and_inverse_into(
+    tok: impl Fn(usize) -> usize + Sync,
+    perm: &mut [i64],
+    inverse: &mut [i64],
+) {
+    assert_eq!(perm.len(), inverse.len());
+    let n = inverse.len();
+    let dst = SendPtr(inverse.as_mut_ptr());
+    perm.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
         let dst = dst;
         let base = c * CHUNK;
-        for (j, &src) in p.iter().enumerate() {
-            // SAFETY: `perm` is a permutation of 0..n (built by argsort_pair), so every
-            // write goes to a distinct in-bounds slot.
-            unsafe { *dst.0.add(src as usize) = (base + j) as i64 };
+        for (j, o) in out.iter_mut().enumerate() {
+            let t = tok(base + j);
+            assert!(t < n);
+            *o = t as i64;
+            // SAFETY: `tok` is a permutation of 0..n (the output of a sort of 0..n), so
+            // every write goes to a distinct slot, in bounds by the assert above.
+            unsafe { *dst.0.add(t) = (base + j) as i64 };
         }
     });
 }
@@ -625,17 +633,38 @@ pub fn serialize(
     for (k, &order) in orders.iter().enumerate() {
         let row = &mut codes[k * n..(k + 1) * n];
         encode_into(coords, order, depth, row);
-        let major = batch_u64;
-        let p = argsort_pair(major, row, 3 * depth as u32)?;
-        invert_into(&p, &mut inverse[k * n..(k + 1) * n]);
-        perm[k * n..(k + 1) * n]
-            .par_chunks_mut(CHUNK)
-            .zip(p.par_chunks(CHUNK))
-            .for_each(|(d, s)| {
-                for (o, &v) in d.iter_mut().zip(s) {
-                    *o = v as i64;
-                }
-            });
+        let (perm_row, inv_row) = (
+            &mut perm[k * n..(k + 1) * n],
+            &mut inverse[k * n..(k + 1) * n],
+        );
+        let code_bits = 3 * depth as u32;
+        let batch_bits = batch_u64.map_or(0, |(_, b)| b);
+        let idx_bits = bit_length(n.saturating_sub(1) as u64);
+        if code_bits + batch_bits + idx_bits <= 64 && n <= u32::MAX as usize {
+            // (batch, code, index) packed in one word: one radix sort, then perm and
+            // inverse written straight from the sorted words
+            let row = &*row;
+            let mut items = vec![0u64; n];
+            items
+                .par_chunks_mut(CHUNK)
+                .enumerate()
+                .for_each(|(c, dst)| {
+                    for (j, it) in dst.iter_mut().enumerate() {
+                        let i = c * CHUNK + j;
+                        let b = match batch_u64 {
+                            Some((bv, bb)) if bb > 0 => bv[i] << code_bits,
+                            _ => 0,
+                        };
+                        *it = ((b | row[i]) << idx_bits) | i as u64;
+                    }
+                });
+            radix_sort(&mut items, idx_bits, idx_bits + code_bits + batch_bits);
+            let mask = (1u64 << idx_bits) - 1;
+            perm_and_inverse_into(|k| (items[k] & mask) as usize, perm_row, inv_row);
+        } else {
+            let p = argsort_pair(batch_u64, row, code_bits)?;
+            perm_and_inverse_into(|k| p[k] as usize, perm_row, inv_row);
+        }
     }
     Ok(Serialized {
         depth,

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use crate::curve::{argsort_by_key, argsort_pair};
 use crate::error::{CoreError, Result};
+use crate::sort::radix_sort;
 
 const CHUNK: usize = 1 << 14;
 
@@ -135,10 +136,19 @@ fn sample_counts(batch: Option<&[i64]>, n: usize) -> Result<Vec<usize>> {
 /// Build the plan from a permutation in which each sample's tokens are contiguous and
 /// samples appear in order (`counts[b]` tokens of sample b). `perm` must be valid.
 fn build_plan(perm: &[u32], counts: &[usize], group_size: usize) -> Result<FlattenPlan> {
+    build_plan_with(perm.len(), |k| perm[k] as usize, counts, group_size)
+}
+
+/// [`build_plan`] reading the permutation through `tok(sorted position) → token`.
+fn build_plan_with(
+    n: usize,
+    tok: impl Fn(usize) -> usize + Sync,
+    counts: &[usize],
+    group_size: usize,
+) -> Result<FlattenPlan> {
     if group_size == 0 {
         return Err(CoreError::arg("group_size", "a positive integer", 0));
     }
-    let n = perm.len();
     let g = group_size;
     let b = counts.len();
     let mut start = vec![0usize; b + 1];
@@ -186,23 +196,22 @@ fn build_plan(perm: &[u32], counts: &[usize], group_size: usize) -> Result<Flatt
                 let local = q - pad_start[s];
                 let real = counts[s];
                 let src = if local < real { local } else { local - g };
-                *o = perm[start[s] + src] as i64;
+                *o = tok(start[s] + src) as i64;
             }
         });
     let mut scatter = vec![0i64; n];
     let dst = SendPtr(scatter.as_mut_ptr());
-    perm.par_chunks(CHUNK).enumerate().for_each(|(c, p)| {
+    (0..n.div_ceil(CHUNK)).into_par_iter().for_each(|c| {
         let dst = dst;
         let k0 = c * CHUNK;
         let mut s = start.partition_point(|&o| o <= k0).saturating_sub(1);
-        for (j, &tok) in p.iter().enumerate() {
-            let k = k0 + j;
+        for k in k0..(k0 + CHUNK).min(n) {
             while start[s + 1] <= k {
                 s += 1;
             }
-            // SAFETY: `perm` is a permutation of 0..n (checked by every caller), so the
+            // SAFETY: `tok` is a permutation of 0..n (checked by every caller), so the
             // writes go to distinct in-bounds slots.
-            unsafe { *dst.0.add(tok as usize) = (pad_start[s] + k - start[s]) as i64 };
+            unsafe { *dst.0.add(tok(k)) = (pad_start[s] + k - start[s]) as i64 };
         }
     });
     Ok(FlattenPlan {
@@ -260,14 +269,14 @@ pub fn plan_from_perm(
     build_plan(&p32, &counts, group_size)
 }
 
-/// FlatFormer window order: the stable permutation (sorted position → token).
-pub fn window_order(
+/// FlatFormer window order, packed when key and token index fit one word.
+fn window_sorted(
     coords: &[i64],
     batch: Option<&[i64]>,
     window: [u32; 3],
     axis: Axis,
     shift: bool,
-) -> Result<Vec<u32>> {
+) -> Result<Sorted> {
     if coords.len() % 3 != 0 {
         return Err(CoreError::arg(
             "grid_coords",
@@ -284,8 +293,27 @@ pub fn window_order(
         ));
     }
     const LIMIT: i64 = 1 << 31;
-    let (lo, hi) = crate::curve::min_max(coords);
-    if lo < 0 || hi >= LIMIT {
+    let (lo3, hi3) = coords
+        .par_chunks(CHUNK * 3)
+        .map(|rows| {
+            rows.chunks_exact(3)
+                .fold(([i64::MAX; 3], [i64::MIN; 3]), |(lo, hi), p| {
+                    (
+                        [lo[0].min(p[0]), lo[1].min(p[1]), lo[2].min(p[2])],
+                        [hi[0].max(p[0]), hi[1].max(p[1]), hi[2].max(p[2])],
+                    )
+                })
+        })
+        .reduce(
+            || ([i64::MAX; 3], [i64::MIN; 3]),
+            |x, y| {
+                (
+                    [0, 1, 2].map(|k| x.0[k].min(y.0[k])),
+                    [0, 1, 2].map(|k| x.1[k].max(y.1[k])),
+                )
+            },
+        );
+    if n > 0 && (lo3.iter().any(|&v| v < 0) || hi3.iter().any(|&v| v >= LIMIT)) {
         let i = coords
             .iter()
             .position(|&v| !(0..LIMIT).contains(&v))
@@ -311,13 +339,7 @@ pub fn window_order(
         Axis::X => (1usize, 0usize),
         Axis::Y => (0, 1),
     };
-    let max_c: [u64; 3] = coords
-        .par_chunks(CHUNK * 3)
-        .map(|rows| {
-            rows.chunks_exact(3)
-                .fold([0u64; 3], |m, p| [0, 1, 2].map(|k| m[k].max(p[k] as u64)))
-        })
-        .reduce(|| [0; 3], |x, y| [0, 1, 2].map(|k| x[k].max(y[k])));
+    let max_c: [u64; 3] = hi3.map(|v| v.max(0) as u64);
     let max_win = [0, 1, 2].map(|k| (max_c[k] + sh[k]) / w64[k]);
     // field widths, outermost first: batch, Z, Wa, Wc', oc', oa', w
     let widths = [
@@ -363,14 +385,29 @@ pub fn window_order(
             masks,
             pos,
         };
-        match axis {
+        let idx_bits = bit_length(n.saturating_sub(1) as u64);
+        if total + idx_bits <= 64 {
+            // key and index in one word, filled by a loop the key computation inlines into
+            let mut items = vec![0u64; n];
+            match axis {
+                Axis::X => fill_packed::<true>(&fast, coords, batch, idx_bits, &mut items),
+                Axis::Y => fill_packed::<false>(&fast, coords, batch, idx_bits, &mut items),
+            }
+            radix_sort(&mut items, idx_bits, idx_bits + total);
+            return Ok(Sorted::Packed {
+                items,
+                mask: (1u64 << idx_bits) - 1,
+            });
+        }
+        let perm = match axis {
             Axis::X => argsort_by_key(n, total, |i| {
                 fast.key::<true>(&coords[3 * i..3 * i + 3], batch_at(batch, i))
             }),
             Axis::Y => argsort_by_key(n, total, |i| {
                 fast.key::<false>(&coords[3 * i..3 * i + 3], batch_at(batch, i))
             }),
-        }
+        };
+        perm.map(Sorted::Perm)
     } else {
         let key = |i: usize| -> u128 {
             let f = fields(i);
@@ -390,8 +427,57 @@ pub fn window_order(
                     *oh = (k >> 64) as u64;
                 }
             });
-        argsort_pair(Some((&hi, total - 64)), &lo, 64)
+        argsort_pair(Some((&hi, total - 64)), &lo, 64).map(Sorted::Perm)
     }
+}
+
+/// A window order: packed `key << idx_bits | token` words (sorted), or a plain permutation.
+enum Sorted {
+    Packed { items: Vec<u64>, mask: u64 },
+    Perm(Vec<u32>),
+}
+
+/// FlatFormer window order: the stable permutation (sorted position → token).
+pub fn window_order(
+    coords: &[i64],
+    batch: Option<&[i64]>,
+    window: [u32; 3],
+    axis: Axis,
+    shift: bool,
+) -> Result<Vec<u32>> {
+    Ok(match window_sorted(coords, batch, window, axis, shift)? {
+        Sorted::Perm(p) => p,
+        Sorted::Packed { items, mask } => items.iter().map(|&it| (it & mask) as u32).collect(),
+    })
+}
+
+/// `key << idx_bits | index` for every cell, in parallel chunks.
+fn fill_packed<const AXIS_X: bool>(
+    fast: &FastKey,
+    coords: &[i64],
+    batch: &[i64],
+    idx_bits: u32,
+    items: &mut [u64],
+) {
+    items
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, dst)| {
+            let base = c * CHUNK;
+            let rows = &coords[3 * base..3 * (base + dst.len())];
+            if batch.is_empty() {
+                for (j, (it, p)) in dst.iter_mut().zip(rows.chunks_exact(3)).enumerate() {
+                    *it = (fast.key::<AXIS_X>(p, 0) << idx_bits) | (base + j) as u64;
+                }
+            } else {
+                let b = &batch[base..base + dst.len()];
+                for (j, ((it, p), &bv)) in
+                    dst.iter_mut().zip(rows.chunks_exact(3)).zip(b).enumerate()
+                {
+                    *it = (fast.key::<AXIS_X>(p, bv as u64) << idx_bits) | (base + j) as u64;
+                }
+            }
+        });
 }
 
 #[inline(always)]
@@ -513,9 +599,15 @@ pub fn flatten(
     if group_size == 0 {
         return Err(CoreError::arg("group_size", "a positive integer", 0));
     }
-    let perm = window_order(coords, batch, window, axis, shift)?;
-    let counts = sample_counts(batch, coords.len() / 3)?;
-    build_plan(&perm, &counts, group_size)
+    let sorted = window_sorted(coords, batch, window, axis, shift)?;
+    let n = coords.len() / 3;
+    let counts = sample_counts(batch, n)?;
+    match sorted {
+        Sorted::Perm(perm) => build_plan(&perm, &counts, group_size),
+        Sorted::Packed { items, mask } => {
+            build_plan_with(n, |k| (items[k] & mask) as usize, &counts, group_size)
+        }
+    }
 }
 
 #[cfg(test)]
