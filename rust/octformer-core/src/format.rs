@@ -757,7 +757,6 @@ fn write_octree(v: &TreeView<'_>, nonempty: &[Vec<usize>], order: ChildOrder) ->
         counts: (fd..=depth).map(|d| total(d) as u64).collect(),
     };
     let level_bytes: usize = (fd..depth).map(total).sum::<usize>() + v.children[fd].len() / 8;
-    let m = total(depth);
     let payload = v.features.map_or(0, |(f, _)| f.len() * 4) + v.normals.map_or(0, |n| n.len() * 4);
     let mut out = Vec::with_capacity(64 + 48 * b + level_bytes + payload + 16 * (depth + 3));
     put_header(&mut out, &header);
@@ -779,7 +778,6 @@ fn write_octree(v: &TreeView<'_>, nonempty: &[Vec<usize>], order: ChildOrder) ->
     if let Some(nr) = v.normals {
         put_chunk(&mut out, TAG_NORMALS, nr.len() * 4, |o| nr.iter().for_each(|x| o.extend_from_slice(&x.to_le_bytes())));
     }
-    let _ = m;
     put_footer(&mut out);
     out
 }
@@ -895,8 +893,12 @@ pub fn decode_levels<'a>(data: &'a [u8], opts: &DecodeOptions) -> Result<Levels<
         let d = fd as usize + i;
         if d < depth as usize {
             backed += c as u128;
-        } else if c > 8 * counts.get(i.wrapping_sub(1)).copied().unwrap_or(top_len as u64 * 8).min(u64::MAX / 8) {
-            return Err(corrupt(format!("header.counts: {c} leaves cannot come from the declared parents")));
+        } else {
+            // the leaf count is a popcount of the last chunk: at most 8 per parent byte
+            let parents = if i == 0 { top_len as u64 } else { counts[i - 1] };
+            if c > parents.saturating_mul(8) {
+                return Err(corrupt(format!("header.counts: {c} leaves cannot come from {parents} parents")));
+            }
         }
     }
     if backed > cur.remaining() as u128 {
