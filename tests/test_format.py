@@ -240,8 +240,10 @@ def test_save_load_and_header(tmp_path: Path) -> None:
     assert h["channels"] == 2 and h["dims"] == 3
     np.testing.assert_array_equal(h["origin"], tree.origin)
     np.testing.assert_array_equal(h["scale"], tree.voxel_size)
-    # torch trees encode to the same bytes
+    # torch trees encode to the same bytes; thread count changes nothing
     assert octf.encode(tree.to_torch()) == octf.encode(tree)
+    assert octf.encode(tree, num_threads=1) == octf.encode(tree, num_threads=2)
+    assert octf.decode(octf.encode(tree), num_threads=1) == octf.decode(octf.encode(tree), num_threads=2)
 
 
 def test_bad_trees_and_arguments_raise_named_errors() -> None:
