@@ -273,3 +273,154 @@ def test_waymo_v2_parquet_prepare(tmp_path, kitti):
     np.testing.assert_array_equal(s["features"][:, 0], scan[src, 3])
     np.testing.assert_array_equal(s["labels"], waymo_class[src] - 1)
     assert ds.class_names[int(s["labels"][waymo_class[src] == 1][0])] == "car"
+
+
+# ------------------------------------------------------------------ place recognition
+
+
+def _submap(points: np.ndarray, centre: np.ndarray, rng: np.random.Generator, radius: float = 12.0) -> np.ndarray:
+    """A PointNetVLAD-style submap of a real cloud: crop, drop the ground, 4096 points, zero-centred, in [-1, 1]."""
+    near = points[np.linalg.norm(points[:, :2] - centre, axis=1) < radius]
+    near = near[near[:, 2] > np.quantile(near[:, 2], 0.2)]  # ground removal by height
+    pick = near[rng.choice(len(near), 4096, replace=len(near) < 4096)].astype(np.float64)
+    pick -= pick.mean(0)
+    return pick / np.abs(pick).max()
+
+
+def test_oxford_prepare_pickles_and_dataset(tmp_path, kitti):
+    scan = kitti[0][:, :3]
+    ox = load_script("oxford")
+    rng = np.random.default_rng(0)
+    p1 = np.array(ox.TEST_REGION_CENTRES[0])
+    root = tmp_path / "benchmark_datasets" / "oxford"
+    along = np.array([[0.0, x] for x in np.arange(-40.0, 41.0, 8.0)])  # submap centres along the scan's y axis
+    offsets = {"2014-05-19-13-20-57": 0.0, "2014-06-26-09-24-58": 3.0}
+    written = {}
+    for run, shift in offsets.items():
+        for folder, csv_name, base in (("pointcloud_20m_10overlap", "pointcloud_locations_20m_10overlap.csv", p1 + [2000.0, 0.0]), ("pointcloud_20m", "pointcloud_locations_20m.csv", p1)):
+            (root / run / folder).mkdir(parents=True)
+            rows = ["timestamp,northing,easting"]
+            for k, c in enumerate(along):
+                ts = str(1400000000000000 + k * 1000 + int(shift * 10))
+                sub = _submap(scan, c + [shift, 0.0], rng)
+                sub.astype("<f8").tofile(root / run / folder / f"{ts}.bin")
+                n, e = (float(v) for v in base + c + [shift, 0.0])
+                rows.append(f"{ts},{n!r},{e!r}")
+                written[f"submaps/{run}/{folder}/{ts}.npy"] = (sub, np.array([n, e]))
+            (root / run / csv_name).write_text("\n".join(rows) + "\n")
+    dst = tmp_path / "out"
+    run_prepare("oxford", "--src", str(tmp_path / "benchmark_datasets"), "--dst", str(dst))
+
+    train = PlaceRecognitionDataset(dst, "train")
+    assert len(train) == 2 * len(along)  # training submaps are 2 km north of P1: outside every test region
+    xy = np.array([[train.entry(i)["northing"], train.entry(i)["easting"]] for i in range(len(train))])
+    for i in range(len(train)):
+        d = np.linalg.norm(xy - xy[i], axis=1)
+        assert train.entry(i)["positives"] == [j for j in range(len(train)) if j != i and d[j] <= 10.0]
+        assert train.entry(i)["negatives"] == [j for j in range(len(train)) if d[j] > 50.0]
+        sub, loc = written[train.entry(i)["query"]]
+        np.testing.assert_array_equal(xy[i], loc)
+    s = train[(0, 3)]
+    np.testing.assert_array_equal(s["points"], written[train.entry(3)["query"]][0].astype(np.float32))
+    db0 = PlaceRecognitionDataset(dst, "database", run=0)
+    q1 = PlaceRecognitionDataset(dst, "query", run=1)
+    assert len(db0) == len(q1) == len(along)
+    db_xy = np.array([[db0.entry(k)["northing"], db0.entry(k)["easting"]] for k in range(len(db0))])
+    for k in range(len(q1)):
+        e = q1.entry(k)
+        d = np.linalg.norm(db_xy - [e["northing"], e["easting"]], axis=1)
+        assert e[0] == [j for j in range(len(db0)) if d[j] <= 25.0]
+    # the pickles feed the PointNetVLAD metric: location "descriptors" retrieve a true match first
+    import pickle
+
+    from octformer.data.placerec import true_neighbors_by_pair
+    from octformer.metrics import mean_place_recognition_scores
+
+    with open(dst / "evaluation_query.pickle", "rb") as fh:
+        queries = pickle.load(fh)
+    with open(dst / "evaluation_database.pickle", "rb") as fh:
+        databases = pickle.load(fh)
+    desc = [np.array([[v["northing"], v["easting"]] for _, v in sorted(run.items())]) for run in databases]
+    qdesc = [np.array([[v["northing"], v["easting"]] for _, v in sorted(run.items())]) for run in queries]
+    scores = mean_place_recognition_scores(qdesc, desc, true_neighbors_by_pair(queries))
+    assert scores.recall_at_1 == 1.0 and scores.mrr == 1.0
+
+
+def test_cs_wild_places_prepare(tmp_path, shared_data):
+    from octformer.io import read_points, write_pcd
+
+    forest = read_points(shared_data / "cs_wild_places" / "karawatha_submap_gnd_2.pcd").points.astype(np.float64)
+    rng = np.random.default_rng(1)
+    root = tmp_path / "CS-Wild-Places" / "Karawatha"
+    truth = {}
+    for seq, shift in (("K-01", 0.0), ("K-02", 2.0)):
+        (root / seq / "clouds").mkdir(parents=True)
+        rows = ["timestamp,x,y,z,qx,qy,qz,qw"]
+        for k, cx in enumerate((-15.0, 0.0, 15.0)):
+            ts = f"{1650000000 + k}.{int(shift):06d}"
+            crop = forest[np.linalg.norm(forest[:, :2] - [cx + shift, 0.0], axis=1) < 12.0]
+            crop = crop[rng.permutation(len(crop))[:20000]]
+            write_pcd(root / seq / "clouds" / f"{ts}.pcd", crop.astype(np.float32), data="binary_compressed")
+            rows.append(f"{ts},{cx + shift},{0.0},0,0,0,0,1")
+            truth[f"submaps/Karawatha/{seq}/{ts}.npy"] = crop
+        (root / seq / "poses.csv").write_text("\n".join(rows) + "\n")
+    dst = tmp_path / "out"
+    run_prepare("cs_wild_places", "--src", str(tmp_path / "CS-Wild-Places"), "--dst", str(dst), "--voxel", "0.8")
+    train = PlaceRecognitionDataset(dst, "train")  # K-01 trains, K-02 (last sequence) evaluates
+    assert len(train) == 3  # submaps 15 m apart: within the 15 m positive radius, none beyond the 60 m negative one
+    assert [train.entry(i)["positives"] for i in range(3)] == [[1], [0, 2], [1]]
+    assert all(train.entry(i)["negatives"] == [] for i in range(3))
+    q = PlaceRecognitionDataset(dst, "query", run=0)
+    assert len(q) == 3
+    s = train[0]
+    crop = truth[train.entry(0)["query"]].astype(np.float32).astype(np.float64)
+    # independent voxel average: one point per occupied 0.8 m cell, centred on the mean of the averages
+    cell = np.floor((crop - crop.min(0)) / 0.8).astype(np.int64)
+    keys = {}
+    for c, p in zip(map(tuple, cell), crop):
+        keys.setdefault(c, []).append(p)
+    ref = np.array([np.mean(v, axis=0) for _, v in sorted(keys.items())])
+    ref -= ref.mean(0)
+    np.testing.assert_allclose(np.sort(s["points"], axis=0), np.sort(ref, axis=0), atol=1e-4)
+
+
+# ------------------------------------------------------------------ ShapeNet-style meshes
+
+
+def test_shapenet_prepare_meshes_to_octrees(tmp_path, shared_data):
+    import shutil
+
+    import octformer
+    from octformer.format import decode
+
+    src = tmp_path / "ShapeNetCore"
+    for synset, model, mesh in (("02691156", "spot", shared_data / "spot" / "spot_triangulated.obj"), ("03001627", "bunny", shared_data / "stanford_bunny" / "reconstruction" / "bun_zipper_res4.ply")):
+        (src / synset / model / "models").mkdir(parents=True)
+        shutil.copy(mesh, src / synset / model / "models" / ("model_normalized" + mesh.suffix))
+    dst = tmp_path / "out"
+    run_prepare("shapenet", "--src", str(src), "--dst", str(dst), "--points", "5000", "--depth", "6", "--val-fraction", "0")
+    ds = ShapeDataset(dst, "train")
+    assert len(ds) == 2
+    sn = load_script("shapenet")
+    for i in range(2):
+        s = ds[i]
+        assert s["points"].shape == (5000, 3) and np.abs(s["points"]).max() <= 1.0
+        np.testing.assert_allclose(np.linalg.norm(s["normals"], axis=1), 1.0, rtol=1e-5)
+        # the largest side spans 2 * (1 - margin) and the box is centred
+        ext = s["points"].max(0) - s["points"].min(0)
+        assert 1.8 < ext.max() <= 1.9 + 1e-6
+        # every sample lies on a triangle of the normalised mesh: distance to its plane along the normal is ~0
+        mesh = next(src.glob(f"*/{s['name'].split('_', 1)[1]}/models/*"))
+        v, t = sn.read_mesh(mesh)
+        centre = (v.min(0) + v.max(0)) / 2
+        v = (v - centre) * (0.95 * 2 / (v.max(0) - v.min(0)).max())
+        a, b, c = v[t[:, 0]], v[t[:, 1]], v[t[:, 2]]
+        n = np.cross(b - a, c - a)
+        n /= np.linalg.norm(n, axis=1, keepdims=True)
+        p = s["points"][:200].astype(np.float64)
+        plane = np.abs(((p[:, None, :] - a[None]) * n[None]).sum(-1))  # (200, F)
+        assert np.all(plane.min(1) < 1e-5)
+        tree = decode((dst / "octrees" / f"{s['name']}.octf").read_bytes())
+        ref = octformer.build_octree(s["points"], 6, bbox=([-1, -1, -1], [1, 1, 1]))
+        assert tree.depth == 6
+        np.testing.assert_array_equal(np.asarray(tree.keys[6]), np.asarray(ref.keys[6]))
