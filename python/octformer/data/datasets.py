@@ -128,7 +128,7 @@ class PreparedSegmentationDataset(SampleDataset):
             for f in self.features:
                 if f == "height":
                     feats.append((pts[:, 2] - (pts[:, 2].min() if len(pts) else 0))[:, None])
-                elif f == "colors":
+                elif f == "colors" and "colors" in z:
                     feats.append(z["colors"].astype(np.float32) / 255.0)
                 elif f in z:
                     v = z[f].astype(np.float32)
