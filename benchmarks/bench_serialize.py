@@ -194,7 +194,8 @@ def main() -> None:
 
     for t in args.threads:
         torch.set_num_threads(t)
-        load = common.busy_cores(0.5)
+        quiet = common.wait_for_quiet(max_busy=0.5, timeout_s=90.0, log=log)
+        load = quiet["busy_before"]
         # PTv3 z only (cheap) and 4 orders (slow), interleaved with ours
         res: dict[str, list[float]] = {k: [] for k in ("ptv3_4", "ours_4", "ptv3_z", "ours_z")}
         for _ in range(args.ptv3_runs):

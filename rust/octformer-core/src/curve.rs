@@ -630,6 +630,7 @@ pub fn serialize(
     let mut codes = vec![0u64; o * n];
     let mut perm = vec![0i64; o * n];
     let mut inverse = vec![0i64; o * n];
+    let mut items_buf: Vec<u64> = Vec::new();
     for (k, &order) in orders.iter().enumerate() {
         let row = &mut codes[k * n..(k + 1) * n];
         encode_into(coords, order, depth, row);
@@ -644,7 +645,9 @@ pub fn serialize(
             // (batch, code, index) packed in one word: one radix sort, then perm and
             // inverse written straight from the sorted words
             let row = &*row;
-            let mut items = vec![0u64; n];
+            // reused across orders: a fresh 8 MB buffer per order costs page faults
+            let items = &mut items_buf;
+            items.resize(n, 0);
             items
                 .par_chunks_mut(CHUNK)
                 .enumerate()
@@ -658,7 +661,7 @@ pub fn serialize(
                         *it = ((b | row[i]) << idx_bits) | i as u64;
                     }
                 });
-            radix_sort(&mut items, idx_bits, idx_bits + code_bits + batch_bits);
+            radix_sort(items, idx_bits, idx_bits + code_bits + batch_bits);
             let mask = (1u64 << idx_bits) - 1;
             perm_and_inverse_into(|k| (items[k] & mask) as usize, perm_row, inv_row);
         } else {
