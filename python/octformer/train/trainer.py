@@ -356,28 +356,30 @@ class Trainer:
         model.train()
         start_time = time.perf_counter()
         start_step = step
-        micro = 0
-        running = 0.0
         opt.zero_grad(set_to_none=True)
+        pending: list[dict] = []
         for batch in loader:
-            batch = self._to_device(batch)
-            labels = batch["labels"]
-            valid = labels != ignore
-            count = self._all_reduce(valid.sum().to(torch.float64).reshape(1))
-            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = ddp_model(batch)
-            loss_sum = torch.nn.functional.cross_entropy(logits.float(), labels, ignore_index=ignore, reduction="sum")
-            loss = loss_sum * (self.world / count.clamp_min(1).item() / accumulate)
-            if self.world > 1 and micro + 1 < accumulate:
-                with ddp_model.no_sync():
-                    scaler.scale(loss).backward()
-            else:
-                scaler.scale(loss).backward()
-            running += float(self._all_reduce(loss_sum.detach().to(torch.float64).reshape(1)).item() / max(count.item(), 1) / accumulate)
-            micro += 1
-            if micro < accumulate:
+            pending.append(self._to_device(batch))
+            if len(pending) < accumulate:
                 continue
-            micro = 0
+            # normalise by the labelled points of the whole accumulation window on all ranks,
+            # so accumulation and world size do not change the objective
+            counts = [(b["labels"] != ignore).sum() for b in pending]
+            total = self._all_reduce(torch.stack(counts).sum().to(torch.float64).reshape(1)).item()
+            window_loss = torch.zeros(1, dtype=torch.float64)
+            for micro, b in enumerate(pending):
+                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
+                    logits = ddp_model(b)
+                loss_sum = torch.nn.functional.cross_entropy(logits.float(), b["labels"], ignore_index=ignore, reduction="sum")
+                loss = loss_sum * (self.world / max(total, 1.0))
+                if self.world > 1 and micro + 1 < accumulate:
+                    with ddp_model.no_sync():
+                        scaler.scale(loss).backward()
+                else:
+                    scaler.scale(loss).backward()
+                window_loss += loss_sum.detach().to(torch.float64).cpu()
+            pending = []
+            running = float(self._all_reduce(window_loss).item() / max(total, 1.0))
             if clip:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
@@ -399,7 +401,6 @@ class Trainer:
                 eta = (total_steps - step) / max(rate, 1e-9)
                 bar = "#" * int(20 * step / total_steps)
                 self.log(f"[{bar:<20}] step {step}/{total_steps}  epoch {step / steps_per_epoch:.2f}  loss {running:.4f}  lr {sched.get_last_lr()[0]:.2e}  {rate:.1f} step/s  eta {eta:.0f}s")
-            running = 0.0
             if ckpt_every and step % ckpt_every == 0 and step < total_steps:
                 self._checkpoint(step, model, opt, sched, scaler, ema, ckpt_dir)
         if step >= total_steps:
