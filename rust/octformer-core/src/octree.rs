@@ -260,6 +260,20 @@ fn build_sample<T: Coord>(
     opts: BuildOptions,
 ) -> Result<SampleTree> {
     let n = pts.len() / 3;
+    // a box whose origin or inverse cell size overflows the input precision (float32 with
+    // |bounds| beyond ~3e38) is quantised in float64 instead
+    let side = (1u64 << opts.depth) as f64;
+    let fits = (0..3).all(|a| {
+        T::from_f64(bx.origin[a]).to_f64().is_finite()
+            && T::from_f64(1.0 / bx.cell[a]).to_f64().is_finite()
+            && T::from_f64(bx.origin[a] + bx.cell[a] * side)
+                .to_f64()
+                .is_finite()
+    });
+    if !fits && std::mem::size_of::<T>() < 8 {
+        let wide: Vec<f64> = pts.iter().map(|v| v.to_f64()).collect();
+        return build_sample(&wide, first, bx, opts);
+    }
     let key_bits = 3 * opts.depth as u32;
     let idx_bits = if n <= 1 {
         0
@@ -775,6 +789,18 @@ mod tests {
                 prop_assert_eq!(t.keys[d].clone(), [ta.keys[d].clone(), tb.keys[d].clone()].concat());
             }
         }
+    }
+
+    #[test]
+    fn float32_points_in_a_huge_box() {
+        let p = [0.5f32, -0.25, 0.0];
+        let bx = SampleBox {
+            origin: [-1e39; 3],
+            cell: [2e39 / 8.0; 3],
+        };
+        let t = build_octree(&p, &[0, 1], &[bx], opts(3)).unwrap();
+        let t64 = build_octree(&[0.5f64, -0.25, 0.0], &[0, 1], &[bx], opts(3)).unwrap();
+        assert_eq!(t, t64);
     }
 
     #[test]

@@ -179,6 +179,12 @@ pub fn average_leaf_values<'py>(
             values.shape()[0]
         )));
     }
+    if num_leaves > leaf.len() {
+        return Err(OctformerError::new_err(format!(
+            "num_leaves: expected at most {} (one leaf per point at most), got {num_leaves}",
+            leaf.len()
+        )));
+    }
     if leaf.iter().any(|&l| l < 0 || l as usize >= num_leaves) {
         return Err(OctformerError::new_err(format!(
             "point_leaf: expected values in 0..{num_leaves}"
