@@ -300,11 +300,15 @@ Under torchrun it trains with DistributedDataParallel (gloo on CPU, nccl on GPU)
 def _add_train_parser(sub) -> None:
     """The ``train`` subcommand (arguments only; the work is in octformer.train)."""
     tr = sub.add_parser("train", help="train a model from a YAML config (no arguments: the tiny demo run)", description=_TRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    tr.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE", help="config name or YAML path, then overrides")
-    tr.add_argument("--data", metavar="DIR", help="prepared dataset folder (the --dst of datasets/<name>/prepare.py)")
-    tr.add_argument("--out", metavar="DIR", help="run folder for checkpoints, loss log and results (default: the config's output)")
-    tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the run folder")
+    _train_options(tr)
+    tr.add_argument("items", nargs=argparse.REMAINDER, metavar="CONFIG|KEY=VALUE", help="config name or YAML path, then overrides (options may follow)")
     tr.set_defaults(func=_train)
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="DIR", help="prepared dataset folder (the --dst of datasets/<name>/prepare.py)")
+    p.add_argument("--out", metavar="DIR", help="run folder for checkpoints, loss log and results (default: the config's output)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the run folder")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -312,9 +316,16 @@ def _train(args: argparse.Namespace) -> int:
     from octformer.errors import OctformerError
     from octformer.train import train
 
+    rest = argparse.ArgumentParser(prog="octformer train", add_help=False)
+    _train_options(rest)
+    rest.add_argument("items", nargs="*")
+    more, unknown = rest.parse_known_intermixed_args(args.items)
+    if unknown:
+        raise _UsageError(f"unrecognized arguments: {' '.join(unknown)}")
+    args.data, args.out, args.resume = more.data or args.data, more.out or args.out, more.resume or args.resume
     config = None
     overrides = []
-    for item in args.items:
+    for item in more.items:
         if "=" in item:
             overrides.append(item)
         elif config is None:
