@@ -194,3 +194,19 @@ def test_truncated_smooth_ap_approaches_exact_average_precision():
     with torch.no_grad():
         stepped = torch.nn.functional.normalize(e - 0.5 * e.grad, dim=1)
     assert float(truncated_smooth_ap(stepped, pos, neg, tau=0.1)) < float(loss)
+
+
+def test_octgpt_sequence_is_a_prefix_of_the_octf_split_flags(clouds):
+    from octformer import format as octf
+
+    model = _model("octgpt_tiny")
+    tree = model.build_input(list(clouds))
+    seq = model.sequence(tree)
+    flags = octf.split_flags(tree)
+    for b in range(2):
+        mine = seq["value"][(seq["batch"] == b) & (seq["value"] >= 0)]
+        assert np.array_equal(mine, flags[b][: mine.size].astype(np.int64))
+        # then one code token per non-empty depth_stop node of that sample
+        codes = int(np.sum((seq["batch"] == b) & (seq["value"] < 0)))
+        assert codes == int(tree.batch_nnum_nempty[model.depth_stop][b])
+        assert mine.size == int(tree.batch_nnum[model.full_depth : model.depth_stop + 1, b].sum())

@@ -233,10 +233,10 @@ class OctGPT(OctreeModel):
             if mask is not None:
                 c = torch.where(mask[is_code][:, None], self.code_mask.expand_as(c), c)
             x = _put_rows(x, is_code, c)
-        x = x + self.level_embed(level)
         xyz = torch.as_tensor(seq["xyz"], device=device).to(torch.float64)
         dep = torch.as_tensor(seq["depth"], device=device)
         pos = ((xyz + 0.5) * torch.pow(2.0, (self.depth_stop - dep).to(torch.float64))[:, None]).to(dtype)
+        x = x + self.level_embed(level) + sinusoid_3d(pos, x.shape[1])
         for blk, plan in zip(self.blocks, self._plans(batch)):
             x = blk(x, plan, batch, pos=pos, levels=level)
         x = self.norm(x)
@@ -403,6 +403,14 @@ class OctGPT(OctreeModel):
         return result
 
 
+def sinusoid_3d(pos: torch.Tensor, dim: int, base: float = 100.0) -> torch.Tensor:
+    """Absolute 3D sinusoidal embedding (N, dim) of (N, 3) positions: dim/6 frequencies base^(-k/(dim/6)) per axis."""
+    n = dim // 6
+    freqs = base ** (-torch.arange(n, dtype=pos.dtype, device=pos.device) / n)
+    ang = pos[:, :, None] * freqs  # (N, 3, n)
+    return torch.cat([torch.sin(ang), torch.cos(ang)], -1).reshape(pos.shape[0], -1)
+
+
 def _put_rows(x: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """x with the rows selected by a bool mask replaced by ``values`` (differentiable)."""
     out = x.clone()
@@ -434,6 +442,6 @@ def octgpt_small(**overrides) -> OctGPT:
 
 @register_model
 def octgpt_tiny(**overrides) -> OctGPT:
-    """Test-size OctGPT: depth 6, full depth 2, split flags for depths 2–4 + 8-bit codes at depth 4, width 48."""
-    return _make(dict(depth=6, full_depth=2, depth_stop=4, dim=48, layers=4, heads=2, window=64, dilation=2,
+    """Test-size OctGPT: depth 5, full depth 2, split flags for depths 2–4 + 8-bit codes at depth 4, width 48."""
+    return _make(dict(depth=5, full_depth=2, depth_stop=4, dim=48, layers=4, heads=2, window=64, dilation=2,
                       code_bits=8, vq_channels=16, drop_path=0.0), overrides)
