@@ -540,51 +540,14 @@ def _pcd_ascii(body: bytes, dt: np.dtype, npts: int) -> dict:
 def lzf_decompress(stream: bytes, size: int) -> bytes:
     """Decode an LZF stream (PCD ``binary_compressed``) that must expand to exactly ``size`` bytes.
 
-    Literal runs and back-references are copied as slices; an overlapping reference (a
-    repeated pattern) is expanded by tiling the pattern, so no per-byte Python loop runs.
+    Runs natively (octformer-core's checked decoder); raises ``CorruptDataError`` on any
+    overrun, a reference before the start, or a size mismatch.
     """
-    src = bytes(stream)
-    n = len(src)
-    if size > 88 * n:  # one 3-byte back-reference expands to at most 264 bytes
-        raise CorruptDataError(f"LZF: {n} compressed bytes cannot expand to the announced {size} bytes")
-    out = bytearray(size)
-    ip = op = 0
-    try:
-        while ip < n:
-            ctrl = src[ip]
-            ip += 1
-            if ctrl < 32:
-                ln = ctrl + 1
-                if ip + ln > n:
-                    raise CorruptDataError(f"LZF: literal run of {ln} bytes at input offset {ip - 1} passes the end of the stream")
-                if op + ln > size:
-                    raise CorruptDataError(f"LZF: output exceeds the announced {size} bytes")
-                out[op : op + ln] = src[ip : ip + ln]
-                ip += ln
-                op += ln
-            else:
-                ln = ctrl >> 5
-                if ln == 7:
-                    ln += src[ip]
-                    ip += 1
-                ref = op - ((ctrl & 0x1F) << 8) - src[ip] - 1
-                ip += 1
-                ln += 2
-                if ref < 0:
-                    raise CorruptDataError(f"LZF: back-reference before the start of the output at input offset {ip}")
-                if op + ln > size:
-                    raise CorruptDataError(f"LZF: output exceeds the announced {size} bytes")
-                if ref + ln <= op:
-                    out[op : op + ln] = out[ref : ref + ln]
-                else:
-                    dist = op - ref
-                    out[op : op + ln] = (out[ref:op] * (ln // dist + 1))[:ln]
-                op += ln
-    except IndexError as exc:
-        raise CorruptDataError("LZF: the stream ends inside a back-reference") from exc
-    if op != size:
-        raise CorruptDataError(f"LZF: stream expands to {op} bytes, expected {size}")
-    return bytes(out)
+    from octformer import _core
+
+    if size < 0:
+        raise CorruptDataError(f"LZF: expected a non-negative uncompressed size, got {size}")
+    return _core.lzf_decompress(bytes(stream), int(size))
 
 
 def lzf_compress_literal(raw: bytes) -> bytes:

@@ -13,6 +13,7 @@ pub mod curve;
 pub mod error;
 pub mod flatten;
 pub mod format;
+pub mod lzf;
 pub mod morton;
 pub mod neighbors;
 pub mod octree;

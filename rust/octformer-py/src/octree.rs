@@ -290,7 +290,19 @@ pub fn neighbors_step<'py>(
         .into_pyarray(py))
 }
 
+#[pyfunction]
+/// Decode an LZF stream (PCD binary_compressed) that must expand to exactly `size` bytes.
+pub fn lzf_decompress<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    size: usize,
+) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+    let out = py.detach(|| guarded(|| octformer_core::lzf::decompress(data, size)))?;
+    Ok(pyo3::types::PyBytes::new(py, &out))
+}
+
 pub fn register_steps(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(lzf_decompress, m)?)?;
     m.add_function(wrap_pyfunction!(neighbors_root, m)?)?;
     m.add_function(wrap_pyfunction!(neighbors_step, m)?)?;
     Ok(())
