@@ -180,3 +180,56 @@ def test_hotformerloc_recognises_held_out_crops_long(shared_data):
     assert res["loss_last"] < res["loss_first"]
     assert res["recall_at_1"] > 8 * res["chance"]
     assert res["recall_at_1"] > res["untrained_recall_at_1"]
+
+
+# ------------------------------------------------------------------ OctGPT
+
+
+def train_octgpt_on_shapes(shared_data, *, steps: int, shapes: tuple[str, ...], iterations: int, seed: int = 0):
+    """Fit the tiny OctGPT to the bunny / Spot octrees, sample one octree, report its IoU to each shape."""
+    from octformer import format as octf
+
+    files = {
+        "bunny": shared_data / "stanford_bunny" / "reconstruction" / "bun_zipper.ply",
+        "spot": shared_data / "spot" / "spot_triangulated.obj",
+    }
+    clouds = [read_points(files[s]).points.astype(np.float64) for s in shapes]
+    torch.manual_seed(seed)
+    model = create_model("octgpt_tiny", backend="torch")
+    tree = model.build_input(clouds)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        loss = model.loss(tree, gen)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    levels = model.depth_stop - model.full_depth + 2
+    sample = model.generate(1, iterations=(iterations,) * levels, generator=torch.Generator().manual_seed(seed + 1))
+    assert octf.decode(octf.encode(sample)) == sample  # a valid octree: survives the checked OCTF round trip
+    occupied = set(map(tuple, sample.xyz(model.depth).tolist()))
+    ious = {}
+    for name, cloud in zip(shapes, clouds):
+        ref = set(map(tuple, model.build_input([cloud]).xyz(model.depth).tolist()))
+        ious[name] = len(occupied & ref) / len(occupied | ref)
+    return {"loss_first": float(np.mean(losses[:3])), "loss_last": float(np.mean(losses[-3:])),
+            "leaves": len(occupied), "iou": ious}
+
+
+def test_octgpt_loss_falls_and_samples_a_valid_octree_short(shared_data):
+    res = train_octgpt_on_shapes(shared_data, steps=8, shapes=("bunny",), iterations=2)
+    print(f"\nOctGPT: {res}")
+    assert res["loss_last"] < res["loss_first"]
+    assert res["leaves"] > 0 and 0.0 <= res["iou"]["bunny"] <= 1.0
+
+
+@pytest.mark.slow
+def test_octgpt_loss_falls_and_samples_a_valid_octree_long(shared_data):
+    res = train_octgpt_on_shapes(shared_data, steps=60, shapes=("bunny", "spot"), iterations=8)
+    print(f"\nOctGPT: {res}")
+    assert res["loss_last"] < res["loss_first"]
+    assert res["leaves"] > 0
