@@ -134,74 +134,6 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: dict, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-# ------------------------------------------------------------------ data and model
-
-
-def _make_datasets(cfg: dict, data_root: str | None):
-    from octformer.data import PreparedSegmentationDataset, SyntheticStreetDataset, build_transforms
-
-    d = cfg["data"]
-    seed = int(cfg.get("seed", 0))
-    kind = d.get("dataset", "synthetic_street")
-    train_tf = build_transforms(d.get("transforms"))
-    val_tf = build_transforms(d.get("val_transforms"))
-    if kind == "synthetic_street":
-        return (
-            SyntheticStreetDataset("train", size=int(d.get("size", 48)), num_points=int(d.get("num_points", 4096)), transforms=train_tf, seed=seed),
-            SyntheticStreetDataset("val", size=int(d.get("val_size", 12)), num_points=int(d.get("num_points", 4096)), transforms=val_tf, seed=seed),
-        )
-    if kind == "prepared_segmentation":
-        root = data_root or d.get("root")
-        if not root:
-            raise OctformerError(f"--data: config {cfg.get('name')!r} reads a prepared dataset; pass --data DIR (the --dst of datasets/{cfg.get('dataset_script', '<name>')}/prepare.py)")
-        feats = tuple(d.get("features", ()))
-        label_key = d.get("label_key", "labels")
-        return (
-            PreparedSegmentationDataset(root, d.get("train_split", "train"), label_key=label_key, features=feats, transforms=train_tf, seed=seed),
-            PreparedSegmentationDataset(root, d.get("val_split", "val"), label_key=label_key, features=feats, transforms=val_tf, seed=seed),
-        )
-    raise OctformerError(f"data.dataset: the trainer runs segmentation datasets ('synthetic_street', 'prepared_segmentation'); got {kind!r}")
-
-
-def _make_model(cfg: dict, in_channels: int, num_classes: int) -> tuple[torch.nn.Module, str]:
-    from octformer.train.standin import STANDIN_NAME, PointVoxelMLPStandIn
-
-    m = dict(cfg.get("model", {}))
-    name = m.pop("name", STANDIN_NAME)
-    params = dict(m.pop("params", {}) or {})
-    if name == STANDIN_NAME:
-        return PointVoxelMLPStandIn(in_channels, num_classes, **params), f"{STANDIN_NAME} (stand-in per-point MLP with octree-leaf pooling, not Volt)"
-    try:
-        from octformer.models import create_model
-    except ImportError as exc:
-        raise OctformerError(f"model.name: {name!r} needs octformer.models, which is not importable here ({exc})") from exc
-    model = create_model(name, in_channels=in_channels, num_classes=num_classes, **params)
-    if not (hasattr(model, "build_input") and hasattr(model, "point_logits")):
-        raise OctformerError(f"model.name: {name!r} is not a segmentation model (it has no build_input/point_logits)")
-    return SegmentationAdapter(model), name
-
-
-class SegmentationAdapter(torch.nn.Module):
-    """Runs a registry segmentation model on a collated batch: input octree (built in the worker) → per-point logits."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def build_input(self, points: list, features: list):
-        """The model's own input octree for a list of (N_i, 3) clouds and (N_i, C) features (called in the collate)."""
-        return self.model.build_input(points, features if features and features[0].shape[1] else None)
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        tree = batch.get("model_input")
-        if tree is None:
-            offs = batch["offsets"].tolist()
-            pts = batch["points"].cpu().numpy()
-            feats = batch["features"].cpu().numpy()
-            tree = self.build_input([pts[a:b] for a, b in zip(offs[:-1], offs[1:])], [feats[a:b] for a, b in zip(offs[:-1], offs[1:])])
-        return self.model.point_logits(self.model(tree), tree)
-
-
 # ------------------------------------------------------------------ the trainer
 
 
@@ -258,13 +190,11 @@ class Trainer:
         torch.manual_seed(seed + self.rank)
         np.random.seed(seed + self.rank)
         random.seed(seed + self.rank)
-        task = cfg.get("task", "segmentation")
-        if task != "segmentation":
-            raise OctformerError(f"task: the trainer runs 'segmentation' configs so far; {cfg.get('name')!r} asks for {task!r} (not implemented yet)")
-        from octformer.data import GlobalBatchSampler, PointCollate
-        from octformer.metrics import confusion_matrix, format_iou_table, segmentation_scores
+        from octformer.data import GlobalBatchSampler
+        from octformer.train.tasks import make_task
 
-        train_set, val_set = _make_datasets(cfg, self.data_root)
+        task = make_task(cfg, self.data_root)
+        train_set = task.train_set
         batch_size = int(t.get("batch_size", 4))
         accumulate = int(t.get("accumulate", 1))
         if accumulate < 1:
@@ -274,13 +204,9 @@ class Trainer:
             raise OctformerError(f"train.batch_size * train.accumulate: expected at most the training set size {len(train_set)}, got {batch_size * accumulate}")
         total_steps = int(t["max_steps"]) if t.get("max_steps") else int(steps_per_epoch * float(t.get("epochs", 1)))
         d = cfg["data"]
-        in_channels = int(train_set[0]["features"].shape[1])
-        num_classes = train_set.num_classes
-        ignore = int(getattr(train_set, "ignore_index", -1))
 
-        model, model_desc = _make_model(cfg, in_channels, num_classes)
-        builder = model.build_input if isinstance(model, SegmentationAdapter) else None
-        collate = PointCollate(int(d.get("depth", 6)), full_depth=int(d.get("full_depth", 2)), input_builder=builder)
+        model, model_desc = task.build_model()
+        collate = task.collate(model)
         if self.world > 1 and t.get("sync_batchnorm", True):  # BN statistics over the global batch
             if self.device.type == "cuda":
                 model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -343,7 +269,7 @@ class Trainer:
             except ImportError:
                 self.log("TensorBoard: not installed (pip install tensorboard); logging to the console only")
         self.log(f"model: {model_desc}, {sum(p.numel() for p in model.parameters()):,} parameters")
-        self.log(f"data: {len(train_set)} train / {len(val_set)} val samples, {num_classes} classes; global batch {batch_size} x {accumulate} accumulation, {self.world} process(es) on {self.device.type}")
+        self.log(f"data: {task.describe}; global batch {batch_size} x {accumulate} accumulation, {self.world} process(es) on {self.device.type}")
         self.log(f"schedule: {total_steps} steps ({steps_per_epoch} per epoch), {t.get('schedule', 'cosine')} lr {lr:g}" + (f", EMA {ema.decay}" if ema else "") + (", AMP" if use_amp else ""))
 
         loss_log = self.out_dir / "loss.jsonl"
@@ -364,13 +290,12 @@ class Trainer:
                 continue
             # normalise by the labelled points of the whole accumulation window on all ranks,
             # so accumulation and world size do not change the objective
-            counts = [(b["labels"] != ignore).sum() for b in pending]
+            counts = [task.count(b) for b in pending]
             total = self._all_reduce(torch.stack(counts).sum().to(torch.float64).reshape(1)).item()
             window_loss = torch.zeros(1, dtype=torch.float64)
             for micro, b in enumerate(pending):
                 with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits = ddp_model(b)
-                loss_sum = torch.nn.functional.cross_entropy(logits.float(), b["labels"], ignore_index=ignore, reduction="sum")
+                    loss_sum = task.loss_sum(ddp_model, b)
                 loss = loss_sum * (self.world / max(total, 1.0))
                 if self.world > 1 and micro + 1 < accumulate:
                     with ddp_model.no_sync():
@@ -414,31 +339,20 @@ class Trainer:
             eval_model = copy.deepcopy(model)
             eval_model.load_state_dict(ema.shadow)
         eval_model.eval()
-        conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-        val_idx = list(range(self.rank, len(val_set), self.world))
-        with torch.no_grad():
-            for i in range(0, len(val_idx), batch_size):
-                batch = self._to_device(collate([val_set[(0, j)] for j in val_idx[i : i + batch_size]]))
-                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
-                    pred = eval_model(batch).argmax(1).cpu()
-                conf += torch.from_numpy(confusion_matrix(pred.numpy(), batch["labels"].cpu().numpy(), num_classes, ignore_index=ignore))
-        conf = self._all_reduce(conf)
-        names = tuple(getattr(val_set, "class_names", ()) or ())
-        scores = segmentation_scores(conf.numpy(), names)
-        support = conf.sum(1).numpy()
-        majority = int(np.argmax(support))
-        base_conf = np.zeros_like(conf.numpy())
-        base_conf[:, majority] = support
-        baseline = segmentation_scores(base_conf, names)
-        self.log(f"validation ({len(val_set)} samples{', EMA weights' if ema else ''}): per-class IoU (%), baseline = always predict the majority class '{names[majority] if names else majority}'")
-        self.log(format_iou_table(scores, baseline))
-        result = {"step": step, "mIoU": scores.miou, "accuracy": scores.accuracy, "iou": scores.iou.tolist(), "baseline_mIoU": baseline.miou, "model": model_desc, "seconds": time.perf_counter() - start_time}
+        scores, lines = task.evaluate(eval_model, self, collate, batch_size, lambda: torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp))
+        if ema is not None:
+            lines[0] += " [EMA weights]"
+        for line in lines:
+            self.log(line)
+        result = {"step": step, **scores, "model": model_desc, "seconds": time.perf_counter() - start_time}
         if self.rank == 0:
-            final = {"model": model.state_dict(), "ema": ema.state_dict()["shadow"] if ema else None, "config": self.cfg, "step": step, "scores": {"mIoU": scores.miou, "iou": scores.iou.tolist()}}
+            final = {"model": model.state_dict(), "ema": ema.state_dict()["shadow"] if ema else None, "config": self.cfg, "step": step, "scores": scores}
             atomic_save(final, self.out_dir / "final.pt")
             (self.out_dir / "result.json").write_text(json.dumps(result, indent=2))
             if writer is not None:
-                writer.add_scalar("val/mIoU", scores.miou, step)
+                for k, v in scores.items():
+                    if isinstance(v, float):
+                        writer.add_scalar(f"val/{k}", v, step)
                 writer.close()
         if self.world > 1:
             dist.barrier()
