@@ -315,6 +315,7 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cpu(const at::Tensor& q,
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* l = return_lse ? lse.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, p.num_segments * p.heads, 1, [&](int64_t begin, int64_t end) {
+      const BlasSingleThread blas_guard;
       Scratch<scalar_t> w(p, false);
       for (int64_t t = begin; t < end; ++t) fwd_task(a, t / p.heads, t % p.heads, o, l, w);
     });
@@ -347,6 +348,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
     scalar_t *dqp = dq.data_ptr<scalar_t>(), *dkp = dk.data_ptr<scalar_t>(), *dvp = dv.data_ptr<scalar_t>();
     scalar_t* part = p.has_rpe ? partial.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, chunks * p.heads, 1, [&](int64_t begin, int64_t end) {
+      const BlasSingleThread blas_guard;
       Scratch<scalar_t> w(p, true);
       std::vector<scalar_t> dummy(1);
       for (int64_t t = begin; t < end; ++t) {

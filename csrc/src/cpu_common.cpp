@@ -2,12 +2,12 @@
 
 namespace octformer {
 
+bool blas_available() { return sgemm_ != nullptr && dgemm_ != nullptr && MKL_Set_Num_Threads_Local != nullptr; }
+
 bool& blas_enabled() {
-  static bool enabled = true;
+  static bool enabled = blas_available();
   return enabled;
 }
-
-bool blas_available() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 
 template <typename T>
 static inline void gemm_loops_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A,

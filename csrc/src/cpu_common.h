@@ -23,13 +23,30 @@ void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const in
 void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
             const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
             const int* ldc) __attribute__((weak));
+// MKL's per-thread thread count. torch disables MKL's dynamic threading, so an sgemm_ issued from inside our
+// at::parallel_for would otherwise open a nested team per call (measured: 10-60x slower at 2 threads).
+int MKL_Set_Num_Threads_Local(int nthreads) __attribute__((weak));
 }
 
 namespace octformer {
 
 // Whether the block GEMMs call the BLAS exported by libtorch (toggled by tests to cover both paths).
+// Only MKL is used: it is the one whose threads can be pinned to 1 per calling thread (see BlasSingleThread).
 bool& blas_enabled();
 bool blas_available();
+
+// RAII: BLAS calls made by this thread run single-threaded (we parallelise outside, over windows and heads).
+struct BlasSingleThread {
+  int previous = 0;
+  BlasSingleThread() {
+    if (MKL_Set_Num_Threads_Local != nullptr) previous = MKL_Set_Num_Threads_Local(1);
+  }
+  ~BlasSingleThread() {
+    if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous);
+  }
+  BlasSingleThread(const BlasSingleThread&) = delete;
+  BlasSingleThread& operator=(const BlasSingleThread&) = delete;
+};
 
 void gemm_loops(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                                   int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
