@@ -247,7 +247,7 @@ def worker(case: str, threads: int, quick: bool, mem_side: str | None) -> None:
     for fn in calls.values():  # warm-up
         fn()
     times = common.time_interleaved({k: ((lambda: None), (lambda _, f=f: f())) for k, f in calls.items()},
-                                    min_runs=3, max_runs=3 if quick else 5, budget_s=4.0 if quick else 15.0)
+                                    min_runs=3, max_runs=3 if quick else 5, budget_s=4.0 if quick else 8.0)
     print(json.dumps({"times": {k: common.summarize(t) for k, t in times.items()}, "info": info,
                       "cpu_s": common.process_cpu_s()}))
 
