@@ -182,38 +182,36 @@ fn build_plan_with(
     debug_assert_eq!(start[b], n);
     let m = pad_start[b];
     let mut gather = vec![0i64; m];
-    gather
-        .par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(c, dst)| {
-            let q0 = c * CHUNK;
-            let mut s = pad_start.partition_point(|&o| o <= q0) - 1;
-            for (j, o) in dst.iter_mut().enumerate() {
-                let q = q0 + j;
-                while pad_start[s + 1] <= q {
-                    s += 1;
-                }
-                let local = q - pad_start[s];
-                let real = counts[s];
-                let src = if local < real { local } else { local - g };
-                *o = tok(start[s] + src) as i64;
-            }
-        });
     let mut scatter = vec![0i64; n];
-    let dst = SendPtr(scatter.as_mut_ptr());
+    // one pass over sorted positions: the real slot of each token gets it (sequential
+    // writes) and the token learns its slot (scattered writes)
+    let (gdst, sdst) = (SendPtr(gather.as_mut_ptr()), SendPtr(scatter.as_mut_ptr()));
     (0..n.div_ceil(CHUNK)).into_par_iter().for_each(|c| {
-        let dst = dst;
+        let (gdst, sdst) = (gdst, sdst);
         let k0 = c * CHUNK;
         let mut s = start.partition_point(|&o| o <= k0).saturating_sub(1);
         for k in k0..(k0 + CHUNK).min(n) {
             while start[s + 1] <= k {
                 s += 1;
             }
-            // SAFETY: `tok` is a permutation of 0..n (checked by every caller), so the
-            // writes go to distinct in-bounds slots.
-            unsafe { *dst.0.add(tok(k)) = (pad_start[s] + k - start[s]) as i64 };
+            let slot = pad_start[s] + k - start[s];
+            let t = tok(k);
+            assert!(t < n && slot < m);
+            // SAFETY: `tok` is a permutation of 0..n (checked by every caller) and
+            // k ↦ slot is injective, so all writes go to distinct slots, in bounds by
+            // the assert above.
+            unsafe {
+                *gdst.0.add(slot) = t as i64;
+                *sdst.0.add(t) = slot as i64;
+            }
         }
     });
+    // padding: slot j of a long sample repeats slot j − g (a real token of that sample)
+    for (s, &c) in counts.iter().enumerate() {
+        for slot in pad_start[s] + c..pad_start[s + 1] {
+            gather[slot] = gather[slot - g];
+        }
+    }
     Ok(FlattenPlan {
         gather,
         scatter,
