@@ -162,6 +162,7 @@ def main() -> None:
     ap.add_argument("--ptv3-runs", type=int, default=3, help="timed runs of the slow PTv3 4-order case")
     ap.add_argument("--runs", type=int, default=7, help="timed runs of everything else")
     ap.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    ap.add_argument("--flatten-only", action="store_true", help="skip the (slow) serialization comparison")
     args = ap.parse_args()
 
     import torch
@@ -178,14 +179,15 @@ def main() -> None:
     log = print
     log(f"lidar1M: N={n}, serialization grid 0.05 m → depth {depth}; flatten grid 0.1 m, extent {grid10.max(0)}")
 
-    # correctness gate: the transcription and octformer agree on every code, and both orders sort
-    torch.set_num_threads(1)
-    ref_code, ref_order, ref_inv = ptv3_serialization(torch, tables, grid_t, batch_t, depth, orders)
-    ours = S.serialize(grid05, batch=batch0, depth=depth)
-    assert np.array_equal(ref_code.numpy(), ours.codes), "PTv3 transcription and octformer codes differ"
-    assert np.all(np.diff(np.take_along_axis(ours.codes, ours.perm, 1), axis=1) >= 0)
-    del ref_code, ref_order, ref_inv
-    log("codes identical to the PTv3 transcription for all 4 orders")
+    if not args.flatten_only:
+        # correctness gate: the transcription and octformer agree on every code, and both orders sort
+        torch.set_num_threads(1)
+        ref_code, ref_order, ref_inv = ptv3_serialization(torch, tables, grid_t, batch_t, depth, orders)
+        ours = S.serialize(grid05, batch=batch0, depth=depth)
+        assert np.array_equal(ref_code.numpy(), ours.codes), "PTv3 transcription and octformer codes differ"
+        assert np.all(np.diff(np.take_along_axis(ours.codes, ours.perm, 1), axis=1) >= 0)
+        del ref_code, ref_order, ref_inv
+        log("codes identical to the PTv3 transcription for all 4 orders")
 
     rows: list[str] = []
     summary: dict[str, dict] = {}
@@ -198,10 +200,10 @@ def main() -> None:
         load = quiet["busy_before"]
         # PTv3 z only (cheap) and 4 orders (slow), interleaved with ours
         res: dict[str, list[float]] = {k: [] for k in ("ptv3_4", "ours_4", "ptv3_z", "ours_z")}
-        for _ in range(args.ptv3_runs):
+        for _ in range(0 if args.flatten_only else args.ptv3_runs):
             res["ptv3_4"] += timed(lambda: ptv3_serialization(torch, tables, grid_t, batch_t, depth, orders), 1)
             res["ours_4"] += timed(lambda: S.serialize(grid05, batch=batch0, depth=depth, num_threads=t), max(1, args.runs // args.ptv3_runs + 1))
-        for _ in range(args.runs):
+        for _ in range(0 if args.flatten_only else args.runs):
             res["ptv3_z"] += timed(lambda: ptv3_serialization(torch, tables, grid_t, batch_t, depth, ["z"]), 1)
             res["ours_z"] += timed(lambda: S.serialize(grid05, batch=batch0, depth=depth, orders="z", num_threads=t), 1)
         fl: dict[str, list[float]] = {k: [] for k in ("ours_flat64", "ours_flat256", "np_flat64", "np_sort")}
@@ -231,7 +233,9 @@ def main() -> None:
         "| threads | case | octformer | PTv3 transcription (torch) | speed-up |",
         "|---|---|---|---|---|",
     ]
-    for t in args.threads:
+    if args.flatten_only:
+        lines = lines[:1] + ["", "Serialization: not run this time (`--flatten-only`)."]
+    for t in ([] if args.flatten_only else args.threads):
         m, mn = summary[t]["med"], summary[t]["min"]
         for case, ours_k, peer_k in (("4 orders + argsort + inverse", "ours_4", "ptv3_4"), ("z + argsort + inverse", "ours_z", "ptv3_z")):
             lines.append(
@@ -262,7 +266,7 @@ def main() -> None:
     if not args.no_record:
         common.append_results(
             "Serialization (4 curve orders) and FlatFormer flattening at 1M points", body,
-            "python benchmarks/bench_serialize.py",
+            "python benchmarks/bench_serialize.py" + (" --flatten-only" if args.flatten_only else ""),
         )
 
 
