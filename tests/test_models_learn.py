@@ -1,6 +1,6 @@
 """Models learn on real data: Volt segments a held-out azimuth sector of the SemanticKITTI scan.
 
-Short versions run in CI; ``slow``-marked versions train longer. The numbers they print
+Short versions run in CI; ``long``-marked versions (deselected by default, ``-m long``) train longer. The numbers they print
 (run with ``-s``) are the ones quoted in docs/models.md.
 """
 
@@ -103,7 +103,7 @@ def test_volt_learns_semantickitti_sectors_short(shared_data):
     _check_volt(train_volt_on_sectors(shared_data, steps=24, radius=20.0, voxel=0.3), margin=0.04)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_volt_learns_semantickitti_sectors_long(shared_data):
     _check_volt(train_volt_on_sectors(shared_data, steps=150, radius=30.0, voxel=0.2), margin=0.10)
 
@@ -173,7 +173,7 @@ def test_hotformerloc_recognises_held_out_crops_short(shared_data):
     assert res["recall_at_1"] > 3 * res["chance"]
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_hotformerloc_recognises_held_out_crops_long(shared_data):
     res = train_hotformerloc_on_crops(shared_data, steps=60, num_points=1024, db_spacing=3.0, queries=30)
     print(f"\nHOTFormerLoc CS-Wild-Places crops: {res}")
@@ -236,7 +236,7 @@ def test_octgpt_trains_and_samples_a_valid_octree_short(shared_data):
     assert res["leaves"] > 0 and 0.0 <= res["iou"]["bunny"] <= 1.0
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_octgpt_loss_falls_and_samples_a_valid_octree_long(shared_data):
     res = train_octgpt_on_shapes(shared_data, steps=60, shapes=("bunny", "spot"), iterations=8)
     print(f"\nOctGPT: {res}")
