@@ -18,7 +18,9 @@ constexpr int64_t kBlockK = 512;  // keys per block (S block is at most 256 x kB
 
 // Larger query blocks for longer segments: fewer, larger GEMMs; small segments keep scratch in L1.
 inline int64_t query_block(int64_t len) { return len >= 768 ? 256 : (len >= 192 ? 64 : 32); }
-constexpr int64_t kBwdChunk = 8;  // segments per backward task: fixed, so RPE-gradient sums are thread-count independent
+// Backward tasks cover chunks of segments; the chunk size depends only on the segment count (never on the thread
+// count), so RPE-gradient sums are bitwise reproducible. At most kMaxBwdChunks partial tables are kept.
+constexpr int64_t kMinBwdChunk = 8, kMaxBwdChunks = 64;
 
 template <typename T>
 struct AttnArgs {
@@ -340,7 +342,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
   at::Tensor dq = at::zeros_like(r.q, at::MemoryFormat::Contiguous);
   at::Tensor dk = at::zeros_like(r.k, at::MemoryFormat::Contiguous);
   at::Tensor dv = at::zeros_like(r.v, at::MemoryFormat::Contiguous);
-  const int64_t chunks = (p.num_segments + kBwdChunk - 1) / kBwdChunk;
+  const int64_t chunk_size = std::max(kMinBwdChunk, (p.num_segments + kMaxBwdChunks - 1) / kMaxBwdChunks);
+  const int64_t chunks = (p.num_segments + chunk_size - 1) / chunk_size;
   at::Tensor partial = at::zeros({p.has_rpe ? chunks : 0, p.heads, p.rpe_rows}, q.options());
   AT_DISPATCH_FLOATING_TYPES(r.q.scalar_type(), "window_attention_bwd_cpu", [&] {
     const AttnArgs<scalar_t> a = make_args<scalar_t>(p, r.q, r.k, r.v, r.cu, r.coords, r.table, r.mask, scale);
@@ -355,8 +358,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
         const int64_t chunk = t / p.heads, h = t % p.heads;
         scalar_t* dtab = p.has_rpe ? part + (chunk * p.heads + h) * p.rpe_rows : dummy.data();
         if (p.has_rpe) load_head_table(a, h, w);
-        const int64_t s_end = std::min(p.num_segments, (chunk + 1) * kBwdChunk);
-        for (int64_t s = chunk * kBwdChunk; s < s_end; ++s) bwd_segment(a, s, h, gp, op, lp, dqp, dkp, dvp, dtab, w);
+        const int64_t s_end = std::min(p.num_segments, (chunk + 1) * chunk_size);
+        for (int64_t s = chunk * chunk_size; s < s_end; ++s) bwd_segment(a, s, h, gp, op, lp, dqp, dkp, dvp, dtab, w);
       }
     });
   });
