@@ -54,10 +54,13 @@ def _attn_setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, coords, rpe_table, key_mask)
     ctx.scale = scale
     ctx.mark_non_differentiable(lse)
+    ctx.set_materialize_grads(False)  # no zero-filled (tokens, H) gradient for the non-differentiable lse
 
 
 def _attn_backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, cu_seqlens, coords, rpe_table, key_mask = ctx.saved_tensors
+    if grad_out is None:  # only lse was used downstream: nothing flows back
+        return None, None, None, None, None, None, None, None, None
     if lse.numel() == 0 and q.numel() > 0:
         raise RuntimeError("octformer::window_attention_fwd ran with return_lse=False; its output cannot be backpropagated")
     dq, dk, dv, dtable = _lib.window_attention_bwd(
