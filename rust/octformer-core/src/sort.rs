@@ -57,7 +57,11 @@ const TOP_BITS: u32 = 11;
 pub fn radix_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) {
     let n = data.len();
     let hi = hi.min(64);
-    if hi <= lo + 2 * DIGIT_BITS || n < 1 << 14 {
+    if n < 1 << 14 {
+        // cache-resident already: serial passes with small count arrays
+        return small_lsd(data, lo, hi, &mut Vec::new());
+    }
+    if hi <= lo + 2 * DIGIT_BITS {
         return lsd_sort(data, lo, hi);
     }
     let top = hi - TOP_BITS;

@@ -69,11 +69,35 @@ fn pool(n: usize) -> PyResult<Arc<rayon::ThreadPool>> {
 pub fn install<R: Send>(num_threads: Option<usize>, f: impl FnOnce() -> R + Send) -> PyResult<R> {
     let n = resolve(num_threads)?;
     if n == 1 {
-        // a one-thread pool still costs a hand-off; a private 1-thread pool keeps rayon's
-        // `current_num_threads()` at 1 so the algorithms pick their serial paths
-        return Ok(pool(1)?.install(f));
+        return SERIAL.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(serial_pool()?);
+            }
+            Ok(slot.as_ref().unwrap().install(f))
+        });
     }
     Ok(pool(n)?.install(f))
+}
+
+thread_local! {
+    /// Per calling thread: a one-worker pool whose worker is that thread itself, so
+    /// single-threaded calls run inline (no hand-off to another thread and no wake-up
+    /// latency on a loaded machine) while rayon still reports one thread to the algorithms.
+    /// A forked child keeps it: its only worker is the thread that forked.
+    static SERIAL: std::cell::RefCell<Option<rayon::ThreadPool>> = const { std::cell::RefCell::new(None) };
+}
+
+fn serial_pool() -> PyResult<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .use_current_thread()
+        .build()
+        .map_err(|e| {
+            crate::errors::InternalError::new_err(format!(
+                "could not set up the calling thread as a pool: {e}"
+            ))
+        })
 }
 
 #[pyfunction]
