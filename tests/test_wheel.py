@@ -56,7 +56,10 @@ def wheel(tmp_path_factory) -> Path:
     if shutil.which("cargo") is None:
         pytest.skip("building the wheel needs cargo")
     out = tmp_path_factory.mktemp("wheelhouse")
-    _run([sys.executable, "-m", "maturin", "build", "--release", "--quiet", "-o", str(out)], cwd=REPO, timeout=900)
+    # `python -m maturin` needs the maturin binary beside the interpreter; inside a venv that
+    # borrows site-packages it is elsewhere on PATH
+    maturin = [shutil.which("maturin")] if shutil.which("maturin") else [sys.executable, "-m", "maturin"]
+    _run([*maturin, "build", "--release", "--quiet", "-o", str(out)], cwd=REPO, timeout=900)
     wheels = list(out.glob("*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
