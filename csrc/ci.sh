@@ -10,6 +10,7 @@ start=$(date +%s)
 log() { echo "== [csrc/ci.sh +$(( $(date +%s) - start ))s] $*"; }
 
 log "1/2 CPU variant: OCTFORMER_KERNELS_CUDA=0 pip install --no-build-isolation --no-deps ./csrc"
+pip install -q ninja  # parallel, header-aware incremental builds in csrc/build (torch falls back to serial without)
 OCTFORMER_KERNELS_CUDA=0 MAX_JOBS="${MAX_JOBS:-2}" pip install -q --no-build-isolation --no-deps .
 (cd /tmp && python -c "
 import torch, octformer_kernels
