@@ -1,5 +1,6 @@
 """Compiled octformer-kernels ops (CPU) against the PyTorch references: values, gradients, gradcheck, opcheck,
-torch.compile, determinism. Skipped when octformer_kernels is not installed."""
+torch.compile, determinism. Skipped when octformer_kernels is not installed; an installed but broken build
+(ImportError other than ModuleNotFoundError) fails collection on purpose."""
 
 from __future__ import annotations
 
