@@ -255,6 +255,34 @@ class Octree:
             oc.normals[d] = torch.from_numpy(t.normals)
         return oc.to(device)
 
+    def to_open3d(self, depth: int | None = None, sample: int = 0) -> Any:
+        """An ``open3d.geometry.VoxelGrid`` of sample ``sample``'s non-empty nodes at ``depth``.
+
+        Voxel (i, j, k) of the grid is our cell (x, y, z) at that depth; the grid's origin and
+        voxel size are the tree's, so the picture lands in metric coordinates (cartesian trees).
+        """
+        try:
+            import open3d as o3d
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("Octree.to_open3d needs Open3D: pip install open3d (or open3d-cpu)") from exc
+        if self.coords != "cartesian":
+            raise OctformerError(f"coords: Open3D voxel grids are cartesian, this tree is {self.coords!r}")
+        d = self.depth if depth is None else self._check_depth(depth)
+        if isinstance(sample, bool) or not isinstance(sample, (int, np.integer)) or not 0 <= sample < self.batch_size:
+            raise OctformerError(f"sample: expected an integer in 0..{self.batch_size - 1}, got {sample!r}")
+        t = self.numpy()
+        cell = t.voxel_size[sample] * float(1 << (self.depth - d))
+        if not np.allclose(cell, cell[0], rtol=1e-9, atol=0):
+            raise OctformerError(f"voxel_size: Open3D voxels are cubes, this tree's cells are {cell.tolist()}")
+        nonempty = t.children[d] >= 0
+        xyz = key_to_xyz(t.keys[d][nonempty & (t.batch[d] == sample)])
+        grid = o3d.geometry.VoxelGrid()
+        grid.origin = np.asarray(t.origin[sample], dtype=np.float64)
+        grid.voxel_size = float(cell[0])
+        for ijk in xyz:
+            grid.add_voxel(o3d.geometry.Voxel(ijk.astype(np.int32)))
+        return grid
+
     # ------------------------------------------------------------- equality
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Octree):
