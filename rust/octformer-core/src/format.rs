@@ -13,9 +13,9 @@
 //! its (already verified) chunks imply; every malformed input is a
 //! [`CoreError::Corrupt`], never a panic.
 
+use crate::MAX_DEPTH;
 use crate::error::{CoreError, Result};
 use crate::octree::Octree;
-use crate::MAX_DEPTH;
 use rayon::prelude::*;
 
 /// PNG-style magic: a non-ASCII byte, the name, CR LF and ^Z catch text-mode mangling.
@@ -95,7 +95,10 @@ pub struct Header {
 }
 
 fn corrupt(detail: impl Into<String>) -> CoreError {
-    CoreError::Corrupt { what: "data", detail: detail.into() }
+    CoreError::Corrupt {
+        what: "data",
+        detail: detail.into(),
+    }
 }
 
 // ------------------------------------------------------------------------ reading
@@ -153,26 +156,38 @@ impl<'a> Cursor<'a> {
             let b = self.u8(what)?;
             let bits = (b & 0x7f) as u64;
             if i == 9 && b > 1 {
-                return Err(corrupt(format!("{what}: varint at offset {start} overflows 64 bits")));
+                return Err(corrupt(format!(
+                    "{what}: varint at offset {start} overflows 64 bits"
+                )));
             }
             v |= bits << (7 * i);
             if b & 0x80 == 0 {
                 if b == 0 && i > 0 {
-                    return Err(corrupt(format!("{what}: overlong varint at offset {start} (not canonical)")));
+                    return Err(corrupt(format!(
+                        "{what}: overlong varint at offset {start} (not canonical)"
+                    )));
                 }
                 return Ok(v);
             }
         }
-        Err(corrupt(format!("{what}: varint at offset {start} is longer than 10 bytes")))
+        Err(corrupt(format!(
+            "{what}: varint at offset {start} is longer than 10 bytes"
+        )))
     }
     /// A varint that must fit a usize and not exceed `limit`.
     pub(crate) fn varint_at_most(&mut self, what: &str, limit: u64) -> Result<usize> {
         let at = self.pos;
         let v = self.varint(what)?;
         if v > limit {
-            return Err(corrupt(format!("{what}: declared {v} at offset {at}, but at most {limit} is possible here")));
+            return Err(corrupt(format!(
+                "{what}: declared {v} at offset {at}, but at most {limit} is possible here"
+            )));
         }
-        usize::try_from(v).map_err(|_| corrupt(format!("{what}: {v} does not fit this machine's address space")))
+        usize::try_from(v).map_err(|_| {
+            corrupt(format!(
+                "{what}: {v} does not fit this machine's address space"
+            ))
+        })
     }
 
     /// One chunk `tag | varint len | body | crc32c(tag..body)`; returns the body.
@@ -212,7 +227,10 @@ impl<'a> Cursor<'a> {
         let len = self.u64("footer")?;
         let stored = self.u32("footer")?;
         if len != self.data.len() as u64 {
-            return Err(corrupt(format!("footer: declares a file of {len} bytes, got {}", self.data.len())));
+            return Err(corrupt(format!(
+                "footer: declares a file of {len} bytes, got {}",
+                self.data.len()
+            )));
         }
         if verify {
             let computed = crc32c::crc32c(&self.data[..at]);
@@ -230,7 +248,9 @@ impl<'a> Cursor<'a> {
 pub(crate) fn read_header<'a>(cur: &mut Cursor<'a>, verify: bool) -> Result<Header> {
     let magic = cur.take(8, "magic")?;
     if magic != MAGIC {
-        return Err(corrupt(format!("expected the OCTF magic {MAGIC:02x?}, got {magic:02x?}")));
+        return Err(corrupt(format!(
+            "expected the OCTF magic {MAGIC:02x?}, got {magic:02x?}"
+        )));
     }
     let body = cur.chunk(TAG_HEADER, "header", verify)?;
     let mut h = Cursor::new(body);
@@ -243,58 +263,95 @@ pub(crate) fn read_header<'a>(cur: &mut Cursor<'a>, verify: bool) -> Result<Head
     }
     let flags = h.u32("header.flags")?;
     if flags & !KNOWN_FLAGS != 0 {
-        return Err(corrupt(format!("header.flags: unknown bits {:#x} set", flags & !KNOWN_FLAGS)));
+        return Err(corrupt(format!(
+            "header.flags: unknown bits {:#x} set",
+            flags & !KNOWN_FLAGS
+        )));
     }
     let dims = h.u8("header.dims")?;
     let node_kind = match h.u8("header.node_kind")? {
         0 => NodeKind::Octree,
         1 => NodeKind::Omnitree,
-        v => return Err(corrupt(format!("header.node_kind: expected 0 (octree) or 1 (omnitree), got {v}"))),
+        v => {
+            return Err(corrupt(format!(
+                "header.node_kind: expected 0 (octree) or 1 (omnitree), got {v}"
+            )));
+        }
     };
     let child_order = match h.u8("header.child_order")? {
         0 => ChildOrder::XyzMsb,
         1 => ChildOrder::XyzLsb,
-        v => return Err(corrupt(format!("header.child_order: expected 0 (xyz_msb) or 1 (xyz_lsb), got {v}"))),
+        v => {
+            return Err(corrupt(format!(
+                "header.child_order: expected 0 (xyz_msb) or 1 (xyz_lsb), got {v}"
+            )));
+        }
     };
     let traversal = match h.u8("header.traversal")? {
         0 => Traversal::BreadthFirst,
         1 => Traversal::DepthFirst,
-        v => return Err(corrupt(format!("header.traversal: expected 0 (bfs) or 1 (dfs), got {v}"))),
+        v => {
+            return Err(corrupt(format!(
+                "header.traversal: expected 0 (bfs) or 1 (dfs), got {v}"
+            )));
+        }
     };
     let max_depth = h.u8("header.max_depth")?;
     let full_depth = h.u8("header.full_depth")?;
     let coords = match h.u8("header.coords")? {
         0 => Coords::Cartesian,
         1 => Coords::Cylindrical,
-        v => return Err(corrupt(format!("header.coords: expected 0 (cartesian) or 1 (cylindrical), got {v}"))),
+        v => {
+            return Err(corrupt(format!(
+                "header.coords: expected 0 (cartesian) or 1 (cylindrical), got {v}"
+            )));
+        }
     };
     let reserved = h.u8("header.reserved")?;
     if reserved != 0 {
-        return Err(corrupt(format!("header.reserved: expected 0, got {reserved}")));
+        return Err(corrupt(format!(
+            "header.reserved: expected 0, got {reserved}"
+        )));
     }
     match node_kind {
         NodeKind::Octree => {
             if dims != 3 {
-                return Err(corrupt(format!("header.dims: octree files have dims 3, got {dims}")));
+                return Err(corrupt(format!(
+                    "header.dims: octree files have dims 3, got {dims}"
+                )));
             }
             if traversal != Traversal::BreadthFirst {
-                return Err(corrupt("header.traversal: octree files are breadth-first (0), got 1"));
+                return Err(corrupt(
+                    "header.traversal: octree files are breadth-first (0), got 1",
+                ));
             }
             if max_depth == 0 || max_depth > MAX_DEPTH {
-                return Err(corrupt(format!("header.max_depth: expected 1..={MAX_DEPTH}, got {max_depth}")));
+                return Err(corrupt(format!(
+                    "header.max_depth: expected 1..={MAX_DEPTH}, got {max_depth}"
+                )));
             }
             if full_depth > max_depth {
-                return Err(corrupt(format!("header.full_depth: expected at most max_depth {max_depth}, got {full_depth}")));
+                return Err(corrupt(format!(
+                    "header.full_depth: expected at most max_depth {max_depth}, got {full_depth}"
+                )));
             }
         }
         NodeKind::Omnitree => {
             if !(2..=4).contains(&dims) {
-                return Err(corrupt(format!("header.dims: omnitree files have dims 2..=4, got {dims}")));
+                return Err(corrupt(format!(
+                    "header.dims: omnitree files have dims 2..=4, got {dims}"
+                )));
             }
             if traversal != Traversal::DepthFirst || child_order != ChildOrder::XyzMsb {
-                return Err(corrupt("header: omnitree files are depth-first (1) with child_order xyz_msb (0)"));
+                return Err(corrupt(
+                    "header: omnitree files are depth-first (1) with child_order xyz_msb (0)",
+                ));
             }
-            if max_depth > crate::omnitree::MAX_LEVEL || full_depth != 0 || flags != 0 || coords != Coords::Cartesian {
+            if max_depth > crate::omnitree::MAX_LEVEL
+                || full_depth != 0
+                || flags != 0
+                || coords != Coords::Cartesian
+            {
                 return Err(corrupt(format!(
                     "header: omnitree files need max_depth <= {}, full_depth 0, no flags, cartesian coords",
                     crate::omnitree::MAX_LEVEL
@@ -309,15 +366,23 @@ pub(crate) fn read_header<'a>(cur: &mut Cursor<'a>, verify: bool) -> Result<Head
         return Err(corrupt("header.batch_size: expected at least 1, got 0"));
     }
     if node_kind == NodeKind::Omnitree && batch_size != 1 {
-        return Err(corrupt(format!("header.batch_size: omnitree files hold one tree, got {batch_size}")));
+        return Err(corrupt(format!(
+            "header.batch_size: omnitree files hold one tree, got {batch_size}"
+        )));
     }
     let channels = h.varint_at_most("header.channels", u32::MAX as u64)?;
     if (channels > 0) != (flags & FLAG_FEATURES != 0) {
-        return Err(corrupt(format!("header.channels: {channels} disagrees with the features flag")));
+        return Err(corrupt(format!(
+            "header.channels: {channels} disagrees with the features flag"
+        )));
     }
     let n = batch_size * dims as usize;
     if h.remaining() < 16 * n {
-        return Err(corrupt(format!("truncated: header needs {} bytes of origin/scale, {} remain", 16 * n, h.remaining())));
+        return Err(corrupt(format!(
+            "truncated: header needs {} bytes of origin/scale, {} remain",
+            16 * n,
+            h.remaining()
+        )));
     }
     let mut origin = Vec::with_capacity(n);
     let mut scale = Vec::with_capacity(n);
@@ -330,10 +395,16 @@ pub(crate) fn read_header<'a>(cur: &mut Cursor<'a>, verify: bool) -> Result<Head
         }
     }
     if let Some(i) = origin.iter().position(|v| !v.is_finite()) {
-        return Err(corrupt(format!("header.origin[{i}]: expected a finite value, got {}", origin[i])));
+        return Err(corrupt(format!(
+            "header.origin[{i}]: expected a finite value, got {}",
+            origin[i]
+        )));
     }
     if let Some(i) = scale.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
-        return Err(corrupt(format!("header.scale[{i}]: expected a positive finite value, got {}", scale[i])));
+        return Err(corrupt(format!(
+            "header.scale[{i}]: expected a positive finite value, got {}",
+            scale[i]
+        )));
     }
     let num_counts = match node_kind {
         NodeKind::Octree => (max_depth - full_depth) as usize + 1,
@@ -344,7 +415,10 @@ pub(crate) fn read_header<'a>(cur: &mut Cursor<'a>, verify: bool) -> Result<Head
         counts.push(h.varint("header.counts")?);
     }
     if h.remaining() != 0 {
-        return Err(corrupt(format!("header: {} unexpected trailing bytes", h.remaining())));
+        return Err(corrupt(format!(
+            "header: {} unexpected trailing bytes",
+            h.remaining()
+        )));
     }
     Ok(Header {
         major,
@@ -478,7 +552,8 @@ impl OctfOctree {
     /// Borrow as a [`TreeView`] (for encoding an owned tree).
     pub fn view(&self) -> TreeView<'_> {
         let t = &self.tree;
-        let flat = |v: &Vec<Vec<usize>>| v.iter().flatten().map(|&x| x as i64).collect::<Vec<i64>>();
+        let flat =
+            |v: &Vec<Vec<usize>>| v.iter().flatten().map(|&x| x as i64).collect::<Vec<i64>>();
         TreeView {
             depth: t.depth,
             full_depth: t.full_depth,
@@ -508,7 +583,11 @@ fn bad_tree(name: &'static str, expected: impl Into<String>, actual: impl ToStri
 
 /// Nodes per sample at a dense depth, or None when it cannot exist in memory.
 fn dense_nodes(d: u8) -> Option<usize> {
-    if d > 20 { None } else { 1usize.checked_shl(3 * d as u32) }
+    if d > 20 {
+        None
+    } else {
+        1usize.checked_shl(3 * d as u32)
+    }
 }
 
 /// Check that a view is a well-formed octree in octformer's layout; returns the
@@ -520,19 +599,38 @@ pub fn validate_view(v: &TreeView<'_>) -> Result<Vec<Vec<usize>>> {
         return Err(bad_tree("tree.batch_size", "at least 1", 0));
     }
     let levels = depth as usize + 1;
-    for (name, n) in [("tree.keys", v.keys.len()), ("tree.children", v.children.len()), ("tree.batch", v.batch.len())] {
+    for (name, n) in [
+        ("tree.keys", v.keys.len()),
+        ("tree.children", v.children.len()),
+        ("tree.batch", v.batch.len()),
+    ] {
         if n != levels {
-            return Err(bad_tree(name, format!("{levels} arrays (depths 0..={depth})"), n));
+            return Err(bad_tree(
+                name,
+                format!("{levels} arrays (depths 0..={depth})"),
+                n,
+            ));
         }
     }
-    for (name, a) in [("tree.batch_nnum", &v.batch_nnum), ("tree.batch_nnum_nempty", &v.batch_nnum_nempty)] {
+    for (name, a) in [
+        ("tree.batch_nnum", &v.batch_nnum),
+        ("tree.batch_nnum_nempty", &v.batch_nnum_nempty),
+    ] {
         if a.len() != levels * b {
-            return Err(bad_tree(name, format!("shape ({levels}, {b})"), format!("{} values", a.len())));
+            return Err(bad_tree(
+                name,
+                format!("shape ({levels}, {b})"),
+                format!("{} values", a.len()),
+            ));
         }
     }
     for (name, a) in [("tree.origin", v.origin), ("tree.voxel_size", v.scale)] {
         if a.len() != 3 * b {
-            return Err(bad_tree(name, format!("shape ({b}, 3)"), format!("{} values", a.len())));
+            return Err(bad_tree(
+                name,
+                format!("shape ({b}, 3)"),
+                format!("{} values", a.len()),
+            ));
         }
     }
     if let Some(x) = v.origin.iter().find(|x| !x.is_finite()) {
@@ -554,7 +652,11 @@ pub fn validate_view(v: &TreeView<'_>) -> Result<Vec<Vec<usize>>> {
         }
         let row = &v.batch_nnum[d * b..(d + 1) * b];
         if row.iter().any(|&x| x < 0) || row.iter().map(|&x| x as u128).sum::<u128>() != n as u128 {
-            return Err(bad_tree("tree.batch_nnum", format!("per-sample counts summing to {n} at depth {d}"), format!("{row:?}")));
+            return Err(bad_tree(
+                "tree.batch_nnum",
+                format!("per-sample counts summing to {n} at depth {d}"),
+                format!("{row:?}"),
+            ));
         }
         // ranks of non-empty nodes run 0, 1, 2, ... in order
         let mut nonempty = vec![0usize; b];
@@ -563,8 +665,15 @@ pub fn validate_view(v: &TreeView<'_>) -> Result<Vec<Vec<usize>>> {
         for s in 0..b {
             let cnt = row[s] as usize;
             let mut ne = 0usize;
-            if let Some(i) = v.batch[d][start..start + cnt].iter().position(|&x| x as i64 != s as i64) {
-                return Err(bad_tree("tree.batch", format!("sample {s} at depth {d}, node {}", start + i), v.batch[d][start + i]));
+            if let Some(i) = v.batch[d][start..start + cnt]
+                .iter()
+                .position(|&x| x as i64 != s as i64)
+            {
+                return Err(bad_tree(
+                    "tree.batch",
+                    format!("sample {s} at depth {d}, node {}", start + i),
+                    v.batch[d][start + i],
+                ));
             }
             // branch-free scan; on failure, rescan to name the first bad node
             let seg = &v.children[d][start..start + cnt];
@@ -579,7 +688,11 @@ pub fn validate_view(v: &TreeView<'_>) -> Result<Vec<Vec<usize>>> {
                 let mut r = next;
                 for (i, &c) in seg.iter().enumerate() {
                     if c != -1 && c as i64 != r {
-                        return Err(bad_tree("tree.children", format!("-1 or rank {r} at depth {d}, node {}", start + i), c));
+                        return Err(bad_tree(
+                            "tree.children",
+                            format!("-1 or rank {r} at depth {d}, node {}", start + i),
+                            c,
+                        ));
                     }
                     r += (c >= 0) as i64;
                 }
@@ -607,13 +720,29 @@ pub fn validate_view(v: &TreeView<'_>) -> Result<Vec<Vec<usize>>> {
             let mut start = 0;
             for s in 0..b {
                 if row[s] as usize != size {
-                    return Err(bad_tree("tree.batch_nnum", format!("{size} nodes (dense) at depth {d}, sample {s}"), row[s]));
+                    return Err(bad_tree(
+                        "tree.batch_nnum",
+                        format!("{size} nodes (dense) at depth {d}, sample {s}"),
+                        row[s],
+                    ));
                 }
                 if d < fd as usize && nonempty[d][s] != size {
-                    return Err(bad_tree("tree.children", format!("every node non-empty at dense depth {d}"), format!("{} of {size}", nonempty[d][s])));
+                    return Err(bad_tree(
+                        "tree.children",
+                        format!("every node non-empty at dense depth {d}"),
+                        format!("{} of {size}", nonempty[d][s]),
+                    ));
                 }
-                if let Some((i, k)) = v.keys[d][start..start + size].iter().enumerate().find(|(i, k)| **k != *i as u64) {
-                    return Err(bad_tree("tree.keys", format!("key {i} at dense depth {d}, sample {s}"), k));
+                if let Some((i, k)) = v.keys[d][start..start + size]
+                    .iter()
+                    .enumerate()
+                    .find(|(i, k)| **k != *i as u64)
+                {
+                    return Err(bad_tree(
+                        "tree.keys",
+                        format!("key {i} at dense depth {d}, sample {s}"),
+                        k,
+                    ));
                 }
                 start += size;
             }
@@ -623,7 +752,10 @@ pub fn validate_view(v: &TreeView<'_>) -> Result<Vec<Vec<usize>>> {
             if row[s] as u128 != 8 * nonempty[d - 1][s] as u128 {
                 return Err(bad_tree(
                     "tree.batch_nnum",
-                    format!("{} (8 per non-empty parent) at depth {d}, sample {s}", 8 * nonempty[d - 1][s]),
+                    format!(
+                        "{} (8 per non-empty parent) at depth {d}, sample {s}",
+                        8 * nonempty[d - 1][s]
+                    ),
                     row[s],
                 ));
             }
@@ -642,13 +774,28 @@ pub fn validate_view(v: &TreeView<'_>) -> Result<Vec<Vec<usize>>> {
                 bad_key |= ck != base | j as u64;
             }
             if bad_key {
-                let j = kids.iter().enumerate().position(|(j, &ck)| ck != base | j as u64).unwrap();
-                return Err(bad_tree("tree.keys", format!("{} (child {j} of node {i} at depth {})", base | j as u64, d - 1), kids[j]));
+                let j = kids
+                    .iter()
+                    .enumerate()
+                    .position(|(j, &ck)| ck != base | j as u64)
+                    .unwrap();
+                return Err(bad_tree(
+                    "tree.keys",
+                    format!(
+                        "{} (child {j} of node {i} at depth {})",
+                        base | j as u64,
+                        d - 1
+                    ),
+                    kids[j],
+                ));
             }
             if kids_c[8 * r..8 * r + 8].iter().all(|&x| x < 0) {
                 return Err(bad_tree(
                     "tree.children",
-                    format!("at least one non-empty child of non-empty node {i} at depth {}", d - 1),
+                    format!(
+                        "at least one non-empty child of non-empty node {i} at depth {}",
+                        d - 1
+                    ),
                     "8 empty children",
                 ));
             }
@@ -659,12 +806,20 @@ pub fn validate_view(v: &TreeView<'_>) -> Result<Vec<Vec<usize>>> {
     let m: usize = nonempty[depth as usize].iter().sum();
     if let Some((f, c)) = v.features {
         if c == 0 || f.len() != m * c {
-            return Err(bad_tree("tree.features", format!("shape ({m}, C) float32 with C >= 1"), format!("{} values, C = {c}", f.len())));
+            return Err(bad_tree(
+                "tree.features",
+                format!("shape ({m}, C) float32 with C >= 1"),
+                format!("{} values, C = {c}", f.len()),
+            ));
         }
     }
     if let Some(nr) = v.normals {
         if nr.len() != m * 3 {
-            return Err(bad_tree("tree.normals", format!("shape ({m}, 3) float32"), format!("{} values", nr.len())));
+            return Err(bad_tree(
+                "tree.normals",
+                format!("shape ({m}, 3) float32"),
+                format!("{} values", nr.len()),
+            ));
         }
     }
     Ok(nonempty)
@@ -678,7 +833,9 @@ pub struct EncodeOptions {
 
 impl Default for EncodeOptions {
     fn default() -> Self {
-        EncodeOptions { child_order: ChildOrder::XyzMsb }
+        EncodeOptions {
+            child_order: ChildOrder::XyzMsb,
+        }
     }
 }
 
@@ -696,7 +853,11 @@ pub fn encode_octree(v: &TreeView<'_>, opts: EncodeOptions) -> Result<Vec<u8>> {
 fn owned_from_view(v: &TreeView<'_>) -> OctfOctree {
     let b = v.batch_size;
     let levels = v.depth as usize + 1;
-    let unflat = |a: &[i64]| (0..levels).map(|d| a[d * b..(d + 1) * b].iter().map(|&x| x as usize).collect()).collect();
+    let unflat = |a: &[i64]| {
+        (0..levels)
+            .map(|d| a[d * b..(d + 1) * b].iter().map(|&x| x as usize).collect())
+            .collect()
+    };
     OctfOctree {
         tree: Octree {
             depth: v.depth,
@@ -764,19 +925,30 @@ fn write_octree(v: &TreeView<'_>, nonempty: &[Vec<usize>], order: ChildOrder) ->
     // (fd = 0: one byte per sample, 1 if the root is non-empty)
     let top = v.children[fd];
     if fd == 0 {
-        put_chunk(&mut out, TAG_LEVEL, top.len(), |o| o.extend(top.iter().map(|&c| (c >= 0) as u8)));
+        put_chunk(&mut out, TAG_LEVEL, top.len(), |o| {
+            o.extend(top.iter().map(|&c| (c >= 0) as u8))
+        });
     } else {
-        put_chunk(&mut out, TAG_LEVEL, top.len() / 8, |o| o.extend(top.chunks_exact(8).map(pack8)));
+        put_chunk(&mut out, TAG_LEVEL, top.len() / 8, |o| {
+            o.extend(top.chunks_exact(8).map(pack8))
+        });
     }
     for d in fd..depth {
         let kids = v.children[d + 1];
-        put_chunk(&mut out, TAG_LEVEL, kids.len() / 8, |o| o.extend(kids.chunks_exact(8).map(pack8)));
+        put_chunk(&mut out, TAG_LEVEL, kids.len() / 8, |o| {
+            o.extend(kids.chunks_exact(8).map(pack8))
+        });
     }
     if let Some((f, _)) = v.features {
-        put_chunk(&mut out, TAG_FEATURES, f.len() * 4, |o| f.iter().for_each(|x| o.extend_from_slice(&x.to_le_bytes())));
+        put_chunk(&mut out, TAG_FEATURES, f.len() * 4, |o| {
+            f.iter().for_each(|x| o.extend_from_slice(&x.to_le_bytes()))
+        });
     }
     if let Some(nr) = v.normals {
-        put_chunk(&mut out, TAG_NORMALS, nr.len() * 4, |o| nr.iter().for_each(|x| o.extend_from_slice(&x.to_le_bytes())));
+        put_chunk(&mut out, TAG_NORMALS, nr.len() * 4, |o| {
+            nr.iter()
+                .for_each(|x| o.extend_from_slice(&x.to_le_bytes()))
+        });
     }
     put_footer(&mut out);
     out
@@ -795,7 +967,10 @@ pub struct DecodeOptions {
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        DecodeOptions { max_depth: None, verify_checksums: true }
+        DecodeOptions {
+            max_depth: None,
+            verify_checksums: true,
+        }
     }
 }
 
@@ -873,7 +1048,11 @@ pub fn decode_levels<'a>(data: &'a [u8], opts: &DecodeOptions) -> Result<Levels<
     let mut cur = Cursor::new(data);
     let header = read_header(&mut cur, verify)?;
     if header.node_kind != NodeKind::Octree {
-        return Err(CoreError::arg("data", "an OCTF octree file", "an omnitree file (use octformer.omnitree.Omnitree.from_bytes)"));
+        return Err(CoreError::arg(
+            "data",
+            "an OCTF octree file",
+            "an omnitree file (use octformer.omnitree.Omnitree.from_bytes)",
+        ));
     }
     let (depth, fd, b) = (header.max_depth, header.full_depth, header.batch_size);
     let stop = opts.max_depth.map_or(depth, |k| k.min(depth));
@@ -895,9 +1074,15 @@ pub fn decode_levels<'a>(data: &'a [u8], opts: &DecodeOptions) -> Result<Levels<
             backed += c as u128;
         } else {
             // the leaf count is a popcount of the last chunk: at most 8 per parent byte
-            let parents = if i == 0 { top_len as u64 } else { counts[i - 1] };
+            let parents = if i == 0 {
+                top_len as u64
+            } else {
+                counts[i - 1]
+            };
             if c > parents.saturating_mul(8) {
-                return Err(corrupt(format!("header.counts: {c} leaves cannot come from {parents} parents")));
+                return Err(corrupt(format!(
+                    "header.counts: {c} leaves cannot come from {parents} parents"
+                )));
             }
         }
     }
@@ -920,15 +1105,25 @@ pub fn decode_levels<'a>(data: &'a [u8], opts: &DecodeOptions) -> Result<Levels<
         return Ok(lv);
     }
     // top chunk → non-empty keys at fd
-    let top = cur.chunk(TAG_LEVEL, &format!("level {} occupancy", fd as i32 - 1), verify)?;
+    let top = cur.chunk(
+        TAG_LEVEL,
+        &format!("level {} occupancy", fd as i32 - 1),
+        verify,
+    )?;
     if top.len() != top_len {
-        return Err(corrupt(format!("top occupancy chunk: expected {top_len} bytes, got {}", top.len())));
+        return Err(corrupt(format!(
+            "top occupancy chunk: expected {top_len} bytes, got {}",
+            top.len()
+        )));
     }
     let mut ne_counts = vec![0usize; b];
     let mut keys_fd: Vec<u64>;
     if fd == 0 {
         if let Some(i) = top.iter().position(|&x| x > 1) {
-            return Err(corrupt(format!("root occupancy of sample {i}: expected 0 or 1, got {}", top[i])));
+            return Err(corrupt(format!(
+                "root occupancy of sample {i}: expected 0 or 1, got {}",
+                top[i]
+            )));
         }
         keys_fd = vec![0u64; top.iter().filter(|&&x| x == 1).count()];
         for (s, &x) in top.iter().enumerate() {
@@ -976,7 +1171,9 @@ pub fn decode_levels<'a>(data: &'a [u8], opts: &DecodeOptions) -> Result<Levels<
         let (n, any_zero) = popcount_bytes(occ);
         if any_zero {
             let j = occ.iter().position(|&x| x == 0).unwrap_or(0);
-            return Err(corrupt(format!("level {d} occupancy: non-empty node {j} has no non-empty child (byte 0)")));
+            return Err(corrupt(format!(
+                "level {d} occupancy: non-empty node {j} has no non-empty child (byte 0)"
+            )));
         }
         if n as u64 != counts[i + 1] {
             return Err(corrupt(format!(
@@ -1006,15 +1203,25 @@ pub fn decode_levels<'a>(data: &'a [u8], opts: &DecodeOptions) -> Result<Levels<
     let m = counts[counts.len() - 1] as usize;
     if header.flags & FLAG_FEATURES != 0 {
         let f = cur.chunk(TAG_FEATURES, "features", verify)?;
-        if Some(f.len()) != m.checked_mul(header.channels).and_then(|x| x.checked_mul(4)) {
-            return Err(corrupt(format!("features: expected {m} x {} float32, got {} bytes", header.channels, f.len())));
+        if Some(f.len())
+            != m.checked_mul(header.channels)
+                .and_then(|x| x.checked_mul(4))
+        {
+            return Err(corrupt(format!(
+                "features: expected {m} x {} float32, got {} bytes",
+                header.channels,
+                f.len()
+            )));
         }
         lv.features = Some(f);
     }
     if header.flags & FLAG_NORMALS != 0 {
         let f = cur.chunk(TAG_NORMALS, "normals", verify)?;
         if f.len() != m * 12 {
-            return Err(corrupt(format!("normals: expected {m} x 3 float32, got {} bytes", f.len())));
+            return Err(corrupt(format!(
+                "normals: expected {m} x 3 float32, got {} bytes",
+                f.len()
+            )));
         }
         lv.normals = Some(f);
     }
@@ -1023,7 +1230,10 @@ pub fn decode_levels<'a>(data: &'a [u8], opts: &DecodeOptions) -> Result<Levels<
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 /// Decode OCTF bytes into a full octree (all 8 children of every non-empty node).
@@ -1049,7 +1259,11 @@ pub fn decode_octree(data: &[u8], opts: &DecodeOptions) -> Result<OctfOctree> {
         let size = dense_nodes(d).expect("bounded by the top chunk");
         let n = size * b;
         t.keys.push((0..b).flat_map(|_| 0..size as u64).collect());
-        t.batch.push((0..b).flat_map(|s| std::iter::repeat_n(s as i32, size)).collect());
+        t.batch.push(
+            (0..b)
+                .flat_map(|s| std::iter::repeat_n(s as i32, size))
+                .collect(),
+        );
         t.batch_nnum.push(vec![size; b]);
         if d < h.full_depth {
             t.children.push((0..n as i32).collect());
@@ -1101,7 +1315,8 @@ pub fn decode_octree(data: &[u8], opts: &DecodeOptions) -> Result<OctfOctree> {
             t.keys.push(keys);
             t.children.push(ch);
             t.batch.push(batch);
-            t.batch_nnum.push(lv.nonempty_counts[i].iter().map(|c| 8 * c).collect());
+            t.batch_nnum
+                .push(lv.nonempty_counts[i].iter().map(|c| 8 * c).collect());
             t.batch_nnum_nempty.push(lv.nonempty_counts[i + 1].clone());
         }
     }
@@ -1111,7 +1326,14 @@ pub fn decode_octree(data: &[u8], opts: &DecodeOptions) -> Result<OctfOctree> {
     let features = lv.features.map(|f| (f32s(f), h.channels));
     let normals = lv.normals.map(f32s);
     let coords = h.coords;
-    let mut out = OctfOctree { tree: t, origin: h.origin.clone(), scale, coords, features, normals };
+    let mut out = OctfOctree {
+        tree: t,
+        origin: h.origin.clone(),
+        scale,
+        coords,
+        features,
+        normals,
+    };
     if h.child_order == ChildOrder::XyzLsb {
         out = swap_xz(&out);
     }
@@ -1208,7 +1430,11 @@ pub fn occupancy_tokens(v: &TreeView<'_>) -> Result<(Vec<u8>, Vec<usize>)> {
         let mut start = 0;
         for s in 0..b {
             let n = 8 * nonempty[d][s];
-            per_sample[s].extend(v.children[d + 1][start..start + n].chunks_exact(8).map(pack8));
+            per_sample[s].extend(
+                v.children[d + 1][start..start + n]
+                    .chunks_exact(8)
+                    .map(pack8),
+            );
             start += n;
         }
     }
@@ -1223,14 +1449,33 @@ pub fn occupancy_tokens(v: &TreeView<'_>) -> Result<(Vec<u8>, Vec<usize>)> {
 
 /// Inverse of [`occupancy_tokens`]: rebuild the octree structure from per-sample token
 /// streams (origin (0,0,0), unit cells; the caller sets the geometry).
-pub fn octree_from_occupancy_tokens(tokens: &[u8], offsets: &[usize], depth: u8, full_depth: u8) -> Result<Octree> {
+pub fn octree_from_occupancy_tokens(
+    tokens: &[u8],
+    offsets: &[usize],
+    depth: u8,
+    full_depth: u8,
+) -> Result<Octree> {
     crate::octree::validate_depths(depth, full_depth)?;
-    if offsets.len() < 2 || offsets[0] != 0 || *offsets.last().unwrap() != tokens.len() || offsets.windows(2).any(|w| w[1] < w[0]) {
-        return Err(CoreError::arg("offsets", format!("(B+1,) non-decreasing from 0 to {}", tokens.len()), format!("{offsets:?}")));
+    if offsets.len() < 2
+        || offsets[0] != 0
+        || *offsets.last().unwrap() != tokens.len()
+        || offsets.windows(2).any(|w| w[1] < w[0])
+    {
+        return Err(CoreError::arg(
+            "offsets",
+            format!("(B+1,) non-decreasing from 0 to {}", tokens.len()),
+            format!("{offsets:?}"),
+        ));
     }
     let b = offsets.len() - 1;
     let fd = full_depth;
-    let top_per = if fd == 0 { 1 } else { dense_nodes(fd - 1).filter(|&n| n <= tokens.len()).ok_or_else(|| CoreError::arg("full_depth", "a dense level the tokens can hold", fd))? };
+    let top_per = if fd == 0 {
+        1
+    } else {
+        dense_nodes(fd - 1)
+            .filter(|&n| n <= tokens.len())
+            .ok_or_else(|| CoreError::arg("full_depth", "a dense level the tokens can hold", fd))?
+    };
     // split every sample's stream into its levels, then lay them out level-major
     let levels = (depth - fd) as usize + 1;
     let mut level_bytes: Vec<Vec<u8>> = vec![Vec::new(); levels];
@@ -1240,14 +1485,29 @@ pub fn octree_from_occupancy_tokens(tokens: &[u8], offsets: &[usize], depth: u8,
         let mut n = top_per;
         for (l, lb) in level_bytes.iter_mut().enumerate() {
             if stream.len() - pos < n {
-                return Err(CoreError::arg("tokens", format!("{n} more tokens for level {} of sample {s}", fd as i32 - 1 + l as i32), stream.len() - pos));
+                return Err(CoreError::arg(
+                    "tokens",
+                    format!(
+                        "{n} more tokens for level {} of sample {s}",
+                        fd as i32 - 1 + l as i32
+                    ),
+                    stream.len() - pos,
+                ));
             }
             let part = &stream[pos..pos + n];
             if l == 0 && fd == 0 && part[0] > 1 {
-                return Err(CoreError::arg("tokens", format!("root token 0 or 1 in sample {s}"), part[0]));
+                return Err(CoreError::arg(
+                    "tokens",
+                    format!("root token 0 or 1 in sample {s}"),
+                    part[0],
+                ));
             }
             if l > 0 && part.contains(&0) {
-                return Err(CoreError::arg("tokens", format!("non-zero tokens below the top level in sample {s}"), "a 0 token"));
+                return Err(CoreError::arg(
+                    "tokens",
+                    format!("non-zero tokens below the top level in sample {s}"),
+                    "a 0 token",
+                ));
             }
             lb.extend_from_slice(part);
             pos += n;
@@ -1257,12 +1517,19 @@ pub fn octree_from_occupancy_tokens(tokens: &[u8], offsets: &[usize], depth: u8,
             }
         }
         if pos != stream.len() {
-            return Err(CoreError::arg("tokens", format!("exactly {pos} tokens in sample {s}"), stream.len()));
+            return Err(CoreError::arg(
+                "tokens",
+                format!("exactly {pos} tokens in sample {s}"),
+                stream.len(),
+            ));
         }
     }
     // encode as a file in memory and decode it: one code path for both directions
     // non-empty count at depth fd + l = set bits of the occupancy of depth fd - 1 + l
-    let counts: Vec<u64> = level_bytes.iter().map(|lb| popcount_bytes(lb).0 as u64).collect();
+    let counts: Vec<u64> = level_bytes
+        .iter()
+        .map(|lb| popcount_bytes(lb).0 as u64)
+        .collect();
     let header = Header {
         major: VERSION_MAJOR,
         minor: VERSION_MINOR,
@@ -1306,11 +1573,30 @@ mod tests {
         offsets.push(n);
         let b = offsets.len() - 1;
         let c = 2.0 / (1u64 << depth) as f64;
-        let boxes = vec![SampleBox { origin: [-1.0; 3], cell: [c; 3] }; b];
-        let tree = build_octree(&pts[..n * 3], &offsets, &boxes, BuildOptions { depth, full_depth: fd, clip: true }).unwrap();
+        let boxes = vec![
+            SampleBox {
+                origin: [-1.0; 3],
+                cell: [c; 3]
+            };
+            b
+        ];
+        let tree = build_octree(
+            &pts[..n * 3],
+            &offsets,
+            &boxes,
+            BuildOptions {
+                depth,
+                full_depth: fd,
+                clip: true,
+            },
+        )
+        .unwrap();
         let m = tree.nnum_nempty(depth as usize);
         OctfOctree {
-            tree: Octree { point_leaf: Vec::new(), ..tree },
+            tree: Octree {
+                point_leaf: Vec::new(),
+                ..tree
+            },
             origin: vec![-1.0; 3 * b],
             scale: vec![c; 3 * b],
             coords: Coords::Cartesian,
@@ -1355,18 +1641,32 @@ mod tests {
 
     #[test]
     fn every_byte_flip_and_truncation_is_an_error() {
-        let pts: Vec<f32> = (0..90).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        let pts: Vec<f32> = (0..90)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
         let t = build(&pts, &[10], 4, 1);
         let bytes = encode_octree(&t.view(), EncodeOptions::default()).unwrap();
         for i in 0..bytes.len() {
             for x in [1u8, 0x80, 0xff] {
                 let mut b = bytes.clone();
                 b[i] ^= x;
-                assert!(matches!(decode_octree(&b, &DecodeOptions::default()), Err(CoreError::Corrupt { .. })), "flip {i} ^ {x}");
+                assert!(
+                    matches!(
+                        decode_octree(&b, &DecodeOptions::default()),
+                        Err(CoreError::Corrupt { .. })
+                    ),
+                    "flip {i} ^ {x}"
+                );
             }
         }
         for n in 0..bytes.len() {
-            assert!(matches!(decode_octree(&bytes[..n], &DecodeOptions::default()), Err(CoreError::Corrupt { .. })), "truncate {n}");
+            assert!(
+                matches!(
+                    decode_octree(&bytes[..n], &DecodeOptions::default()),
+                    Err(CoreError::Corrupt { .. })
+                ),
+                "truncate {n}"
+            );
         }
     }
 
@@ -1377,7 +1677,9 @@ mod tests {
     fn write_fuzz_seeds() {
         let dir = std::env::var("OCTF_SEED_DIR").expect("set OCTF_SEED_DIR");
         std::fs::create_dir_all(&dir).unwrap();
-        let pts: Vec<f32> = (0..60).map(|i| ((i * 53 % 97) as f32 / 48.0) - 1.0).collect();
+        let pts: Vec<f32> = (0..60)
+            .map(|i| ((i * 53 % 97) as f32 / 48.0) - 1.0)
+            .collect();
         let mut n = 0;
         for (depth, fd) in [(1u8, 0u8), (2, 0), (3, 1), (4, 2), (5, 1), (3, 3)] {
             for order in [ChildOrder::XyzMsb, ChildOrder::XyzLsb] {

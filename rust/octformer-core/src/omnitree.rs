@@ -56,7 +56,12 @@ fn refined_dims(mask: u8, dims: u8) -> impl Iterator<Item = usize> {
 
 /// Walk the pre-order descriptor; call `visit(node, mask, levels, coords)` for every
 /// node. Errors if the masks are not exactly one complete tree within the level limit.
-fn walk(masks: &[u8], dims: u8, max_level: u8, mut visit: impl FnMut(usize, u8, [u8; 4], [u32; 4])) -> Result<usize> {
+fn walk(
+    masks: &[u8],
+    dims: u8,
+    max_level: u8,
+    mut visit: impl FnMut(usize, u8, [u8; 4], [u32; 4]),
+) -> Result<usize> {
     struct Frame {
         mask: u8,
         next: u32,
@@ -75,7 +80,11 @@ fn walk(masks: &[u8], dims: u8, max_level: u8, mut visit: impl FnMut(usize, u8, 
             ([0u8; 4], [0u32; 4])
         } else {
             let Some(top) = stack.last_mut() else {
-                return Err(bad("masks", format!("one complete tree of {i} nodes"), format!("{} trailing nodes", masks.len() - i)));
+                return Err(bad(
+                    "masks",
+                    format!("one complete tree of {i} nodes"),
+                    format!("{} trailing nodes", masks.len() - i),
+                ));
             };
             let j = top.next;
             top.next += 1;
@@ -89,14 +98,28 @@ fn walk(masks: &[u8], dims: u8, max_level: u8, mut visit: impl FnMut(usize, u8, 
             (levels, coords)
         };
         if (m as u16) >= full {
-            return Err(bad("masks", format!("{dims}-bit masks"), format!("{m:#x} at node {i}")));
+            return Err(bad(
+                "masks",
+                format!("{dims}-bit masks"),
+                format!("{m:#x} at node {i}"),
+            ));
         }
         visit(i, m, levels, coords);
         if m != 0 {
             if let Some(dim) = refined_dims(m, dims).find(|&d| levels[d] >= max_level) {
-                return Err(bad("masks", format!("at most {max_level} splits of dimension {dim}"), format!("a split at node {i} beyond it")));
+                return Err(bad(
+                    "masks",
+                    format!("at most {max_level} splits of dimension {dim}"),
+                    format!("a split at node {i} beyond it"),
+                ));
             }
-            stack.push(Frame { mask: m, next: 0, total: 1 << m.count_ones(), levels, coords });
+            stack.push(Frame {
+                mask: m,
+                next: 0,
+                total: 1 << m.count_ones(),
+                levels,
+                coords,
+            });
         } else {
             leaves += 1;
             while stack.last().is_some_and(|f| f.next == f.total) {
@@ -105,14 +128,25 @@ fn walk(masks: &[u8], dims: u8, max_level: u8, mut visit: impl FnMut(usize, u8, 
         }
     }
     if !stack.is_empty() {
-        return Err(bad("masks", "one complete tree", format!("{} nodes ending inside an unfinished node", masks.len())));
+        return Err(bad(
+            "masks",
+            "one complete tree",
+            format!("{} nodes ending inside an unfinished node", masks.len()),
+        ));
     }
     Ok(leaves)
 }
 
 impl Omnitree {
     /// Check and index a pre-order descriptor with its per-leaf occupancy.
-    pub fn from_preorder(dims: u8, max_level: u8, masks: Vec<u8>, occupied: Vec<u8>, origin: Vec<f64>, cell: Vec<f64>) -> Result<Self> {
+    pub fn from_preorder(
+        dims: u8,
+        max_level: u8,
+        masks: Vec<u8>,
+        occupied: Vec<u8>,
+        origin: Vec<f64>,
+        cell: Vec<f64>,
+    ) -> Result<Self> {
         if !(2..=4).contains(&dims) {
             return Err(bad("dims", "2, 3 or 4", dims));
         }
@@ -120,20 +154,42 @@ impl Omnitree {
             return Err(bad("max_level", format!("at most {MAX_LEVEL}"), max_level));
         }
         if origin.len() != dims as usize || cell.len() != dims as usize {
-            return Err(bad("origin/cell", format!("{dims} values each"), format!("{} and {}", origin.len(), cell.len())));
+            return Err(bad(
+                "origin/cell",
+                format!("{dims} values each"),
+                format!("{} and {}", origin.len(), cell.len()),
+            ));
         }
-        if origin.iter().any(|v| !v.is_finite()) || cell.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
-            return Err(bad("origin/cell", "finite origin and positive finite cell sizes", format!("{origin:?}, {cell:?}")));
+        if origin.iter().any(|v| !v.is_finite())
+            || cell.iter().any(|v| !(v.is_finite() && *v > 0.0))
+        {
+            return Err(bad(
+                "origin/cell",
+                "finite origin and positive finite cell sizes",
+                format!("{origin:?}, {cell:?}"),
+            ));
         }
         if masks.len() > u32::MAX as usize / 2 {
             return Err(bad("masks", "fewer than 2^31 nodes", masks.len()));
         }
         let leaves = walk(&masks, dims, max_level, |_, _, _, _| {})?;
         if occupied.len() != leaves || occupied.iter().any(|&o| o > 1) {
-            return Err(bad("occupied", format!("{leaves} values of 0/1 (one per leaf)"), format!("{} values", occupied.len())));
+            return Err(bad(
+                "occupied",
+                format!("{leaves} values of 0/1 (one per leaf)"),
+                format!("{} values", occupied.len()),
+            ));
         }
         let index = build_index(&masks);
-        Ok(Omnitree { dims, max_level, masks, occupied, origin, cell, index })
+        Ok(Omnitree {
+            dims,
+            max_level,
+            masks,
+            occupied,
+            origin,
+            cell,
+            index,
+        })
     }
 
     pub fn num_nodes(&self) -> usize {
@@ -165,7 +221,11 @@ impl Omnitree {
     pub fn locate_cells(&self, cells: &[i64]) -> Result<Vec<i64>> {
         let d = self.dims as usize;
         if cells.len() % d != 0 {
-            return Err(bad("cells", format!("a flat (N, {d}) buffer"), format!("{} values", cells.len())));
+            return Err(bad(
+                "cells",
+                format!("a flat (N, {d}) buffer"),
+                format!("{} values", cells.len()),
+            ));
         }
         let side = 1i64 << self.max_level;
         Ok(cells
@@ -206,7 +266,14 @@ impl Omnitree {
     /// Build from quantised cells (N, dims) in [0, 2^max_level) with a refinement
     /// [`Rule`]; empty nodes and finest-level cells are leaves, so every occupied leaf
     /// is one finest cell (equal leaf resolution with the octree of the same cells).
-    pub fn from_cells(dims: u8, max_level: u8, cells: &[u32], rule: Rule, origin: Vec<f64>, cell: Vec<f64>) -> Result<Self> {
+    pub fn from_cells(
+        dims: u8,
+        max_level: u8,
+        cells: &[u32],
+        rule: Rule,
+        origin: Vec<f64>,
+        cell: Vec<f64>,
+    ) -> Result<Self> {
         if !(2..=4).contains(&dims) {
             return Err(bad("dims", "2, 3 or 4", dims));
         }
@@ -220,7 +287,11 @@ impl Omnitree {
         }
         let d = dims as usize;
         if cells.len() % d != 0 {
-            return Err(bad("cells", format!("a flat (N, {d}) buffer"), format!("{} values", cells.len())));
+            return Err(bad(
+                "cells",
+                format!("a flat (N, {d}) buffer"),
+                format!("{} values", cells.len()),
+            ));
         }
         let side = 1u64 << max_level;
         if let Some(v) = cells.iter().find(|&&v| v as u64 >= side) {
@@ -230,16 +301,35 @@ impl Omnitree {
         let mut masks = Vec::new();
         let mut occupied = Vec::new();
         let mut scratch = Vec::new();
-        split_node(cells, d, max_level, rule, &mut idx, [0; 4], &mut masks, &mut occupied, &mut scratch);
+        split_node(
+            cells,
+            d,
+            max_level,
+            rule,
+            &mut idx,
+            [0; 4],
+            &mut masks,
+            &mut occupied,
+            &mut scratch,
+        );
         Omnitree::from_preorder(dims, max_level, masks, occupied, origin, cell)
     }
 
     /// The equivalent omnitree of one octree sample: every split node gets the full
     /// mask (x, y, z), empty nodes and depth-`depth` nodes are leaves; `children[d]`
     /// are that sample's per-depth children arrays with sample-local ranks.
-    pub fn from_octree_levels(children: &[&[i32]], depth: u8, origin: Vec<f64>, cell: Vec<f64>) -> Result<Self> {
+    pub fn from_octree_levels(
+        children: &[&[i32]],
+        depth: u8,
+        origin: Vec<f64>,
+        cell: Vec<f64>,
+    ) -> Result<Self> {
         if children.len() != depth as usize + 1 || children[0].len() != 1 {
-            return Err(bad("children", format!("{} levels with one root", depth as usize + 1), children.len()));
+            return Err(bad(
+                "children",
+                format!("{} levels with one root", depth as usize + 1),
+                children.len(),
+            ));
         }
         let mut masks = Vec::new();
         let mut occupied = Vec::new();
@@ -253,7 +343,11 @@ impl Omnitree {
             }
             let r = c as usize;
             if children[d + 1].len() < 8 * r + 8 {
-                return Err(bad("children", format!("8 children of rank {r} at depth {}", d + 1), children[d + 1].len()));
+                return Err(bad(
+                    "children",
+                    format!("8 children of rank {r} at depth {}", d + 1),
+                    children[d + 1].len(),
+                ));
             }
             masks.push(0b111);
             for j in (0..8).rev() {
@@ -286,26 +380,41 @@ impl Omnitree {
         let mut out = Vec::new();
         format::put_header(&mut out, &header);
         let mask_bytes = pack_bits(self.masks.iter().copied(), d);
-        format::put_chunk(&mut out, format::TAG_MASKS, mask_bytes.len(), |o| o.extend_from_slice(&mask_bytes));
+        format::put_chunk(&mut out, format::TAG_MASKS, mask_bytes.len(), |o| {
+            o.extend_from_slice(&mask_bytes)
+        });
         let occ = pack_bits(self.occupied.iter().copied(), 1);
-        format::put_chunk(&mut out, format::TAG_OCCUPANCY, occ.len(), |o| o.extend_from_slice(&occ));
+        format::put_chunk(&mut out, format::TAG_OCCUPANCY, occ.len(), |o| {
+            o.extend_from_slice(&occ)
+        });
         format::put_footer(&mut out);
         out
     }
 
     /// Decode OCTF omnitree bytes; any damage is a `Corrupt` error.
     pub fn decode(data: &[u8], opts: &DecodeOptions) -> Result<Self> {
-        let corrupt = |detail: String| CoreError::Corrupt { what: "data", detail };
+        let corrupt = |detail: String| CoreError::Corrupt {
+            what: "data",
+            detail,
+        };
         let verify = opts.verify_checksums;
         let mut cur = Cursor::new(data);
         let h = format::read_header(&mut cur, verify)?;
         if h.node_kind != NodeKind::Omnitree {
-            return Err(CoreError::arg("data", "an OCTF omnitree file", "an octree file (use octformer.format.decode)"));
+            return Err(CoreError::arg(
+                "data",
+                "an OCTF omnitree file",
+                "an octree file (use octformer.format.decode)",
+            ));
         }
         let d = h.dims as usize;
         let (nodes, leaves) = (h.counts[0], h.counts[1]);
         // both chunks must fit in what is left: check before allocating anything
-        let need = nodes.checked_mul(d as u64).map(|b| b.div_ceil(8)).unwrap_or(u64::MAX) as u128 + leaves.div_ceil(8) as u128;
+        let need = nodes
+            .checked_mul(d as u64)
+            .map(|b| b.div_ceil(8))
+            .unwrap_or(u64::MAX) as u128
+            + leaves.div_ceil(8) as u128;
         if nodes == 0 || leaves > nodes || need > cur.remaining() as u128 {
             return Err(corrupt(format!(
                 "header.counts: {nodes} nodes / {leaves} leaves need {need} bytes, {} remain",
@@ -315,16 +424,27 @@ impl Omnitree {
         let (nodes, leaves) = (nodes as usize, leaves as usize);
         let mb = cur.chunk(format::TAG_MASKS, "masks", verify)?;
         if mb.len() != (nodes * d).div_ceil(8) {
-            return Err(corrupt(format!("masks: expected {} bytes, got {}", (nodes * d).div_ceil(8), mb.len())));
+            return Err(corrupt(format!(
+                "masks: expected {} bytes, got {}",
+                (nodes * d).div_ceil(8),
+                mb.len()
+            )));
         }
-        let masks = unpack_bits(mb, d, nodes).ok_or_else(|| corrupt("masks: non-zero padding bits".into()))?;
+        let masks = unpack_bits(mb, d, nodes)
+            .ok_or_else(|| corrupt("masks: non-zero padding bits".into()))?;
         let ob = cur.chunk(format::TAG_OCCUPANCY, "occupancy", verify)?;
         if ob.len() != leaves.div_ceil(8) {
-            return Err(corrupt(format!("occupancy: expected {} bytes, got {}", leaves.div_ceil(8), ob.len())));
+            return Err(corrupt(format!(
+                "occupancy: expected {} bytes, got {}",
+                leaves.div_ceil(8),
+                ob.len()
+            )));
         }
-        let occupied = unpack_bits(ob, 1, leaves).ok_or_else(|| corrupt("occupancy: non-zero padding bits".into()))?;
+        let occupied = unpack_bits(ob, 1, leaves)
+            .ok_or_else(|| corrupt("occupancy: non-zero padding bits".into()))?;
         cur.footer(verify)?;
-        Omnitree::from_preorder(h.dims, h.max_depth, masks, occupied, h.origin, h.scale).map_err(|e| corrupt(format!("invalid omnitree: {e}")))
+        Omnitree::from_preorder(h.dims, h.max_depth, masks, occupied, h.origin, h.scale)
+            .map_err(|e| corrupt(format!("invalid omnitree: {e}")))
     }
 }
 
@@ -437,7 +557,17 @@ fn split_node(
         child_levels[dim] += 1;
     }
     for j in 0..n_children {
-        split_node(cells, d, top, rule, &mut idx[counts[j]..counts[j + 1]], child_levels, masks, occupied, scratch);
+        split_node(
+            cells,
+            d,
+            top,
+            rule,
+            &mut idx[counts[j]..counts[j + 1]],
+            child_levels,
+            masks,
+            occupied,
+            scratch,
+        );
     }
 }
 
@@ -484,7 +614,11 @@ fn build_index(masks: &[u8]) -> Index {
             r += 1;
         }
     }
-    let mut ix = Index { bfs_mask: Vec::with_capacity(n), first_child: Vec::with_capacity(n), leaf_rank: Vec::with_capacity(n) };
+    let mut ix = Index {
+        bfs_mask: Vec::with_capacity(n),
+        first_child: Vec::with_capacity(n),
+        leaf_rank: Vec::with_capacity(n),
+    };
     let mut next = 1u32;
     for &u in &bfs {
         ix.bfs_mask.push(masks[u]);
@@ -605,7 +739,13 @@ mod tests {
             for x in [1u8, 0x40, 0xff] {
                 let mut b = bytes.clone();
                 b[i] ^= x;
-                assert!(matches!(Omnitree::decode(&b, &DecodeOptions::default()), Err(CoreError::Corrupt { .. })), "flip {i}");
+                assert!(
+                    matches!(
+                        Omnitree::decode(&b, &DecodeOptions::default()),
+                        Err(CoreError::Corrupt { .. })
+                    ),
+                    "flip {i}"
+                );
             }
         }
         for n in 0..bytes.len() {
@@ -633,10 +773,25 @@ mod tests {
     fn descriptor_checks() {
         let (o, c) = unit(2);
         // root split in x, two leaves
-        assert!(Omnitree::from_preorder(2, 1, vec![1, 0, 0], vec![0, 1], o.clone(), c.clone()).is_ok());
+        assert!(
+            Omnitree::from_preorder(2, 1, vec![1, 0, 0], vec![0, 1], o.clone(), c.clone()).is_ok()
+        );
         assert!(Omnitree::from_preorder(2, 1, vec![1, 0], vec![0], o.clone(), c.clone()).is_err());
-        assert!(Omnitree::from_preorder(2, 1, vec![1, 0, 0, 0], vec![0, 1, 0], o.clone(), c.clone()).is_err());
-        assert!(Omnitree::from_preorder(2, 1, vec![1, 1, 0, 0, 0], vec![0, 1, 0], o.clone(), c.clone()).is_err());
+        assert!(
+            Omnitree::from_preorder(2, 1, vec![1, 0, 0, 0], vec![0, 1, 0], o.clone(), c.clone())
+                .is_err()
+        );
+        assert!(
+            Omnitree::from_preorder(
+                2,
+                1,
+                vec![1, 1, 0, 0, 0],
+                vec![0, 1, 0],
+                o.clone(),
+                c.clone()
+            )
+            .is_err()
+        );
         assert!(Omnitree::from_preorder(2, 1, vec![4, 0, 0], vec![0, 1], o, c).is_err());
     }
 }

@@ -39,12 +39,33 @@ fn peak_during<R>(f: impl FnOnce() -> R) -> usize {
 }
 
 fn sample_file() -> Vec<u8> {
-    let pts: Vec<f32> = (0..3000).map(|i| ((i * 7919 % 2003) as f32 / 1002.0) - 1.0).collect();
+    let pts: Vec<f32> = (0..3000)
+        .map(|i| ((i * 7919 % 2003) as f32 / 1002.0) - 1.0)
+        .collect();
     let c = 2.0 / 256.0;
-    let boxes = vec![SampleBox { origin: [-1.0; 3], cell: [c; 3] }; 2];
-    let tree = build_octree(&pts, &[0, 400, 1000], &boxes, BuildOptions { depth: 8, full_depth: 2, clip: true }).unwrap();
+    let boxes = vec![
+        SampleBox {
+            origin: [-1.0; 3],
+            cell: [c; 3]
+        };
+        2
+    ];
+    let tree = build_octree(
+        &pts,
+        &[0, 400, 1000],
+        &boxes,
+        BuildOptions {
+            depth: 8,
+            full_depth: 2,
+            clip: true,
+        },
+    )
+    .unwrap();
     let owned = format::OctfOctree {
-        tree: octformer_core::Octree { point_leaf: Vec::new(), ..tree },
+        tree: octformer_core::Octree {
+            point_leaf: Vec::new(),
+            ..tree
+        },
         origin: vec![-1.0; 6],
         scale: vec![c; 6],
         coords: format::Coords::Cartesian,
@@ -86,7 +107,11 @@ fn decoding_allocates_at_most_the_backed_sizes() {
     // a valid file: output is at most 16 bytes (key, child, batch) x 8 children per occupancy byte
     let valid = peak_during(|| decode_octree(&data, &opts).unwrap());
     eprintln!("valid file {} B, decode peak {valid} B", data.len());
-    assert!(valid <= 200 * data.len() + (1 << 16), "valid decode peaked at {valid} B for {} B", data.len());
+    assert!(
+        valid <= 200 * data.len() + (1 << 16),
+        "valid decode peaked at {valid} B for {} B",
+        data.len()
+    );
     // hostile headers with valid checksums: absurd counts, batch sizes, dense levels
     let hostile = [
         with_header(&data, |h| h.counts = vec![u64::MAX / 2; h.counts.len()]),
@@ -103,17 +128,32 @@ fn decoding_allocates_at_most_the_backed_sizes() {
         }),
     ];
     for (i, bad) in hostile.iter().enumerate() {
-        let peak = peak_during(|| assert!(decode_octree(bad, &opts).is_err(), "hostile file {i} decoded"));
-        assert!(peak <= 64 * bad.len() + (1 << 16), "hostile file {i}: peak {peak} B for {} B of input", bad.len());
+        let peak = peak_during(|| {
+            assert!(
+                decode_octree(bad, &opts).is_err(),
+                "hostile file {i} decoded"
+            )
+        });
+        assert!(
+            peak <= 64 * bad.len() + (1 << 16),
+            "hostile file {i}: peak {peak} B for {} B of input",
+            bad.len()
+        );
     }
     // every single-byte mutation, checksums on and off: bounded by the input size
-    let unchecked = DecodeOptions { max_depth: None, verify_checksums: false };
+    let unchecked = DecodeOptions {
+        max_depth: None,
+        verify_checksums: false,
+    };
     for i in 0..data.len() {
         let mut b = data.clone();
         b[i] ^= 0xa5;
         for o in [&opts, &unchecked] {
             let peak = peak_during(|| decode_octree(&b, o));
-            assert!(peak <= 200 * data.len() + (1 << 16), "byte {i}: peak {peak} B");
+            assert!(
+                peak <= 200 * data.len() + (1 << 16),
+                "byte {i}: peak {peak} B"
+            );
         }
     }
 }
@@ -123,10 +163,17 @@ fn omnitree_decoding_is_bounded_too() {
     let cells: Vec<u32> = (0..3000).map(|i| (i * 7919 % 1021) as u32 % 64).collect();
     let t = Omnitree::from_cells(3, 6, &cells, Rule::Carve, vec![0.0; 3], vec![1.0; 3]).unwrap();
     let data = t.encode();
-    let opts = DecodeOptions { max_depth: None, verify_checksums: false };
+    let opts = DecodeOptions {
+        max_depth: None,
+        verify_checksums: false,
+    };
     let hostile = with_header(&data, |h| h.counts = vec![1 << 60, 1 << 59]);
     let peak = peak_during(|| assert!(Omnitree::decode(&hostile, &opts).is_err()));
     assert!(peak <= 64 * hostile.len() + (1 << 16), "peak {peak}");
     let valid = peak_during(|| Omnitree::decode(&data, &opts).unwrap());
-    assert!(valid <= 128 * data.len() + (1 << 16), "valid omnitree decode peaked at {valid} B for {} B", data.len());
+    assert!(
+        valid <= 128 * data.len() + (1 << 16),
+        "valid omnitree decode peaked at {valid} B for {} B",
+        data.len()
+    );
 }
