@@ -239,7 +239,12 @@ def _cross_check(kind: str, first: dict[str, Any], depth: int) -> dict[str, Any]
         if "np.sort" in first and "octformer" in first and first["octformer"].batch_size == 1:
             # the sorted keys np.sort is timed on are exactly our leaf keys (with repeats)
             ours_leaves = np.asarray(first["octformer"].leaf_keys(depth)).astype(np.uint64)
-            info["np.sort_keys_match"] = bool(np.array_equal(np.unique(first["np.sort"]), ours_leaves))
+            sorted_unique = np.unique(first["np.sort"])
+            # float64 vs the builders' rounding can move a handful of points across a cell border
+            info["np.sort_keys_differing"] = int(np.setdiff1d(ours_leaves, sorted_unique).size)
+            info["np.sort_keys_match"] = bool(
+                sorted_unique.size == ours_leaves.size and info["np.sort_keys_differing"] <= max(10, ours_leaves.size // 10_000)
+            )
         if "octformer_nnum" in info and "ocnn_nnum" in info:
             info["match_ocnn"] = info["octformer_nnum"] == info["ocnn_nnum"] and info["octformer_nnum_nempty"] == info["ocnn_nnum_nempty"]
     else:
