@@ -68,51 +68,12 @@ pub fn radix_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) {
         return lsd_sort(data, lo, hi);
     }
     let top = hi - TOP_BITS;
-    let threads = rayon::current_num_threads().max(1);
-    let chunks = if n < PARALLEL_MIN || threads == 1 {
-        1
-    } else {
-        threads * 2
-    };
-    let chunk_len = n.div_ceil(chunks);
+    let chunks = chunk_count(n);
     let mask = (1usize << TOP_BITS) - 1;
-    let hists: Vec<Vec<u32>> = if chunks == 1 {
-        vec![histogram(data, top, mask)]
-    } else {
-        data.par_chunks(chunk_len)
-            .map(|c| histogram(c, top, mask))
-            .collect()
-    };
-    let mut offsets = vec![vec![0usize; mask + 1]; hists.len()];
-    let mut starts = vec![0usize; mask + 2];
-    let mut run = 0usize;
-    for b in 0..=mask {
-        starts[b] = run;
-        for (c, h) in hists.iter().enumerate() {
-            offsets[c][b] = run;
-            run += h[b] as usize;
-        }
-    }
-    starts[mask + 1] = n;
     // SAFETY: the scatter below writes every index 0..n exactly once
     let mut buf: Vec<T> = unsafe { vec_for_overwrite(n) };
-    let out = SendPtr(buf.as_mut_ptr());
-    let scatter = |(chunk, mut off): (&[T], Vec<usize>)| {
-        let out = out;
-        for v in chunk {
-            let b = ((v.radix_key() >> top) as usize) & mask;
-            // SAFETY: offsets partition 0..n disjointly across chunks and buckets.
-            unsafe { *out.0.add(off[b]) = *v };
-            off[b] += 1;
-        }
-    };
-    if chunks == 1 {
-        scatter((&data[..], offsets.pop().unwrap()));
-    } else {
-        data.par_chunks(chunk_len)
-            .zip(offsets.into_par_iter())
-            .for_each(scatter);
-    }
+    let starts = scatter_pass(data, &mut buf, top, mask, chunks, false)
+        .expect("a scatter that may not skip always runs");
     // split the scattered array into its buckets and sort each in cache
     let mut buckets: Vec<&mut [T]> = Vec::with_capacity(mask + 1);
     let mut rest: &mut [T] = &mut buf[..];
@@ -214,58 +175,82 @@ fn lsd_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) {
         data.sort_by_key(|v| (v.radix_key() >> lo) & mask);
         return;
     }
-    let threads = rayon::current_num_threads().max(1);
-    let chunks = if n < PARALLEL_MIN || threads == 1 {
-        1
-    } else {
-        threads * 2
-    };
-    let chunk_len = n.div_ceil(chunks);
+    let chunks = chunk_count(n);
     let mut buf: Vec<T> = vec![T::default(); n];
     let mut shift = lo;
     while shift < hi {
         let bits = DIGIT_BITS.min(hi - shift);
         let mask = ((1u64 << bits) - 1) as usize;
-        // per-chunk histograms
-        let hists: Vec<Vec<u32>> = if chunks == 1 {
-            vec![histogram(data, shift, mask)]
-        } else {
-            data.par_chunks(chunk_len)
-                .map(|c| histogram(c, shift, mask))
-                .collect()
-        };
-        // a pass where every item has the same digit changes nothing: skip it
-        let trivial = (0..=mask).any(|b| hists.iter().map(|h| h[b] as usize).sum::<usize>() == n);
-        if !trivial {
-            let mut offsets = vec![vec![0usize; mask + 1]; hists.len()];
-            let mut run = 0usize;
-            for b in 0..=mask {
-                for (c, h) in hists.iter().enumerate() {
-                    offsets[c][b] = run;
-                    run += h[b] as usize;
-                }
-            }
-            let out = SendPtr(buf.as_mut_ptr());
-            let scatter = |(chunk, mut off): (&[T], Vec<usize>)| {
-                let out = out;
-                for v in chunk {
-                    let b = ((v.radix_key() >> shift) as usize) & mask;
-                    // SAFETY: offsets partition 0..n disjointly across chunks and buckets.
-                    unsafe { *out.0.add(off[b]) = *v };
-                    off[b] += 1;
-                }
-            };
-            if chunks == 1 {
-                scatter((&data[..], offsets.pop().unwrap()));
-            } else {
-                data.par_chunks(chunk_len)
-                    .zip(offsets.into_par_iter())
-                    .for_each(scatter);
-            }
+        if scatter_pass(data, &mut buf, shift, mask, chunks, true).is_some() {
             std::mem::swap(data, &mut buf);
         }
         shift += bits;
     }
+}
+
+/// How many chunks to split `n` items into for the parallel passes.
+fn chunk_count(n: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    if n < PARALLEL_MIN || threads == 1 {
+        1
+    } else {
+        threads * 2
+    }
+}
+
+/// One stable counting-sort pass of `src` into `dst` by the digit `(key >> shift) & mask`,
+/// with per-chunk histograms so chunks scatter in parallel. Returns the bucket starts
+/// (mask + 2 entries, the last = n), or `None` without writing when `skip_trivial` and every
+/// item has the same digit.
+fn scatter_pass<T: RadixKey>(
+    src: &[T],
+    dst: &mut [T],
+    shift: u32,
+    mask: usize,
+    chunks: usize,
+    skip_trivial: bool,
+) -> Option<Vec<usize>> {
+    let n = src.len();
+    let chunk_len = n.div_ceil(chunks).max(1);
+    let hists: Vec<Vec<u32>> = if chunks == 1 {
+        vec![histogram(src, shift, mask)]
+    } else {
+        src.par_chunks(chunk_len)
+            .map(|c| histogram(c, shift, mask))
+            .collect()
+    };
+    let mut offsets = vec![vec![0usize; mask + 1]; hists.len()];
+    let mut starts = vec![0usize; mask + 2];
+    let mut run = 0usize;
+    for b in 0..=mask {
+        starts[b] = run;
+        for (c, h) in hists.iter().enumerate() {
+            offsets[c][b] = run;
+            run += h[b] as usize;
+        }
+        if skip_trivial && run - starts[b] == n {
+            return None; // every item has this digit: the pass would change nothing
+        }
+    }
+    starts[mask + 1] = n;
+    let out = SendPtr(dst.as_mut_ptr());
+    let scatter = |(chunk, mut off): (&[T], Vec<usize>)| {
+        let out = out;
+        for v in chunk {
+            let b = ((v.radix_key() >> shift) as usize) & mask;
+            // SAFETY: offsets partition 0..n disjointly across chunks and buckets.
+            unsafe { *out.0.add(off[b]) = *v };
+            off[b] += 1;
+        }
+    };
+    if chunks == 1 {
+        scatter((src, offsets.pop().unwrap()));
+    } else {
+        src.par_chunks(chunk_len)
+            .zip(offsets.into_par_iter())
+            .for_each(scatter);
+    }
+    Some(starts)
 }
 
 fn histogram<T: RadixKey>(items: &[T], shift: u32, mask: usize) -> Vec<u32> {
