@@ -505,7 +505,6 @@ pub fn argsort_pair(
             n,
         ));
     }
-    let idx_bits = bit_length(n.saturating_sub(1) as u64);
     let (one_key, key_bits) = match major {
         None => (true, minor_bits),
         Some((_, 0)) => (true, minor_bits),
@@ -517,31 +516,10 @@ pub fn argsort_pair(
             _ => minor[i],
         }
     };
-    let mut perm = vec![0u32; n];
-    if one_key && key_bits + idx_bits <= 64 {
-        // key and index packed into one word: half the bytes to move per radix pass;
-        // sorting the key bits stably keeps equal keys in index order
-        let mut items = vec![0u64; n];
-        items
-            .par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(c, dst)| {
-                for (j, it) in dst.iter_mut().enumerate() {
-                    let i = c * CHUNK + j;
-                    *it = (key_of(i) << idx_bits) | i as u64;
-                }
-            });
-        radix_sort(&mut items, idx_bits, idx_bits + key_bits);
-        let mask = (1u64 << idx_bits) - 1;
-        perm.par_chunks_mut(CHUNK)
-            .zip(items.par_chunks(CHUNK))
-            .for_each(|(d, s)| {
-                for (o, it) in d.iter_mut().zip(s) {
-                    *o = (it & mask) as u32;
-                }
-            });
-        return Ok(perm);
+    if one_key {
+        return argsort_by_key(n, key_bits, key_of);
     }
+    // (major, minor) wider than 64 bits: stable LSD, minor first, then major
     let mut items: Vec<(u64, u32)> = vec![(0, 0); n];
     items
         .par_chunks_mut(CHUNK)
@@ -549,19 +527,18 @@ pub fn argsort_pair(
         .for_each(|(c, dst)| {
             for (j, it) in dst.iter_mut().enumerate() {
                 let i = c * CHUNK + j;
-                *it = (if one_key { key_of(i) } else { minor[i] }, i as u32);
+                *it = (minor[i], i as u32);
             }
         });
-    radix_sort(&mut items, 0, if one_key { key_bits } else { minor_bits });
-    if !one_key {
-        let (m, mb) = major.expect("two-pass sort has a major key");
-        items.par_chunks_mut(CHUNK).for_each(|dst| {
-            for it in dst.iter_mut() {
-                it.0 = m[it.1 as usize];
-            }
-        });
-        radix_sort(&mut items, 0, mb);
-    }
+    radix_sort(&mut items, 0, minor_bits);
+    let (m, mb) = major.expect("two-pass sort has a major key");
+    items.par_chunks_mut(CHUNK).for_each(|dst| {
+        for it in dst.iter_mut() {
+            it.0 = m[it.1 as usize];
+        }
+    });
+    radix_sort(&mut items, 0, mb);
+    let mut perm = vec![0u32; n];
     perm.par_chunks_mut(CHUNK)
         .zip(items.par_chunks(CHUNK))
         .for_each(|(d, s)| {
