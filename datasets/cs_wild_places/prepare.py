@@ -17,14 +17,12 @@ runs (database + query, true matches within 30 m); the others give the training 
 
 from __future__ import annotations
 
-import pickle
 import sys
 from pathlib import Path
 
 import numpy as np
-
-from octformer.data.placerec import evaluation_sets, read_locations, training_queries
-from octformer.data.prepare import atomic_write_bytes, base_parser, run_jobs
+from octformer.data.placerec import read_locations, write_place_recognition_pickles
+from octformer.data.prepare import base_parser, run_jobs
 from octformer.io import read_points
 
 EVAL_RADIUS = 30.0
@@ -60,7 +58,7 @@ def main(argv=None) -> int:
     if not seqs:
         print(f"--src: expected <forest>/<sequence>/clouds/*.pcd and poses.csv under {args.src}", file=sys.stderr)
         return 2
-    eval_names = set(args.eval_sequences) if args.eval_sequences is not None else {sorted(s for s in seqs if s.parent == f)[-1].name for f in {s.parent for s in seqs}}
+    eval_names = set(args.eval_sequences) if args.eval_sequences is not None else {max(s for s in seqs if s.parent == f).name for f in {s.parent for s in seqs}}
     jobs, train_paths, train_xy, eval_runs = [], [], [], []
     for seq in seqs:
         stamps, xy = read_locations(seq / "poses.csv")
@@ -71,13 +69,11 @@ def main(argv=None) -> int:
         else:
             train_paths += rel
             train_xy.append(xy)
-    done = lambda rel: (args.dst / rel).exists()  # noqa: E731
+    done = lambda rel: (args.dst / rel).exists()
     run_jobs(jobs, convert, dst=args.dst, workers=args.workers, force=args.force, desc="CS-Wild-Places submaps", done=done)
-    train = training_queries(train_paths, np.concatenate(train_xy) if train_xy else np.zeros((0, 2)), args.positive_radius, args.negative_radius)
-    database, query = evaluation_sets(eval_runs, EVAL_RADIUS)
-    args.dst.mkdir(parents=True, exist_ok=True)
-    for name, obj in (("training_queries.pickle", train), ("evaluation_database.pickle", database), ("evaluation_query.pickle", query)):
-        atomic_write_bytes(args.dst / name, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+    train = write_place_recognition_pickles(
+        args.dst, train_paths, train_xy, eval_runs, positive_radius=args.positive_radius, negative_radius=args.negative_radius, eval_radius=EVAL_RADIUS
+    )
     print(f"{len(jobs)} submaps; {len(train)} training queries; {len(eval_runs)} evaluation runs")
     return 0
 

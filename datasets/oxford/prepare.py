@@ -19,14 +19,16 @@ the pickles' ``query`` paths are relative to DST.
 
 from __future__ import annotations
 
-import pickle
 import sys
 from pathlib import Path
 
 import numpy as np
-
-from octformer.data.placerec import evaluation_sets, in_regions, read_locations, training_queries
-from octformer.data.prepare import atomic_write_bytes, base_parser, run_jobs
+from octformer.data.placerec import (
+    in_regions,
+    read_locations,
+    write_place_recognition_pickles,
+)
+from octformer.data.prepare import base_parser, run_jobs
 
 TEST_REGION_CENTRES = [(5735712.768124, 620084.402381), (5735611.299219, 620540.270327), (5735237.358209, 620543.094379), (5734749.303802, 619932.693364)]
 TEST_REGION_HALF_WIDTH = 150.0
@@ -71,14 +73,11 @@ def main(argv=None) -> int:
                 train_xy.append(xy[~test])
             else:
                 eval_runs.append(([r for r, t in zip(rel, test) if t], xy[test]))
-    done = lambda rel: (args.dst / rel).exists()  # noqa: E731
+    done = lambda rel: (args.dst / rel).exists()
     run_jobs(jobs, convert, dst=args.dst, workers=args.workers, force=args.force, desc="Oxford submaps", done=done)
-    xy_all = np.concatenate(train_xy) if train_xy else np.zeros((0, 2))
-    train = training_queries(train_paths, xy_all, POSITIVE_RADIUS, NEGATIVE_RADIUS)
-    database, query = evaluation_sets(eval_runs, EVAL_RADIUS)
-    args.dst.mkdir(parents=True, exist_ok=True)
-    for name, obj in (("training_queries.pickle", train), ("evaluation_database.pickle", database), ("evaluation_query.pickle", query)):
-        atomic_write_bytes(args.dst / name, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+    train = write_place_recognition_pickles(
+        args.dst, train_paths, train_xy, eval_runs, positive_radius=POSITIVE_RADIUS, negative_radius=NEGATIVE_RADIUS, eval_radius=EVAL_RADIUS
+    )
     print(f"{len(jobs)} submaps; {len(train)} training queries; {len(eval_runs)} evaluation runs ({sum(len(p) for p, _ in eval_runs)} submaps)")
     return 0
 

@@ -11,14 +11,15 @@ Pickle layouts (as PointNetVLAD, MinkLoc3D and HOTFormerLoc read them):
 from __future__ import annotations
 
 import csv
+import pickle
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from octformer.errors import OctformerError
 
-__all__ = ["read_locations", "pairs_within", "training_queries", "evaluation_sets", "true_neighbors_by_pair", "in_regions"]
+__all__ = ["evaluation_sets", "in_regions", "pairs_within", "read_locations", "training_queries", "true_neighbors_by_pair", "write_place_recognition_pickles"]
 
 
 def read_locations(path: str | Path) -> tuple[list[str], np.ndarray]:
@@ -99,3 +100,25 @@ def true_neighbors_by_pair(query_sets: Sequence[dict]) -> dict[tuple[int, int], 
             if j != i:
                 out[(i, j)] = [list(entries[k].get(j, [])) for k in sorted(entries)]
     return out
+
+
+def write_place_recognition_pickles(
+    dst: Path,
+    train_paths: Sequence[str],
+    train_xy: Sequence[np.ndarray],
+    eval_runs: Sequence[tuple[Sequence[str], np.ndarray]],
+    *,
+    positive_radius: float,
+    negative_radius: float,
+    eval_radius: float,
+) -> dict:
+    """Write the three PointNetVLAD pickles (training queries, evaluation database and queries) into ``dst``."""
+    from octformer.data.prepare import atomic_write_bytes
+
+    xy = np.concatenate(list(train_xy)) if len(train_xy) else np.zeros((0, 2))
+    train = training_queries(train_paths, xy, positive_radius, negative_radius)
+    database, query = evaluation_sets(eval_runs, eval_radius)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name, obj in (("training_queries.pickle", train), ("evaluation_database.pickle", database), ("evaluation_query.pickle", query)):
+        atomic_write_bytes(dst / name, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+    return train
