@@ -16,7 +16,7 @@ from octformer import ops
 from octformer.errors import OctformerError
 from octformer.nn.plans import TokenPlan
 
-__all__ = ["PlanAttention", "rpe_bound_for"]
+__all__ = ["PlanAttention", "rpe_bound_for", "level_causal_window_attention"]
 
 
 def rpe_bound_for(group_size: int, dilation: int = 1) -> int:
@@ -86,8 +86,8 @@ class PlanAttention(nn.Module):
         """x (N, C) → (N, C). coords (N, 3) int for RPE; pos (N, 3) for RoPE; key_mask (N,) extra 0/-inf.
 
         ``levels`` (N,) int makes attention causal across levels and bidirectional within one
-        (a query sees keys of its own or coarser levels; OctGPT). It needs an equal-group plan
-        and runs through torch SDPA, since the ops kernels take per-key masks only.
+        (a query sees keys of its own or coarser levels; OctGPT). It needs an equal-group plan;
+        see :func:`level_causal_window_attention`.
         """
         n, c = x.shape
         if c != self.dim:
@@ -115,6 +115,8 @@ class PlanAttention(nn.Module):
             mask = mask.to(x.dtype)
         c_g = coords[plan.gather] if self.rpe_table is not None else None
         table = self.rpe_table.to(x.dtype) if self.rpe_table is not None else None
+        if levels is not None and plan.cu_seqlens is not None:
+            raise OctformerError("levels: level-causal attention needs an equal-window plan, got a varlen plan")
         if plan.cu_seqlens is not None:
             out = ops.window_attention(
                 q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens=plan.cu_seqlens, coords=c_g,
@@ -123,20 +125,7 @@ class PlanAttention(nn.Module):
         elif levels is not None:
             if self.rpe_table is not None:
                 raise OctformerError("levels: the level-causal path does not support a relative position bias")
-            kk = plan.group_size
-            g = m // kk
-            lv = levels[plan.gather].view(g, kk)
-            pair = torch.where(lv[:, None, :] > lv[:, :, None], float("-inf"), 0.0).to(x.dtype)  # (G, q, k)
-            if mask is not None:
-                pair = pair + mask.view(g, 1, kk)
-            dead = torch.isinf(pair).all(-1, keepdim=True)  # padding queries with no visible key: outputs unused
-            pair = pair.masked_fill(dead, 0.0)
-
-            def grp(t: torch.Tensor) -> torch.Tensor:
-                return t.view(g, kk, h, dh).transpose(1, 2)
-
-            out = torch.nn.functional.scaled_dot_product_attention(grp(q), grp(k), grp(v), attn_mask=pair[:, None])
-            out = out.transpose(1, 2)
+            out = level_causal_window_attention(q, k, v, levels[plan.gather], plan.group_size, mask, self.backend)
         else:
             kk = plan.group_size
             g = m // kk
@@ -150,3 +139,48 @@ class PlanAttention(nn.Module):
             out = out.transpose(1, 2)
         out = self.proj(out.reshape(m, c))
         return out[plan.scatter]
+
+
+def level_causal_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slot_levels: torch.Tensor,
+    group_size: int,
+    key_mask: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Window attention where a query sees only keys of its own or a coarser level, without a pairwise mask.
+
+    q, k, v (M, H, C) slots of equal windows of ``group_size``; ``slot_levels`` (M,) int; ``key_mask`` (M,)
+    0/-inf. One ``ops.window_attention`` call per level ℓ over the windows holding level-ℓ slots, with keys of
+    finer levels masked per key; each slot keeps the output of its own level's call. A window of one level
+    (the common case) is computed once, so no (windows, K, K) tensor is built and the kernels' memory-light
+    path applies. Slots whose keys are all masked (padding) return 0. Returns (M, H, C).
+    """
+    m, h, c = q.shape
+    kk = group_size
+    g = m // kk
+
+    def grp(t: torch.Tensor) -> torch.Tensor:
+        return t.view(g, kk, h, c).transpose(1, 2).contiguous()
+
+    qg, kg, vg = grp(q), grp(k), grp(v)
+    lv = slot_levels.view(g, kk)
+    base = key_mask.view(g, kk) if key_mask is not None else torch.zeros(g, kk, dtype=q.dtype, device=q.device)
+    slot_ids = torch.arange(m, device=q.device).view(g, kk)
+    picked_slots, picked_out = [], []
+    for level in torch.unique(lv).tolist():
+        is_query = lv == level
+        windows = torch.nonzero(is_query.any(1)).squeeze(1)
+        whole = windows.numel() == g
+        finer = torch.where(lv > level, float("-inf"), 0.0).to(q.dtype)
+        km = base + finer if whole else (base + finer)[windows]
+        sub = (lambda t: t) if whole else (lambda t: t[windows])
+        o = ops.window_attention(sub(qg), sub(kg), sub(vg), key_mask=km.contiguous(), backend=backend)
+        sel = sub(is_query)
+        picked_slots.append(sub(slot_ids)[sel])
+        picked_out.append(o.transpose(1, 2)[sel])  # (n_level, H, C)
+    slots = torch.cat(picked_slots)
+    vals = torch.cat(picked_out)
+    return vals.new_zeros(m, h, c).index_copy(0, slots, vals)

@@ -1,0 +1,97 @@
+"""OctGPT internals: level-causal window attention against a dense pairwise-mask oracle, causality of the
+whole model across levels, and the token sequence <-> octree bijection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from octformer.io import read_points
+from octformer.models import create_model
+from octformer.nn.attention import level_causal_window_attention
+
+
+def dense_level_causal_attention(q, k, v, slot_levels, group_size, key_mask):
+    """Oracle: the old formulation, one (windows, K, K) additive mask (finer keys and padding -inf), softmax per
+    window; queries with no visible key give 0."""
+    m, h, c = q.shape
+    g = m // group_size
+    lv = slot_levels.view(g, group_size)
+    pair = torch.where(lv[:, None, :] > lv[:, :, None], float("-inf"), 0.0).to(q.dtype)
+    pair = pair + key_mask.view(g, 1, group_size)
+    grp = [t.view(g, group_size, h, c).transpose(1, 2) for t in (q, k, v)]
+    logits = grp[0] @ grp[1].transpose(-1, -2) * c**-0.5 + pair[:, None]
+    dead = torch.isinf(logits).all(-1, keepdim=True)
+    probs = torch.softmax(logits.masked_fill(dead, 0.0), -1).masked_fill(dead, 0.0)
+    return (probs @ grp[2]).transpose(1, 2).reshape(m, h, c)
+
+
+@pytest.mark.parametrize("backend", ["torch", "kernels"])
+@pytest.mark.parametrize("sorted_levels", [True, False])
+def test_level_causal_attention_matches_dense_mask_oracle(backend, sorted_levels):
+    from octformer.ops import kernels_available
+
+    if backend == "kernels" and not kernels_available("cpu"):
+        pytest.skip("octformer_kernels is not installed")
+    gen = torch.Generator().manual_seed(3)
+    groups, kk, h, c = 7, 16, 3, 8
+    m = groups * kk
+    levels = torch.randint(0, 4, (m,), generator=gen)
+    if sorted_levels:  # OctGPT's layout: levels never decrease inside a window
+        levels = levels.view(groups, kk).sort(1).values.reshape(-1)
+    levels[:kk] = 2  # one single-level window
+    key_mask = torch.where(torch.rand(m, generator=gen) < 0.2, float("-inf"), 0.0)
+    key_mask[kk : 2 * kk] = float("-inf")  # one window of padding only
+    q, k, v = (torch.randn(m, h, c, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    if backend == "kernels":
+        q, k, v = (t.detach().float().requires_grad_(True) for t in (q, k, v))
+    got = level_causal_window_attention(q, k, v, levels, kk, key_mask.to(q.dtype), backend)
+    want = dense_level_causal_attention(q, k, v, levels, kk, key_mask.to(q.dtype))
+    tol = dict(rtol=1e-10, atol=1e-12) if q.dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got, want, **tol)
+    w = torch.randn(got.shape, generator=gen, dtype=got.dtype)
+    g1 = torch.autograd.grad((got * w).sum(), (q, k, v))
+    g2 = torch.autograd.grad((want * w).sum(), (q, k, v))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.fixture(scope="module")
+def bunny_tree(shared_data):
+    pts = read_points(shared_data / "stanford_bunny" / "reconstruction" / "bun_zipper.ply").points.astype(np.float64)
+    torch.manual_seed(0)
+    model = create_model("octgpt_tiny", backend="torch", window=32).eval()
+    return model, model.build_input([pts])
+
+
+def test_octgpt_outputs_of_a_level_do_not_depend_on_finer_levels(bunny_tree):
+    model, tree = bunny_tree
+    seq = model.sequence(tree)
+    level = torch.as_tensor(seq["level"])
+    gen = torch.Generator().manual_seed(0)
+    mask_a = torch.rand(level.shape, generator=gen) < 0.5
+    with torch.no_grad():
+        out_a = model(tree, mask_a)
+        for cut in range(1, model.num_levels):
+            mask_b = torch.where(level >= cut, ~mask_a, mask_a)  # change every input at levels >= cut
+            out_b = model(tree, mask_b)
+            coarse = level < cut
+            assert torch.equal(out_a[coarse], out_b[coarse])
+            assert not torch.allclose(out_a[level == cut], out_b[level == cut])  # the change is visible there
+
+
+def test_octgpt_sequence_and_finer_flags_rebuild_the_octree(bunny_tree):
+    from octformer import format as octf
+
+    model, tree = bunny_tree
+    seq = model.sequence(tree)
+    flags = octf.split_flags(tree)[0].astype(np.int64)
+    mine = seq["value"][seq["value"] >= 0]
+    # the flags after the sequence's split levels are what the VQVAE decodes from the codes
+    rebuilt = octf.from_split_flags([np.concatenate([mine, flags[mine.size:]])], model.depth, model.full_depth)
+    assert octf.split_flags(rebuilt)[0].tolist() == flags.tolist()
+    assert np.array_equal(rebuilt.xyz(model.depth), tree.xyz(model.depth))
+    # one code token per non-empty depth_stop node, in key order
+    codes_xyz = seq["xyz"][seq["value"] < 0]
+    assert np.array_equal(codes_xyz, tree.xyz(model.depth_stop))
