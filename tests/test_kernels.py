@@ -310,6 +310,18 @@ def test_gradients_deterministic_across_thread_counts():
         assert torch.equal(a, b)
 
 
+def test_cpu_kernels_run_on_several_threads():
+    """The task queue really runs tasks concurrently at 2 threads (a build without -fopenmp ran them serially)."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert OPS._concurrency_probe(2) == 1
+        torch.set_num_threads(2)
+        assert OPS._concurrency_probe(2) == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_bad_input_raises_value_error_naming_argument():
     q = torch.randn(2, 1, 3, 4)
     with pytest.raises(ValueError, match="cu_seqlens"):

@@ -1,5 +1,6 @@
 // CPU window attention: flash-style online softmax over key blocks, RPE bias and key mask added per block,
-// so no (groups, K, K) tensor exists; parallel over (segment, head) with at::parallel_for.
+// so no (groups, K, K) tensor exists. Forward tasks are (segment, head, query block), backward tasks (segment chunk,
+// head); threads pull them from a shared queue (parallel_tasks).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -106,63 +107,97 @@ void add_bias(const AttnArgs<T>& a, int64_t gq, int64_t nq, int64_t gk, int64_t 
   }
 }
 
+// One forward work item: queries [qb, qb + query_block(len)) of segment s, head h, against all keys of the segment.
 template <typename T>
-void fwd_task(const AttnArgs<T>& a, int64_t s, int64_t h, T* out, T* lse, Scratch<T>& w) {
+void fwd_block(const AttnArgs<T>& a, int64_t s, int64_t h, int64_t qb, T* out, T* lse, Scratch<T>& w) {
   int64_t start, len;
   a.segment(s, start, len);
-  if (len == 0) return;
   const int64_t C = a.p.dim, ld = a.p.tok_stride, off = a.base(s, h, start), g0 = a.token0(s, start);
   const T *Q = a.q + off, *K = a.k + off, *V = a.v + off;
   T* O = out + off;
   T* L = lse != nullptr ? lse + a.lse_base(s, h, start) : nullptr;  // null: caller needs no logsumexp
   const T ninf = -std::numeric_limits<T>::infinity();
   if (a.p.has_rpe) load_head_table(a, h, w);
-  const int64_t block_q = query_block(len);
-  for (int64_t qb = 0; qb < len; qb += block_q) {
-    const int64_t nq = std::min(block_q, len - qb);
-    T* Ob = O + qb * ld;
+  const int64_t nq = std::min(query_block(len), len - qb);
+  T* Ob = O + qb * ld;
+  for (int64_t i = 0; i < nq; ++i) {
+    std::fill(Ob + i * ld, Ob + i * ld + C, T(0));
+    w.m[i] = ninf;
+    w.l[i] = T(0);
+  }
+  for (int64_t kb = 0; kb < len; kb += kBlockK) {
+    const int64_t nk = std::min(kBlockK, len - kb);
+    T* S = w.S.data();
+    gemm_rm(false, true, nq, nk, C, a.scale, Q + qb * ld, ld, K + kb * ld, ld, T(0), S, w.lds);
+    add_bias(a, g0 + qb, nq, g0 + kb, nk, w);
     for (int64_t i = 0; i < nq; ++i) {
-      std::fill(Ob + i * ld, Ob + i * ld + C, T(0));
-      w.m[i] = ninf;
-      w.l[i] = T(0);
-    }
-    for (int64_t kb = 0; kb < len; kb += kBlockK) {
-      const int64_t nk = std::min(kBlockK, len - kb);
-      T* S = w.S.data();
-      gemm_rm(false, true, nq, nk, C, a.scale, Q + qb * ld, ld, K + kb * ld, ld, T(0), S, w.lds);
-      add_bias(a, g0 + qb, nq, g0 + kb, nk, w);
-      for (int64_t i = 0; i < nq; ++i) {
-        T* srow = S + i * w.lds;
-        const T mx = row_max(srow, nk);
-        const T mnew = std::max(w.m[i], mx);
-        if (mnew == ninf) {  // every key so far is masked: weights stay 0
-          std::fill(srow, srow + nk, T(0));
-          continue;
-        }
-        const T sum = exp_shift_sum(srow, nk, mnew);
-        const T corr = w.m[i] == ninf ? T(0) : std::exp(w.m[i] - mnew);
-        if (corr != T(1)) {
-          T* orow = Ob + i * ld;
-          for (int64_t c = 0; c < C; ++c) orow[c] *= corr;
-        }
-        w.l[i] = w.l[i] * corr + sum;
-        w.m[i] = mnew;
-      }
-      gemm_rm(false, false, nq, C, nk, T(1), S, w.lds, V + kb * ld, ld, T(1), Ob, ld);
-    }
-    for (int64_t i = 0; i < nq; ++i) {
-      T* orow = Ob + i * ld;
-      if (w.l[i] == T(0)) {  // fully masked row: output 0, lse -inf
-        std::fill(orow, orow + C, T(0));
-        if (L) L[(qb + i) * a.p.lse_tok] = ninf;
+      T* srow = S + i * w.lds;
+      const T mx = row_max(srow, nk);
+      const T mnew = std::max(w.m[i], mx);
+      if (mnew == ninf) {  // every key so far is masked: weights stay 0
+        std::fill(srow, srow + nk, T(0));
         continue;
       }
-      const T inv = T(1) / w.l[i];
-      for (int64_t c = 0; c < C; ++c) orow[c] *= inv;
-      if (L) L[(qb + i) * a.p.lse_tok] = w.m[i] + std::log(w.l[i]);
+      const T sum = exp_shift_sum(srow, nk, mnew);
+      const T corr = w.m[i] == ninf ? T(0) : std::exp(w.m[i] - mnew);
+      if (corr != T(1)) {
+        T* orow = Ob + i * ld;
+        for (int64_t c = 0; c < C; ++c) orow[c] *= corr;
+      }
+      w.l[i] = w.l[i] * corr + sum;
+      w.m[i] = mnew;
     }
+    gemm_rm(false, false, nq, C, nk, T(1), S, w.lds, V + kb * ld, ld, T(1), Ob, ld);
+  }
+  for (int64_t i = 0; i < nq; ++i) {
+    T* orow = Ob + i * ld;
+    if (w.l[i] == T(0)) {  // fully masked row: output 0, lse -inf
+      std::fill(orow, orow + C, T(0));
+      if (L) L[(qb + i) * a.p.lse_tok] = ninf;
+      continue;
+    }
+    const T inv = T(1) / w.l[i];
+    for (int64_t c = 0; c < C; ++c) orow[c] *= inv;
+    if (L) L[(qb + i) * a.p.lse_tok] = w.m[i] + std::log(w.l[i]);
   }
 }
+
+// Forward work items (segment, head, query block), numbered segment-major then head-major, so that tasks taken one
+// after another share a segment's K/V in cache. Splitting queries keeps both threads busy on few long segments.
+struct FwdTasks {
+  int64_t total = 0, per_segment = 0;  // per_segment: equal groups only
+  std::vector<int64_t> first;          // varlen: first task of each segment (S + 1 entries)
+
+  template <typename T>
+  explicit FwdTasks(const AttnArgs<T>& a) {
+    auto count = [&](int64_t len) { return a.p.heads * ((len + query_block(len) - 1) / query_block(len)); };
+    if (!a.p.varlen) {
+      per_segment = count(a.p.group);
+      total = per_segment * a.p.num_segments;
+      return;
+    }
+    first.resize(a.p.num_segments + 1);
+    for (int64_t s = 0; s < a.p.num_segments; ++s) first[s + 1] = first[s] + count(a.cu[s + 1] - a.cu[s]);
+    total = first.back();
+  }
+  // task -> (segment, head, first query of the block)
+  template <typename T>
+  void locate(const AttnArgs<T>& a, int64_t t, int64_t& s, int64_t& h, int64_t& qb) const {
+    int64_t r;
+    if (!a.p.varlen) {
+      s = t / per_segment;
+      r = t % per_segment;
+    } else {  // the last segment starting at or before t: skips empty segments (they own no tasks)
+      s = std::upper_bound(first.begin(), first.end(), t) - first.begin() - 1;
+      r = t - first[s];
+    }
+    int64_t start, len;
+    a.segment(s, start, len);
+    const int64_t bq = query_block(len), blocks = (len + bq - 1) / bq;
+    h = r / blocks;
+    qb = (r % blocks) * bq;
+  }
+};
 
 template <typename T>
 void bwd_segment(const AttnArgs<T>& a, int64_t s, int64_t h, const T* gout, const T* out, const T* lse, T* dq, T* dk,
@@ -316,10 +351,17 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cpu(const at::Tensor& q,
     const AttnArgs<scalar_t> a = make_args<scalar_t>(p, r.q, r.k, r.v, r.cu, r.coords, r.table, r.mask, scale);
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* l = return_lse ? lse.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, p.num_segments * p.heads, 1, [&](int64_t begin, int64_t end) {
+    const FwdTasks tasks(a);
+    parallel_tasks(tasks.total, 0, [&](TaskQueue& queue) {
       const BlasSingleThread blas_guard;
       Scratch<scalar_t> w(p, false);
-      for (int64_t t = begin; t < end; ++t) fwd_task(a, t / p.heads, t % p.heads, o, l, w);
+      int64_t begin, end, s, h, qb;
+      while (queue.next(begin, end)) {
+        for (int64_t t = begin; t < end; ++t) {
+          tasks.locate(a, t, s, h, qb);
+          fwd_block(a, s, h, qb, o, l, w);
+        }
+      }
     });
   });
   return {out, lse};
@@ -350,16 +392,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
     const scalar_t *gp = g.data_ptr<scalar_t>(), *op = o.data_ptr<scalar_t>(), *lp = l.data_ptr<scalar_t>();
     scalar_t *dqp = dq.data_ptr<scalar_t>(), *dkp = dk.data_ptr<scalar_t>(), *dvp = dv.data_ptr<scalar_t>();
     scalar_t* part = p.has_rpe ? partial.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, chunks * p.heads, 1, [&](int64_t begin, int64_t end) {
+    parallel_tasks(chunks * p.heads, 1, [&](TaskQueue& queue) {
       const BlasSingleThread blas_guard;
       Scratch<scalar_t> w(p, true);
       std::vector<scalar_t> dummy(1);
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t chunk = t / p.heads, h = t % p.heads;
-        scalar_t* dtab = p.has_rpe ? part + (chunk * p.heads + h) * p.rpe_rows : dummy.data();
-        if (p.has_rpe) load_head_table(a, h, w);
-        const int64_t s_end = std::min(p.num_segments, (chunk + 1) * chunk_size);
-        for (int64_t s = chunk * chunk_size; s < s_end; ++s) bwd_segment(a, s, h, gp, op, lp, dqp, dkp, dvp, dtab, w);
+      int64_t begin, end;
+      while (queue.next(begin, end)) {
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t chunk = t / p.heads, h = t % p.heads;
+          scalar_t* dtab = p.has_rpe ? part + (chunk * p.heads + h) * p.rpe_rows : dummy.data();
+          if (p.has_rpe) load_head_table(a, h, w);
+          const int64_t s_end = std::min(p.num_segments, (chunk + 1) * chunk_size);
+          for (int64_t s = chunk * chunk_size; s < s_end; ++s) bwd_segment(a, s, h, gp, op, lp, dqp, dkp, dvp, dtab, w);
+        }
       }
     });
   });

@@ -2,6 +2,10 @@
 // and a branch-free exp that the compiler can vectorise.
 #pragma once
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -47,6 +51,37 @@ struct BlasSingleThread {
   BlasSingleThread(const BlasSingleThread&) = delete;
   BlasSingleThread& operator=(const BlasSingleThread&) = delete;
 };
+
+// Shared counter that threads pull task ranges from (dynamic scheduling).
+class TaskQueue {
+ public:
+  TaskQueue(int64_t n, int64_t grain) : n_(n), grain_(std::max<int64_t>(1, grain)) {}
+  // Next range [begin, end) of at most `grain` tasks; false when all are taken.
+  bool next(int64_t& begin, int64_t& end) {
+    begin = next_.fetch_add(grain_, std::memory_order_relaxed);
+    if (begin >= n_) return false;
+    end = std::min(n_, begin + grain_);
+    return true;
+  }
+
+ private:
+  const int64_t n_, grain_;
+  std::atomic<int64_t> next_{0};
+};
+
+// Runs worker(queue) once on each of up to at::get_num_threads() threads; workers pull tasks from the queue until
+// it is empty. Unlike at::parallel_for's equal static split, a thread the OS deschedules (shared machines) does not
+// hold up the call: the others take its tasks. Results must depend on the task only (never on the thread).
+// `grain` tasks are taken per pull; pass 0 for about 64 pulls per thread.
+template <typename Worker>
+void parallel_tasks(int64_t n, int64_t grain, const Worker& worker) {
+  if (n <= 0) return;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  if (grain <= 0) grain = std::max<int64_t>(1, n / (threads * 64));
+  TaskQueue queue(n, grain);
+  const int64_t teams = std::min(threads, (n + grain - 1) / grain);
+  at::parallel_for(0, teams, 1, [&](int64_t, int64_t) { worker(queue); });
+}
 
 void gemm_loops(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                                   int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);

@@ -2,6 +2,10 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <atomic>
+#include <chrono>
+#include <thread>
+
 #include "attention.h"
 #include "cpu_common.h"
 
@@ -23,6 +27,28 @@ static bool set_blas(bool enabled) {
 
 static bool has_blas() { return blas_available(); }
 
+// Test hook: how many tasks of parallel_tasks run at the same time. Each task enters, waits (at most 2 s) until all
+// `tasks` are inside, records how many it saw and leaves; 1 means the loops ran serially.
+static int64_t concurrency_probe(int64_t tasks) {
+  std::atomic<int64_t> inside{0}, most{0};
+  parallel_tasks(tasks, 1, [&](TaskQueue& queue) {
+    int64_t begin, end;
+    while (queue.next(begin, end)) {
+      int64_t seen = inside.fetch_add(1) + 1;
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+      while (seen < tasks && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::yield();
+        seen = std::max(seen, inside.load());
+      }
+      int64_t prev = most.load();
+      while (seen > prev && !most.compare_exchange_weak(prev, seen)) {
+      }
+      inside.fetch_sub(1);
+    }
+  });
+  return most.load();
+}
+
 TORCH_LIBRARY(octformer, m) {
   m.def(
       "window_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens, Tensor? coords, Tensor? rpe_table, "
@@ -36,6 +62,7 @@ TORCH_LIBRARY(octformer, m) {
   // Test hooks: switch the CPU block GEMMs between libtorch's BLAS and the portable loops.
   m.def("_set_blas(bool enabled) -> bool", &set_blas);
   m.def("_has_blas() -> bool", &has_blas);
+  m.def("_concurrency_probe(int tasks) -> int", &concurrency_probe);
 }
 
 TORCH_LIBRARY_IMPL(octformer, CPU, m) {
