@@ -283,6 +283,41 @@ class Octree:
             grid.add_voxel(o3d.geometry.Voxel(ijk.astype(np.int32)))
         return grid
 
+    def to_spconv(self, depth: int | None = None, features: Any = None) -> Any:
+        """A ``spconv.pytorch.SparseConvTensor`` of the non-empty nodes at ``depth`` (default: the leaves).
+
+        Row i is non-empty node i at that depth (our batch-major Morton order); indices are
+        (batch, z, y, x) int32 cell coordinates, spatial_shape is [2^depth]*3. ``features``
+        (M, C) defaults to the tree's leaf features (only defined at the leaf depth).
+        """
+        try:
+            import spconv.pytorch as spconv
+            import torch
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "Octree.to_spconv needs spconv: pip install 'octformer[spconv]' (spconv on CPU, spconv-cu120 on GPU)"
+            ) from exc
+        d = self.depth if depth is None else self._check_depth(depth)
+        nonempty = _to_numpy(self.children[d]) >= 0
+        xyz = key_to_xyz(_to_numpy(self.keys[d])[nonempty])
+        batch = _to_numpy(self.batch[d])[nonempty].astype(np.int32)
+        indices = np.stack([batch, xyz[:, 2], xyz[:, 1], xyz[:, 0]], axis=1)
+        m = indices.shape[0]
+        if features is None:
+            if self.features is None or d != self.depth:
+                raise OctformerError(
+                    f"features: expected ({m}, C) features for depth {d}; the tree only carries leaf features "
+                    f"(depth {self.depth}, {'none' if self.features is None else 'present'})"
+                )
+            features = self.features
+        feats = features if isinstance(features, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(features))
+        if feats.ndim != 2 or feats.shape[0] != m:
+            raise OctformerError(f"features: expected shape ({m}, C) (non-empty nodes at depth {d}), got {tuple(feats.shape)}")
+        if not feats.is_floating_point():
+            raise OctformerError(f"features: expected a float dtype, got {feats.dtype}")
+        idx = torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int32)).to(feats.device)
+        return spconv.SparseConvTensor(feats, idx, [1 << d] * 3, self.batch_size)
+
     # ------------------------------------------------------------- equality
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Octree):

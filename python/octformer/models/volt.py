@@ -5,12 +5,18 @@ linear patch embedding of the (K³·C_in) patch buffer → pre-norm blocks with 
 attention per sample, axial 3D RoPE on integer patch indices (head pairs 12/12/8 over
 x/y/z, θ = 100) and QK-norm → patch decoder ("transposed conv" Linear(128 → K³·128),
 each voxel reads the row of its in-patch offset) → per-voxel segmentation head.
+
+Optional distillation (Volt's recipe): with ``distill_classes`` a separate linear distill
+head on the decoder features learns a frozen sparse-convolution teacher's argmax
+pseudo-labels (:class:`octformer.models.spconv_teacher.SpconvUNet`, needs spconv) or its
+softened logits; ``training_loss`` mixes it with the ground-truth loss (0.5 / 0.5).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from octformer.errors import OctformerError
@@ -19,7 +25,7 @@ from octformer.models._registry import register_model
 from octformer.nn import OctreeContext, TransformerBlock, global_plan
 from octformer.octree import Octree, build_octree
 
-__all__ = ["Volt", "volt_s", "volt_b", "volt_tiny"]
+__all__ = ["Volt", "volt_s", "volt_b", "volt_tiny", "distillation_loss"]
 
 _UNPATCH_CHUNK = 1 << 24  # elements of the (tokens, K³·c) unpatch output materialised at once
 
@@ -34,6 +40,7 @@ class Volt(OctreeModel):
         patch_size: K (voxels per patch side). voxel_size: metres per voxel.
         rope_split / rope_theta: axial RoPE pairs per axis and base.
         decoder_dim: width of the patch decoder (128 in Volt).
+        distill_classes: classes of a teacher to distil from (0: no distill head).
     """
 
     def __init__(
@@ -52,6 +59,7 @@ class Volt(OctreeModel):
         rope_theta: float = 100.0,
         decoder_dim: int = 128,
         xyz_scale: float = 10.0,
+        distill_classes: int = 0,
         backend: str = "auto",
     ) -> None:
         super().__init__()
@@ -66,7 +74,10 @@ class Volt(OctreeModel):
             in_channels=in_channels, num_classes=num_classes, dim=dim, layers=layers, heads=heads,
             patch_size=patch_size, voxel_size=voxel_size, mlp_ratio=mlp_ratio, drop_path=drop_path,
             rope_split=rope_split, rope_theta=rope_theta, decoder_dim=decoder_dim, xyz_scale=xyz_scale,
+            distill_classes=distill_classes,
         )
+        if isinstance(distill_classes, bool) or not isinstance(distill_classes, int) or distill_classes < 0:
+            raise OctformerError(f"distill_classes: expected a non-negative integer, got {distill_classes!r}")
         self.in_channels = in_channels
         self.voxel_channels = 3 + in_channels
         self.patch_size = patch_size
@@ -90,6 +101,7 @@ class Volt(OctreeModel):
         self.unpatch_bias = nn.Parameter(torch.zeros(decoder_dim))
         self.decoder_out = nn.Sequential(nn.BatchNorm1d(decoder_dim), nn.GELU())
         self.head = nn.Linear(decoder_dim, num_classes)
+        self.distill_head = nn.Linear(decoder_dim, distill_classes) if distill_classes else None
 
     # ------------------------------------------------------------------ input
     def build_input(self, points, features=None) -> Octree:
@@ -131,6 +143,38 @@ class Volt(OctreeModel):
 
     def forward(self, octree: Octree) -> torch.Tensor:
         """(V, num_classes) logits for the occupied voxels (leaf order of ``octree``)."""
+        return self.head(self.voxel_features(octree))
+
+    def forward_with_distill(self, octree: Octree) -> tuple[torch.Tensor, torch.Tensor]:
+        """(V, num_classes) segmentation logits and (V, distill_classes) distill-head logits from one pass."""
+        if self.distill_head is None:
+            raise OctformerError("distill_classes: this Volt has no distill head (build it with distill_classes > 0)")
+        h = self.voxel_features(octree)
+        return self.head(h), self.distill_head(h)
+
+    def training_loss(self, octree: Octree, point_labels: torch.Tensor, teacher: nn.Module | None = None, *,
+                      distill_weight: float = 0.5, mode: str = "hard", temperature: float = 1.0,
+                      ignore_index: int = -1, class_weight: torch.Tensor | None = None) -> dict:
+        """Per-point cross entropy, plus (with a ``teacher``) the distillation loss on the voxels:
+        total = (1 − w)·CE + w·KD with w = ``distill_weight`` (Volt: 0.5). The teacher runs frozen
+        (no_grad, eval) on the same octree and must give one row per voxel."""
+        point_leaf = torch.as_tensor(np.asarray(octree.point_leaf), device=self.head.weight.device)
+        if teacher is None:
+            logits = self.forward(octree)
+            ce = F.cross_entropy(logits[point_leaf], point_labels, ignore_index=ignore_index, weight=class_weight)
+            return {"loss": ce, "ce": ce}
+        logits, student = self.forward_with_distill(octree)
+        was_training = teacher.training
+        teacher.eval()
+        with torch.no_grad():
+            teacher_logits = teacher(octree)
+        teacher.train(was_training)
+        ce = F.cross_entropy(logits[point_leaf], point_labels, ignore_index=ignore_index, weight=class_weight)
+        kd = distillation_loss(student, teacher_logits, mode=mode, temperature=temperature)
+        return {"loss": (1 - distill_weight) * ce + distill_weight * kd, "ce": ce, "kd": kd}
+
+    def voxel_features(self, octree: Octree) -> torch.Tensor:
+        """(V, decoder_dim) decoder features of the occupied voxels, before the heads."""
         feats = octree.features
         if feats is None or np.asarray(feats).shape[1] != self.voxel_channels:
             raise OctformerError(
@@ -154,7 +198,7 @@ class Volt(OctreeModel):
         return self.decode(x, inverse, offset)
 
     def decode(self, tokens: torch.Tensor, inverse: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-        """Patch tokens (T, D) → voxel logits (V, classes): each voxel reads its offset's row of the unpatch GEMM.
+        """Patch tokens (T, D) → voxel features (V, c): each voxel reads its offset's row of the unpatch GEMM.
 
         The (T, K³·c) unpatch output is computed in token chunks of at most ``_UNPATCH_CHUNK``
         elements, so memory stays O(V·c) rather than O(T·K³·c).
@@ -175,13 +219,34 @@ class Volt(OctreeModel):
         y = torch.empty_like(order)
         y[order] = torch.arange(order.numel(), device=order.device)
         y = torch.cat(parts)[y]  # back to voxel order
-        y = self.decoder_out(y + self.unpatch_bias)
-        return self.head(y)
+        return self.decoder_out(y + self.unpatch_bias)
 
     @staticmethod
     def point_logits(voxel_logits: torch.Tensor, octree: Octree) -> torch.Tensor:
         """(N, classes) logits per input point (each point reads its voxel)."""
         return voxel_logits[torch.as_tensor(np.asarray(octree.point_leaf), device=voxel_logits.device)]
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, mode: str = "hard",
+                      temperature: float = 1.0) -> torch.Tensor:
+    """Knowledge distillation per row: "hard" = cross entropy to the teacher's argmax (Volt's
+    pseudo-labels), "soft" = T²·KL(softmax(teacher/T) ‖ softmax(student/T)) (Hinton et al.).
+    The teacher is treated as a constant."""
+    if student_logits.shape != teacher_logits.shape:
+        raise OctformerError(
+            f"teacher_logits: expected the student's shape {tuple(student_logits.shape)}, got {tuple(teacher_logits.shape)}"
+        )
+    teacher_logits = teacher_logits.detach()
+    if mode == "hard":
+        return F.cross_entropy(student_logits, teacher_logits.argmax(1))
+    if mode == "soft":
+        if not temperature > 0:
+            raise OctformerError(f"temperature: expected a positive number, got {temperature!r}")
+        t = float(temperature)
+        log_p = F.log_softmax(student_logits / t, dim=1)
+        log_q = F.log_softmax(teacher_logits / t, dim=1)
+        return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean") * t * t
+    raise OctformerError(f"mode: expected 'hard' or 'soft', got {mode!r}")
 
 
 def _make(defaults: dict, overrides: dict) -> Volt:
