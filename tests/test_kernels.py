@@ -93,15 +93,17 @@ def check_against_reference(case, dtype, tol, grads=True):
     gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     r = reference_with_lse(*leaves, cu, coords, tab, mask.double() if mask is not None else None, scale)[0]
     r.backward(gout)
-    dq, dk, dv, dtab = OPS.window_attention_bwd(gout.to(dtype), q, k, v, out, lse, cu, coords, table, mask, scale)
-    for got, leaf in zip((dq, dk, dv), leaves):
-        assert not torch.isnan(got).any()
-        torch.testing.assert_close(got.double(), leaf.grad, **tol)
-    if table is not None:
-        want_dtab = tab.grad if tab.grad is not None else torch.zeros_like(tab)  # no token used the table
-        torch.testing.assert_close(dtab.double(), want_dtab, **tol)
-    else:
-        assert dtab.shape == (0, q.shape[1])
+    # with the saved logsumexp, and with none (the backward recomputes the softmax normalisers)
+    for saved in (lse, lse.new_empty(0)):
+        dq, dk, dv, dtab = OPS.window_attention_bwd(gout.to(dtype), q, k, v, out, saved, cu, coords, table, mask, scale)
+        for got, leaf in zip((dq, dk, dv), leaves):
+            assert not torch.isnan(got).any()
+            torch.testing.assert_close(got.double(), leaf.grad, **tol)
+        if table is not None:
+            want_dtab = tab.grad if tab.grad is not None else torch.zeros_like(tab)  # no token used the table
+            torch.testing.assert_close(dtab.double(), want_dtab, **tol)
+        else:
+            assert dtab.shape == (0, q.shape[1])
 
 
 TOL32 = dict(rtol=2e-4, atol=2e-4)
@@ -216,12 +218,31 @@ def test_opcheck_without_lse():
     torch.library.opcheck(OPS.window_attention_fwd.default, (q, k, v, None, coords, table, mask, 0.5, False))
 
 
-def test_backward_after_forward_without_lse_raises():
-    q = torch.randn(1, 1, 3, 2, requires_grad=True)
-    out, lse = OPS.window_attention_fwd(q, q, q, None, None, None, None, 1.0, False)
-    assert lse.numel() == 0
-    with pytest.raises(RuntimeError, match="return_lse=False"):
-        out.sum().backward()
+@pytest.mark.parametrize("cu_lengths", [None, [3, 0, 4, 1]])
+def test_gradcheck_without_lse_float64(cu_lengths):
+    """A forward that keeps no logsumexp still backpropagates (the backward recomputes the normalisers)."""
+    case = make_attention_case(17, 2, 2, 5, 3, True, "partial", torch.float64, varlen_lengths=cu_lengths)
+    q, k, v, cu, coords, table, mask = case
+    q, k, v, table = (x.requires_grad_() for x in (q, k, v, table))
+
+    def fn(q, k, v, table):
+        out, lse = OPS.window_attention_fwd(q, k, v, cu, coords, table, mask, 0.7, False)
+        assert lse.numel() == 0
+        return out
+
+    assert torch.autograd.gradcheck(fn, (q, k, v, table))
+
+
+def test_lse_free_backward_on_long_segments_matches_saved_lse():
+    """Segments longer than one key block (512) take the extra normaliser pass; it must agree with the saved lse."""
+    q, k, v, cu, coords, table, mask = make_attention_case(18, 0, 2, 0, 4, True, "partial", torch.float32,
+                                                           varlen_lengths=[700, 0, 513, 3])
+    out, lse = OPS.window_attention_fwd(q, k, v, cu, coords, table, mask, 0.5)
+    gout = torch.randn_like(out)
+    with_lse = OPS.window_attention_bwd(gout, q, k, v, out, lse, cu, coords, table, mask, 0.5)
+    without = OPS.window_attention_bwd(gout, q, k, v, out, lse.new_empty(0), cu, coords, table, mask, 0.5)
+    for a, b in zip(with_lse, without):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_public_api_gradients_flow_through_kernels():

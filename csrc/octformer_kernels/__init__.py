@@ -61,8 +61,7 @@ def _attn_backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, cu_seqlens, coords, rpe_table, key_mask = ctx.saved_tensors
     if grad_out is None:  # only lse was used downstream: nothing flows back
         return None, None, None, None, None, None, None, None, None
-    if lse.numel() == 0 and q.numel() > 0:
-        raise RuntimeError("octformer::window_attention_fwd ran with return_lse=False; its output cannot be backpropagated")
+    # an empty lse (forward run with return_lse=False) makes the backward recompute the softmax normalisers
     dq, dk, dv, dtable = _lib.window_attention_bwd(
         grad_out, q, k, v, out, lse, cu_seqlens, coords, rpe_table, key_mask, ctx.scale
     )

@@ -20,8 +20,9 @@ constexpr int64_t kBlockK = 512;  // keys per block (S block is at most 256 x kB
 // Larger query blocks for longer segments: fewer, larger GEMMs; small segments keep scratch in L1.
 inline int64_t query_block(int64_t len) { return len >= 768 ? 256 : (len >= 192 ? 64 : 32); }
 // Backward tasks cover chunks of segments; the chunk size depends only on the segment count (never on the thread
-// count), so RPE-gradient sums are bitwise reproducible. At most kMaxBwdChunks partial tables are kept.
-constexpr int64_t kMinBwdChunk = 8, kMaxBwdChunks = 64;
+// count), so RPE-gradient sums are bitwise reproducible. At most kMaxBwdChunks partial tables (H x rows each) are
+// kept: a fixed few KiB, while chunks x heads tasks still keep 16 threads busy.
+constexpr int64_t kMinBwdChunk = 8, kMaxBwdChunks = 16;
 
 template <typename T>
 struct AttnArgs {
@@ -57,12 +58,12 @@ struct AttnArgs {
 template <typename T>
 struct Scratch {
   int64_t rows, lds;  // S/dP blocks are rows x lds, row stride lds
-  std::vector<T> S, dP, tab, m, l, d;
+  std::vector<T> S, dP, tab, m, l, d, lse;
   std::vector<int32_t> kx, ky, kz;
   Scratch(const AttnProblem& p, bool need_dp)
       : rows(query_block(std::max<int64_t>(p.max_len, 1))),
         lds(std::max<int64_t>(1, std::min(kBlockK, p.max_len))),
-        S(rows * lds), dP(need_dp ? rows * lds : 0), tab(p.rpe_rows), m(rows), l(rows), d(rows),
+        S(rows * lds), dP(need_dp ? rows * lds : 0), tab(p.rpe_rows), m(rows), l(rows), d(rows), lse(rows),
         kx(lds), ky(lds), kz(lds) {}
 };
 
@@ -208,10 +209,13 @@ void bwd_segment(const AttnArgs<T>& a, int64_t s, int64_t h, const T* gout, cons
   const int64_t C = a.p.dim, ld = a.p.tok_stride, off = a.base(s, h, start), g0 = a.token0(s, start);
   const T *Q = a.q + off, *K = a.k + off, *V = a.v + off, *O = out + off, *dO = gout + off;
   T *dQ = dq + off, *dK = dk + off, *dV = dv + off;
-  const T* L = lse + a.lse_base(s, h, start);
+  // lse == nullptr: the forward kept no logsumexp; each query's softmax normaliser is recomputed here instead
+  const T* L = lse != nullptr ? lse + a.lse_base(s, h, start) : nullptr;
+  const int64_t lse_tok = a.p.lse_tok;
   const T ninf = -std::numeric_limits<T>::infinity();
   const int32_t b = (int32_t)a.p.rpe_bound, span = 2 * b + 1;
   const int64_t block_q = query_block(len);
+  const bool one_key_block = len <= kBlockK;
   for (int64_t qb = 0; qb < len; qb += block_q) {
     const int64_t nq = std::min(block_q, len - qb);
     for (int64_t i = 0; i < nq; ++i) {
@@ -219,6 +223,28 @@ void bwd_segment(const AttnArgs<T>& a, int64_t s, int64_t h, const T* gout, cons
       T acc = T(0);
       for (int64_t c = 0; c < C; ++c) acc += o[c] * g[c];
       w.d[i] = acc;
+      if (L != nullptr) w.lse[i] = L[(qb + i) * lse_tok];
+    }
+    if (L == nullptr && !one_key_block) {  // keys span several blocks: one extra pass for the normalisers
+      for (int64_t i = 0; i < nq; ++i) {
+        w.m[i] = ninf;
+        w.l[i] = T(0);
+      }
+      for (int64_t kb = 0; kb < len; kb += kBlockK) {
+        const int64_t nk = std::min(kBlockK, len - kb);
+        T* S = w.S.data();
+        gemm_rm(false, true, nq, nk, C, a.scale, Q + qb * ld, ld, K + kb * ld, ld, T(0), S, w.lds);
+        add_bias(a, g0 + qb, nq, g0 + kb, nk, w);
+        for (int64_t i = 0; i < nq; ++i) {
+          T* srow = S + i * w.lds;
+          const T mnew = std::max(w.m[i], row_max(srow, nk));
+          if (mnew == ninf) continue;
+          const T sum = exp_shift_sum(srow, nk, mnew);
+          w.l[i] = w.l[i] * (w.m[i] == ninf ? T(0) : std::exp(w.m[i] - mnew)) + sum;
+          w.m[i] = mnew;
+        }
+      }
+      for (int64_t i = 0; i < nq; ++i) w.lse[i] = w.l[i] == T(0) ? ninf : w.m[i] + std::log(w.l[i]);
     }
     for (int64_t kb = 0; kb < len; kb += kBlockK) {
       const int64_t nk = std::min(kBlockK, len - kb);
@@ -226,14 +252,28 @@ void bwd_segment(const AttnArgs<T>& a, int64_t s, int64_t h, const T* gout, cons
       T* dP = w.dP.data();
       gemm_rm(false, true, nq, nk, C, a.scale, Q + qb * ld, ld, K + kb * ld, ld, T(0), S, w.lds);
       add_bias(a, g0 + qb, nq, g0 + kb, nk, w);
-      for (int64_t i = 0; i < nq; ++i) {  // P = exp(S - lse)
-        T* srow = S + i * w.lds;
-        const T li = L[(qb + i) * a.p.lse_tok];
-        if (li == ninf) {
-          std::fill(srow, srow + nk, T(0));
-          continue;
+      if (L == nullptr && one_key_block) {  // the whole row is in S: P = softmax(S) directly
+        for (int64_t i = 0; i < nq; ++i) {
+          T* srow = S + i * w.lds;
+          const T mx = row_max(srow, nk);
+          const T sum = mx == ninf ? T(0) : exp_shift_sum(srow, nk, mx);
+          if (sum == T(0)) {  // fully masked query
+            std::fill(srow, srow + nk, T(0));
+            continue;
+          }
+          const T inv = T(1) / sum;
+          for (int64_t j = 0; j < nk; ++j) srow[j] *= inv;
         }
-        exp_shift_sum(srow, nk, li);
+      } else {
+        for (int64_t i = 0; i < nq; ++i) {  // P = exp(S - lse)
+          T* srow = S + i * w.lds;
+          const T li = w.lse[i];
+          if (li == ninf) {
+            std::fill(srow, srow + nk, T(0));
+            continue;
+          }
+          exp_shift_sum(srow, nk, li);
+        }
       }
       gemm_rm(true, false, nk, C, nq, T(1), S, w.lds, dO + qb * ld, ld, T(1), dV + kb * ld, ld);  // dV += P^T dO
       gemm_rm(false, true, nq, nk, C, T(1), dO + qb * ld, ld, V + kb * ld, ld, T(0), dP, w.lds);  // dP = dO V^T
@@ -375,9 +415,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
   const AttnProblem& p = r.p;
   TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
                     "window_attention_bwd: grad_out and out must have q's shape ", q.sizes());
-  TORCH_CHECK_VALUE(lse.numel() == p.total_tokens * p.heads, "window_attention_bwd: lse has ", lse.numel(),
-                    " values, expected ", p.total_tokens * p.heads,
-                    " (was the forward run with return_lse=False?)");
+  // lse may be empty (forward run with return_lse=False): the backward then recomputes the softmax normalisers
+  TORCH_CHECK_VALUE(lse.numel() == p.total_tokens * p.heads || lse.numel() == 0, "window_attention_bwd: lse has ",
+                    lse.numel(), " values, expected ", p.total_tokens * p.heads, " or 0 (recompute)");
   const at::Tensor g = grad_out.contiguous().to(q.scalar_type());
   const at::Tensor o = out.contiguous();
   const at::Tensor l = lse.contiguous();
@@ -389,7 +429,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
   at::Tensor partial = at::zeros({p.has_rpe ? chunks : 0, p.heads, p.rpe_rows}, q.options());
   AT_DISPATCH_FLOATING_TYPES(r.q.scalar_type(), "window_attention_bwd_cpu", [&] {
     const AttnArgs<scalar_t> a = make_args<scalar_t>(p, r.q, r.k, r.v, r.cu, r.coords, r.table, r.mask, scale);
-    const scalar_t *gp = g.data_ptr<scalar_t>(), *op = o.data_ptr<scalar_t>(), *lp = l.data_ptr<scalar_t>();
+    const scalar_t *gp = g.data_ptr<scalar_t>(), *op = o.data_ptr<scalar_t>(), *lp = l.numel() ? l.data_ptr<scalar_t>() : nullptr;
     scalar_t *dqp = dq.data_ptr<scalar_t>(), *dkp = dk.data_ptr<scalar_t>(), *dvp = dv.data_ptr<scalar_t>();
     scalar_t* part = p.has_rpe ? partial.data_ptr<scalar_t>() : nullptr;
     parallel_tasks(chunks * p.heads, 1, [&](TaskQueue& queue) {

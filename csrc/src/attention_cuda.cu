@@ -1,7 +1,8 @@
 // CUDA window attention and 3D RoPE. One thread per query row, key/value tiles staged in shared memory,
 // online softmax in registers; RPE bias from int16 coords and the (3(2b+1), H) table inside the loop.
-// Backward recomputes P from the saved logsumexp; dK, dV and the RPE table gradient use atomics
-// (so CUDA gradients are not bitwise deterministic, unlike the CPU kernels).
+// Forward and backward share the key-tile staging and the online-softmax loop (the backward reruns it, without V,
+// when the forward saved no logsumexp). The backward recomputes P from the logsumexp; dK, dV and the RPE table
+// gradient use atomics (so CUDA gradients are not bitwise deterministic, unlike the CPU kernels).
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -61,149 +62,167 @@ __device__ inline T bias_of(const DeviceArgs<T>& a, int64_t h, const int16_t* cq
   return b;
 }
 
+// Keys [kb, kb + nk) of one segment and head, staged in shared memory by all threads of a block.
 template <typename T>
-__global__ void attn_fwd_kernel(DeviceArgs<T> a, T* out, T* lse) {
-  const int64_t s = blockIdx.x, h = blockIdx.y;
-  int64_t start, len;
-  segment_of(a, s, start, len);
-  const int64_t i = (int64_t)blockIdx.z * kThreads + threadIdx.x;
-  if ((int64_t)blockIdx.z * kThreads >= len) return;  // whole block past this segment
-  const bool active = i < len;
-  const int64_t base = s * a.seg_stride + h * a.head_stride + start * a.tok_stride;
-  const int64_t tok0 = s * a.group + start;
-  __shared__ T ks[kTileK<T>][kMaxDim];
-  __shared__ T vs[kTileK<T>][kMaxDim];
-  __shared__ T ms[kTileK<T>];
-  __shared__ int16_t cs[kTileK<T>][3];
-  T qr[kMaxDim], acc[kMaxDim];
-  const T ninf = -std::numeric_limits<T>::infinity();
-  int16_t cq[3] = {0, 0, 0};
-  if (active) {
-    for (int c = 0; c < a.dim; ++c) {
-      qr[c] = a.q[base + i * a.tok_stride + c] * a.scale;
-      acc[c] = T(0);
-    }
+struct KeyTile {
+  T k[kTileK<T>][kMaxDim];
+  T v[kTileK<T>][kMaxDim];
+  T mask[kTileK<T>];
+  int16_t coords[kTileK<T>][3];
+};
+
+template <typename T>
+__device__ inline void load_tile(const DeviceArgs<T>& a, int64_t base, int64_t tok0, int64_t kb, int nk, bool with_v,
+                                 KeyTile<T>& t) {
+  __syncthreads();  // the previous tile is no longer read
+  for (int idx = threadIdx.x; idx < nk * a.dim; idx += kThreads) {
+    const int j = idx / a.dim, c = idx % a.dim;
+    t.k[j][c] = a.k[base + (kb + j) * a.tok_stride + c];
+    if (with_v) t.v[j][c] = a.v[base + (kb + j) * a.tok_stride + c];
+  }
+  for (int j = threadIdx.x; j < nk; j += kThreads) {
+    t.mask[j] = a.has_mask ? a.mask[tok0 + kb + j] : T(0);
     if (a.has_rpe)
+      for (int ax = 0; ax < 3; ++ax) t.coords[j][ax] = a.coords[(tok0 + kb + j) * 3 + ax];
+  }
+  __syncthreads();
+}
+
+// Where one thread's query row lives: block (segment, head, tile of kThreads queries), thread = query.
+template <typename T>
+struct QueryRow {
+  int64_t s, h, start, len, i, base, tok0;
+  bool active;
+  int16_t cq[3] = {0, 0, 0};
+
+  __device__ explicit QueryRow(const DeviceArgs<T>& a) : s(blockIdx.x), h(blockIdx.y) {
+    segment_of(a, s, start, len);
+    i = (int64_t)blockIdx.z * kThreads + threadIdx.x;
+    active = i < len;
+    base = s * a.seg_stride + h * a.head_stride + start * a.tok_stride;
+    tok0 = s * a.group + start;
+    if (active && a.has_rpe)
       for (int ax = 0; ax < 3; ++ax) cq[ax] = a.coords[(tok0 + i) * 3 + ax];
   }
-  T m = ninf, l = T(0);
-  for (int64_t kb = 0; kb < len; kb += kTileK<T>) {
-    const int nk = (int)min((int64_t)kTileK<T>, len - kb);
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < nk * a.dim; idx += kThreads) {
-      const int j = idx / a.dim, c = idx % a.dim;
-      ks[j][c] = a.k[base + (kb + j) * a.tok_stride + c];
-      vs[j][c] = a.v[base + (kb + j) * a.tok_stride + c];
-    }
-    for (int j = threadIdx.x; j < nk; j += kThreads) {
-      ms[j] = a.has_mask ? a.mask[tok0 + kb + j] : T(0);
-      if (a.has_rpe)
-        for (int ax = 0; ax < 3; ++ax) cs[j][ax] = a.coords[(tok0 + kb + j) * 3 + ax];
-    }
-    __syncthreads();
-    if (!active) continue;
+  __device__ bool block_past_segment() const { return (int64_t)blockIdx.z * kThreads >= len; }
+  __device__ int64_t lse_index(const DeviceArgs<T>& a) const {
+    return s * a.lse_seg + h * a.lse_head + (start + i) * a.lse_tok;
+  }
+};
+
+// Online softmax of one query row over all keys of its segment: running max m and sum l of exp(score - m), and
+// (kWithV) acc = sum of exp(score - m) v. Scores are (qr . k) * qscale + bias. Every thread of the block must call it.
+template <typename T, bool kWithV>
+__device__ void online_softmax(const DeviceArgs<T>& a, const QueryRow<T>& r, const T* qr, T qscale, T* acc, T& m,
+                               T& l, KeyTile<T>& t) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  m = ninf;
+  l = T(0);
+  for (int64_t kb = 0; kb < r.len; kb += kTileK<T>) {
+    const int nk = (int)min((int64_t)kTileK<T>, r.len - kb);
+    load_tile(a, r.base, r.tok0, kb, nk, kWithV, t);
+    if (!r.active) continue;
     for (int j = 0; j < nk; ++j) {
       T sc = T(0);
-      for (int c = 0; c < a.dim; ++c) sc += qr[c] * ks[j][c];
-      sc += bias_of(a, h, cq, cs[j], ms[j]);
+      for (int c = 0; c < a.dim; ++c) sc += qr[c] * t.k[j][c];
+      sc = sc * qscale + bias_of(a, r.h, r.cq, t.coords[j], t.mask[j]);
       if (sc == ninf) continue;  // masked key: weight 0
       if (sc > m) {
         const T corr = m == ninf ? T(0) : exp(m - sc);
-        for (int c = 0; c < a.dim; ++c) acc[c] *= corr;
+        if (kWithV)
+          for (int c = 0; c < a.dim; ++c) acc[c] *= corr;
         l *= corr;
         m = sc;
       }
       const T p = exp(sc - m);
       l += p;
-      for (int c = 0; c < a.dim; ++c) acc[c] += p * vs[j][c];
+      if (kWithV)
+        for (int c = 0; c < a.dim; ++c) acc[c] += p * t.v[j][c];
     }
   }
-  if (!active) return;
-  T* o = out + base + i * a.tok_stride;
-  const int64_t li = s * a.lse_seg + h * a.lse_head + (start + i) * a.lse_tok;
-  if (l == T(0)) {  // fully masked query: output 0, lse -inf
-    for (int c = 0; c < a.dim; ++c) o[c] = T(0);
-    lse[li] = ninf;
-    return;
-  }
-  for (int c = 0; c < a.dim; ++c) o[c] = acc[c] / l;
-  lse[li] = m + log(l);
 }
 
 template <typename T>
+__global__ void attn_fwd_kernel(DeviceArgs<T> a, T* out, T* lse) {
+  const QueryRow<T> r(a);
+  if (r.block_past_segment()) return;  // uniform per block
+  __shared__ KeyTile<T> tile;
+  T qr[kMaxDim], acc[kMaxDim];
+  if (r.active)
+    for (int c = 0; c < a.dim; ++c) {
+      qr[c] = a.q[r.base + r.i * a.tok_stride + c] * a.scale;
+      acc[c] = T(0);
+    }
+  T m, l;
+  online_softmax<T, true>(a, r, qr, T(1), acc, m, l, tile);
+  if (!r.active) return;
+  T* o = out + r.base + r.i * a.tok_stride;
+  if (l == T(0)) {  // fully masked query: output 0, lse -inf
+    for (int c = 0; c < a.dim; ++c) o[c] = T(0);
+    lse[r.lse_index(a)] = -std::numeric_limits<T>::infinity();
+    return;
+  }
+  for (int c = 0; c < a.dim; ++c) o[c] = acc[c] / l;
+  lse[r.lse_index(a)] = m + log(l);
+}
+
+// lse == nullptr: the forward saved no logsumexp; one extra pass over the keys recomputes it per row.
+template <typename T>
 __global__ void attn_bwd_kernel(DeviceArgs<T> a, const T* gout, const T* out, const T* lse, T* dq, T* dk, T* dv,
                                 T* dtable) {
-  const int64_t s = blockIdx.x, h = blockIdx.y;
-  int64_t start, len;
-  segment_of(a, s, start, len);
-  const int64_t i = (int64_t)blockIdx.z * kThreads + threadIdx.x;
-  if ((int64_t)blockIdx.z * kThreads >= len) return;
-  const bool active = i < len;
-  const int64_t base = s * a.seg_stride + h * a.head_stride + start * a.tok_stride;
-  const int64_t tok0 = s * a.group + start;
-  __shared__ T ks[kTileK<T>][kMaxDim];
-  __shared__ T vs[kTileK<T>][kMaxDim];
-  __shared__ T ms[kTileK<T>];
-  __shared__ int16_t cs[kTileK<T>][3];
+  const QueryRow<T> r(a);
+  if (r.block_past_segment()) return;
+  __shared__ KeyTile<T> tile;
   T qr[kMaxDim], gr[kMaxDim], dqr[kMaxDim];
   const T ninf = -std::numeric_limits<T>::infinity();
-  int16_t cq[3] = {0, 0, 0};
   T li = ninf, di = T(0);
-  if (active) {
+  if (r.active) {
     for (int c = 0; c < a.dim; ++c) {
-      qr[c] = a.q[base + i * a.tok_stride + c];
-      gr[c] = gout[base + i * a.tok_stride + c];
-      di += gr[c] * out[base + i * a.tok_stride + c];
+      qr[c] = a.q[r.base + r.i * a.tok_stride + c];
+      gr[c] = gout[r.base + r.i * a.tok_stride + c];
+      di += gr[c] * out[r.base + r.i * a.tok_stride + c];
       dqr[c] = T(0);
     }
-    if (a.has_rpe)
-      for (int ax = 0; ax < 3; ++ax) cq[ax] = a.coords[(tok0 + i) * 3 + ax];
-    li = lse[s * a.lse_seg + h * a.lse_head + (start + i) * a.lse_tok];
+    if (lse != nullptr) li = lse[r.lse_index(a)];
+  }
+  if (lse == nullptr) {  // uniform per launch
+    T m, l;
+    online_softmax<T, false>(a, r, qr, a.scale, nullptr, m, l, tile);
+    li = l == T(0) ? ninf : m + log(l);
   }
   const int span = 2 * a.bound + 1;
-  for (int64_t kb = 0; kb < len; kb += kTileK<T>) {
-    const int nk = (int)min((int64_t)kTileK<T>, len - kb);
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < nk * a.dim; idx += kThreads) {
-      const int j = idx / a.dim, c = idx % a.dim;
-      ks[j][c] = a.k[base + (kb + j) * a.tok_stride + c];
-      vs[j][c] = a.v[base + (kb + j) * a.tok_stride + c];
-    }
-    for (int j = threadIdx.x; j < nk; j += kThreads) {
-      ms[j] = a.has_mask ? a.mask[tok0 + kb + j] : T(0);
-      if (a.has_rpe)
-        for (int ax = 0; ax < 3; ++ax) cs[j][ax] = a.coords[(tok0 + kb + j) * 3 + ax];
-    }
-    __syncthreads();
-    if (!active || li == ninf) continue;
+  for (int64_t kb = 0; kb < r.len; kb += kTileK<T>) {
+    const int nk = (int)min((int64_t)kTileK<T>, r.len - kb);
+    load_tile(a, r.base, r.tok0, kb, nk, true, tile);
+    if (!r.active || li == ninf) continue;
     for (int j = 0; j < nk; ++j) {
       T sc = T(0), dp = T(0);
       for (int c = 0; c < a.dim; ++c) {
-        sc += qr[c] * ks[j][c];
-        dp += gr[c] * vs[j][c];
+        sc += qr[c] * tile.k[j][c];
+        dp += gr[c] * tile.v[j][c];
       }
-      sc = sc * a.scale + bias_of(a, h, cq, cs[j], ms[j]);
+      sc = sc * a.scale + bias_of(a, r.h, r.cq, tile.coords[j], tile.mask[j]);
       const T p = sc == ninf ? T(0) : exp(sc - li);
       if (p == T(0)) continue;
       const T ds = p * (dp - di);
-      T* dkj = dk + base + (kb + j) * a.tok_stride;
-      T* dvj = dv + base + (kb + j) * a.tok_stride;
+      T* dkj = dk + r.base + (kb + j) * a.tok_stride;
+      T* dvj = dv + r.base + (kb + j) * a.tok_stride;
       for (int c = 0; c < a.dim; ++c) {
-        dqr[c] += ds * ks[j][c];
+        dqr[c] += ds * tile.k[j][c];
         atomicAdd(dkj + c, ds * a.scale * qr[c]);
         atomicAdd(dvj + c, p * gr[c]);
       }
       if (a.has_rpe) {
         for (int ax = 0; ax < 3; ++ax) {
-          int d = int(cq[ax]) - int(cs[j][ax]);
+          int d = int(r.cq[ax]) - int(tile.coords[j][ax]);
           d = d < -a.bound ? -a.bound : (d > a.bound ? a.bound : d);
-          atomicAdd(dtable + (int64_t)(ax * span + d + a.bound) * a.heads + h, ds);
+          atomicAdd(dtable + (int64_t)(ax * span + d + a.bound) * a.heads + r.h, ds);
         }
       }
     }
   }
-  if (!active) return;
-  T* dqi = dq + base + i * a.tok_stride;
+  if (!r.active) return;
+  T* dqi = dq + r.base + r.i * a.tok_stride;
   for (int c = 0; c < a.dim; ++c) dqi[c] = dqr[c] * a.scale;
 }
 
@@ -310,6 +329,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
   const AttnProblem& p = r.p;
   TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
                     "window_attention_bwd: grad_out and out must have q's shape ", q.sizes());
+  TORCH_CHECK_VALUE(lse.numel() == p.total_tokens * p.heads || lse.numel() == 0, "window_attention_bwd: lse has ",
+                    lse.numel(), " values, expected ", p.total_tokens * p.heads, " or 0 (recompute)");
   const at::Tensor g = grad_out.contiguous().to(q.scalar_type()), o = out.contiguous(), l = lse.contiguous();
   at::Tensor dq = at::zeros_like(r.q, at::MemoryFormat::Contiguous);
   at::Tensor dk = at::zeros_like(r.k, at::MemoryFormat::Contiguous);
@@ -320,7 +341,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
   const dim3 grid((unsigned)p.num_segments, (unsigned)p.heads, (unsigned)tiles);
   AT_DISPATCH_FLOATING_TYPES(r.q.scalar_type(), "window_attention_bwd_cuda", [&] {
     attn_bwd_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        device_args<scalar_t>(r, scale), g.data_ptr<scalar_t>(), o.data_ptr<scalar_t>(), l.data_ptr<scalar_t>(),
+        device_args<scalar_t>(r, scale), g.data_ptr<scalar_t>(), o.data_ptr<scalar_t>(),
+        l.numel() ? l.data_ptr<scalar_t>() : nullptr,
         dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(),
         p.has_rpe ? dtable.data_ptr<scalar_t>() : nullptr);
   });

@@ -157,6 +157,22 @@ def _check_attention(q, k, v, cu_seqlens, coords, rpe_table, key_mask):
     return coords
 
 
+# Keys per block of the CPU kernel: a query whose keys fit in one block gets its softmax recomputed in the backward
+# at no extra GEMM, so no logsumexp (H floats per token) is saved for it.
+_CPU_KEY_BLOCK = 512
+
+
+def _keep_lse(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> bool:
+    """Whether the kernels' forward should save the logsumexp for the backward (else the backward recomputes it)."""
+    if q.device.type != "cpu":
+        return True  # the CUDA backward would need a whole extra pass over the keys
+    if cu_seqlens is None:
+        return q.shape[2] > _CPU_KEY_BLOCK
+    if torch.compiler.is_compiling() or cu_seqlens.numel() < 2:
+        return torch.compiler.is_compiling()  # while tracing the lengths are unknown: keep it
+    return int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) > _CPU_KEY_BLOCK
+
+
 def window_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -180,10 +196,9 @@ def window_attention(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if resolve_backend(backend, q.device) == "kernels":
         mask = key_mask.reshape(-1) if key_mask is not None else None
-        # the logsumexp (H floats per token) is only kept when a backward pass may need it
         need_lse = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (q, k, v, rpe_table)
-        )
+        ) and _keep_lse(q, cu_seqlens)
         out, _ = torch.ops.octformer.window_attention_fwd(
             q, k, v, cu_seqlens, coords16, rpe_table, mask, scale, need_lse
         )
