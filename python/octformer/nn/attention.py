@@ -99,7 +99,8 @@ class PlanAttention(nn.Module):
         h, dh = self.heads, self.head_dim
         xs = x[plan.gather]
         m = xs.shape[0]
-        q, k, v = self.qkv(xs).view(m, 3, h, dh).unbind(1)  # (M, H, dh) each
+        qkv = self.qkv(xs)
+        q, k, v = qkv.view(m, 3, h, dh).unbind(1)  # (M, H, dh) each
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
@@ -129,13 +130,11 @@ class PlanAttention(nn.Module):
         else:
             kk = plan.group_size
             g = m // kk
-
-            def grp(t: torch.Tensor) -> torch.Tensor:
-                return t.view(g, kk, h, dh).transpose(1, 2).contiguous()
-
-            out = ops.window_attention(
-                grp(q), grp(k), grp(v), coords=c_g, rpe_table=table, key_mask=mask, backend=self.backend
-            )
+            if self.q_norm is None and self.rope is None:  # q, k, v are still views of one qkv: one copy for all
+                qg, kg, vg = qkv.view(g, kk, 3, h, dh).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+            else:
+                qg, kg, vg = (t.view(g, kk, h, dh).transpose(1, 2).contiguous() for t in (q, k, v))
+            out = ops.window_attention(qg, kg, vg, coords=c_g, rpe_table=table, key_mask=mask, backend=self.backend)
             out = out.transpose(1, 2)
         out = self.proj(out.reshape(m, c))
         return out[plan.scatter]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from octformer.errors import OctformerError
@@ -63,31 +64,37 @@ def window_plan(batch: torch.Tensor, group_size: int, dilation: int = 1, shift: 
             f"got {group_size}, {dilation}, {shift}"
         )
     batch = _check_batch(batch)
-    device = batch.device
-    n = batch.numel()
+    # index bookkeeping in NumPy: single-threaded, no autograd, and none of the ~25 small torch
+    # kernels (each an OpenMP parallel region, costly on a loaded machine) the torch version ran
+    b = batch.cpu().numpy()
+    n = b.size
     span = group_size * dilation
-    num_samples = int(batch.max()) + 1 if n else 0
-    counts = torch.bincount(batch, minlength=num_samples)
-    present = counts > 0
-    padded = torch.where(present, (counts + shift + span - 1) // span * span, torch.zeros_like(counts))
-    tok_start = torch.cumsum(counts, 0) - counts
-    slot_start = torch.cumsum(padded, 0) - padded
+    num_samples = int(b[-1]) + 1 if n else 0
+    counts = np.bincount(b, minlength=num_samples)
+    padded = np.where(counts > 0, (counts + shift + span - 1) // span * span, 0)
+    tok_start = np.cumsum(counts) - counts
+    slot_start = np.cumsum(padded) - padded
     total = int(padded.sum())
-    slot_sample = torch.repeat_interleave(torch.arange(num_samples, device=device), padded)
-    p = torch.arange(total, device=device) - slot_start[slot_sample]  # position in the sample's padded sequence
+    slot_sample = np.repeat(np.arange(num_samples), padded)
+    p = np.arange(total) - slot_start[slot_sample]  # position in the sample's padded sequence
     # slot s of the dilated layout holds padded position: block*span + i*D + j, with s = block*span + j*K + i
     block, within = p // span, p % span
     j, i = within // group_size, within % group_size
-    pos = block * span + i * dilation + j
-    tok = pos - shift
-    valid = (tok >= 0) & (tok < counts[slot_sample])
-    src = tok_start[slot_sample] + tok.clamp(min=0).minimum(counts[slot_sample] - 1)
-    key_mask = torch.zeros(total, dtype=torch.float32, device=device).masked_fill(~valid, float("-inf"))
-    scatter = torch.empty(n, dtype=torch.long, device=device)
-    scatter[src[valid]] = torch.arange(total, device=device)[valid]
+    tok = block * span + i * dilation + j - shift
+    n_of_slot = counts[slot_sample]
+    valid = (tok >= 0) & (tok < n_of_slot)
+    src = tok_start[slot_sample] + np.minimum(np.maximum(tok, 0), n_of_slot - 1)
+    key_mask = np.where(valid, np.float32(0), np.float32(-np.inf)).astype(np.float32)
+    scatter = np.empty(n, dtype=np.int64)
+    scatter[src[valid]] = np.nonzero(valid)[0]
+    device = batch.device
+
+    def out(a):
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
     return TokenPlan(
-        gather=src, scatter=scatter, group_size=group_size, key_mask=key_mask, max_seqlen=group_size,
-        slot_sample=slot_sample,
+        gather=out(src.astype(np.int64)), scatter=out(scatter), group_size=group_size, key_mask=out(key_mask),
+        max_seqlen=group_size, slot_sample=out(slot_sample.astype(np.int64)),
     )
 
 
