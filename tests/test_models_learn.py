@@ -112,7 +112,7 @@ def test_volt_learns_semantickitti_sectors_long(shared_data):
 
 
 def train_hotformerloc_on_crops(shared_data, *, steps: int, num_points: int, db_spacing: float, queries: int,
-                                seed: int = 0):
+                                seed: int = 0, lr: float = 1e-3, pairs: int = 3):
     """Place recognition on disc crops (radius 6 m) of the CS-Wild-Places submap.
 
     Training crops come from the y < -4 m half; the database (a grid of crops) and the
@@ -147,10 +147,10 @@ def train_hotformerloc_on_crops(shared_data, *, steps: int, num_points: int, db_
 
     chance = float(np.mean([(np.linalg.norm(db - q, axis=1) < 3.0).mean() for q in qs]))
     before = recall_at_1()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     losses = []
     for _ in range(steps):
-        anchors = np.stack([rng.uniform(-22, 22, 3), rng.uniform(-22, -5, 3)], 1)
+        anchors = np.stack([rng.uniform(-22, 22, pairs), rng.uniform(-22, -5, pairs)], 1)
         centres = np.concatenate([anchors, anchors + rng.uniform(-1.5, 1.5, anchors.shape)])  # overlapping = positive
         dist = np.linalg.norm(centres[:, None] - centres[None], axis=2)
         loss = truncated_smooth_ap(embed(centres, rng, train=True), torch.from_numpy(dist < 2.5),
@@ -185,8 +185,10 @@ def test_hotformerloc_recognises_held_out_crops_long(shared_data):
 # ------------------------------------------------------------------ OctGPT
 
 
-def train_octgpt_on_shapes(shared_data, *, steps: int, shapes: tuple[str, ...], iterations: int, seed: int = 0):
-    """Fit the tiny OctGPT to the bunny / Spot octrees, sample one octree, report its IoU to each shape."""
+def train_octgpt_on_shapes(shared_data, *, vqvae_steps: int, steps: int, shapes: tuple[str, ...], iterations: int,
+                           samples: int = 1, lr: float = 3e-3, seed: int = 0):
+    """Fit octgpt_tiny to the bunny / Spot octrees in OctGPT's two stages (the VQVAE, then the transformer with
+    the VQVAE frozen), sample octrees before and after, and report their occupancy IoU to each shape."""
     from octformer import format as octf
 
     files = {
@@ -194,51 +196,88 @@ def train_octgpt_on_shapes(shared_data, *, steps: int, shapes: tuple[str, ...], 
         "spot": shared_data / "spot" / "spot_triangulated.obj",
     }
     clouds = [read_points(files[s]).points.astype(np.float64) for s in shapes]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tensors this small only pay for intra-op threading (5x the CPU time on 2 busy cores)
+    try:
+        return _train_octgpt(clouds, shapes, vqvae_steps, steps, iterations, samples, lr, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_octgpt(clouds, shapes, vqvae_steps, steps, iterations, samples, lr, seed):
+    from octformer import format as octf
+
     torch.manual_seed(seed)
     model = create_model("octgpt_tiny", backend="torch")
     tree = model.build_input(clouds)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(seed)
+    refs = {d: [set(map(tuple, model.build_input([c]).xyz(d).tolist())) for c in clouds]
+            for d in (model.depth_stop, model.depth)}
+    levels = model.depth_stop - model.full_depth + 2
 
-    def fixed_mask_loss():  # the masked-token loss under one fixed mask draw, in eval mode
+    def sample_ious():  # per sample, IoU to each training shape at depth_stop (transformer) and at full depth
+        model.eval()
+        out = model.generate(samples, iterations=(iterations,) * levels, generator=torch.Generator().manual_seed(seed + 1))
+        model.train()
+        assert octf.decode(octf.encode(out)) == out  # a valid octree: survives the checked OCTF round trip
+        per = []
+        for b in range(samples):
+            one = out if samples == 1 else octf.from_split_flags([octf.split_flags(out)[b]], model.depth, model.full_depth)
+            got = {d: set(map(tuple, one.xyz(d).tolist())) for d in refs}
+            per.append({d: [len(got[d] & r) / len(got[d] | r) for r in refs[d]] for d in refs})
+        return per
+
+    def fixed_mask_loss():  # the transformer's masked-token loss under one fixed mask draw, in eval mode
         model.eval()
         with torch.no_grad():
-            return float(model.loss(tree, torch.Generator().manual_seed(1234))["loss"])
+            res = model.loss(tree, torch.Generator().manual_seed(1234), vqvae=False)
+        model.train()
+        return float(res["loss"])
 
-    before = fixed_mask_loss()
-    losses = []
+    untrained = sample_ious()
     model.train()
+    vq_opt = torch.optim.AdamW(model.vqvae.parameters(), lr=1e-2)
+    for _ in range(vqvae_steps):
+        loss = model.vqvae_loss(tree)
+        vq_opt.zero_grad()
+        loss.backward()
+        vq_opt.step()
+    model.vqvae.requires_grad_(False)
+    before = fixed_mask_loss()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
     for _ in range(steps):
-        loss = model.loss(tree, gen)["loss"]
+        loss = model.loss(tree, gen, vqvae=False)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
     after = fixed_mask_loss()
-    levels = model.depth_stop - model.full_depth + 2
-    sample = model.generate(1, iterations=(iterations,) * levels, generator=torch.Generator().manual_seed(seed + 1))
-    assert octf.decode(octf.encode(sample)) == sample  # a valid octree: survives the checked OCTF round trip
-    occupied = set(map(tuple, sample.xyz(model.depth).tolist()))
-    ious = {}
-    for name, cloud in zip(shapes, clouds):
-        ref = set(map(tuple, model.build_input([cloud]).xyz(model.depth).tolist()))
-        ious[name] = len(occupied & ref) / len(occupied | ref)
-    return {"loss_before": before, "loss_after": after, "train_loss_first": float(np.mean(losses[:3])),
-            "train_loss_last": float(np.mean(losses[-3:])), "leaves": len(occupied), "iou": ious}
+    trained = sample_ious()
+
+    def best(per, d):  # per training shape, the best IoU over the samples
+        return {name: round(max(p[d][i] for p in per), 3) for i, name in enumerate(shapes)}
+
+    return {"loss_before": before, "loss_after": after, "train_loss_first": float(np.mean(losses[:5])),
+            "train_loss_last": float(np.mean(losses[-5:])),
+            "iou": best(trained, model.depth), "iou_depth_stop": best(trained, model.depth_stop),
+            "untrained_iou": best(untrained, model.depth), "untrained_iou_depth_stop": best(untrained, model.depth_stop),
+            "depths": (model.depth_stop, model.depth)}
 
 
-def test_octgpt_trains_and_samples_a_valid_octree_short(shared_data):
-    # CI-sized: 8 steps are too few for the fixed-mask loss to fall reliably (measured: 2.119 -> 2.160),
-    # so this checks training runs and sampling yields a valid octree; the slow test checks the loss falls
-    res = train_octgpt_on_shapes(shared_data, steps=8, shapes=("bunny",), iterations=2)
+@pytest.mark.slow
+def test_octgpt_learns_the_bunny_short(shared_data):
+    res = train_octgpt_on_shapes(shared_data, vqvae_steps=100, steps=200, shapes=("bunny",), iterations=4, lr=6e-3)
     print(f"\nOctGPT: {res}")
-    assert np.isfinite(res["loss_after"])
-    assert res["leaves"] > 0 and 0.0 <= res["iou"]["bunny"] <= 1.0
+    assert res["loss_after"] < 0.8 * res["loss_before"]
+    assert res["iou_depth_stop"]["bunny"] > res["untrained_iou_depth_stop"]["bunny"] + 0.2
+    assert res["iou"]["bunny"] > res["untrained_iou"]["bunny"] + 0.1
 
 
 @pytest.mark.long
-def test_octgpt_loss_falls_and_samples_a_valid_octree_long(shared_data):
-    res = train_octgpt_on_shapes(shared_data, steps=60, shapes=("bunny", "spot"), iterations=8)
+def test_octgpt_reproduces_the_bunny_and_spot_long(shared_data):
+    res = train_octgpt_on_shapes(shared_data, vqvae_steps=200, steps=600, shapes=("bunny", "spot"), iterations=8,
+                                 samples=4)
     print(f"\nOctGPT: {res}")
-    assert res["loss_after"] < res["loss_before"]
-    assert res["leaves"] > 0
+    assert res["loss_after"] < 0.5 * res["loss_before"]
+    assert min(res["iou"].values()) >= 0.5

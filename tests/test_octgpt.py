@@ -95,3 +95,19 @@ def test_octgpt_sequence_and_finer_flags_rebuild_the_octree(bunny_tree):
     # one code token per non-empty depth_stop node, in key order
     codes_xyz = seq["xyz"][seq["value"] < 0]
     assert np.array_equal(codes_xyz, tree.xyz(model.depth_stop))
+
+
+def test_octgpt_block_checkpointing_gives_the_same_loss_and_gradients(bunny_tree):
+    model, tree = bunny_tree
+    grads = []
+    for checkpoint in (False, True):
+        model.checkpoint = checkpoint
+        model.zero_grad()
+        loss = model.loss(tree, torch.Generator().manual_seed(7))["loss"]
+        loss.backward()
+        grads.append((float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    model.checkpoint = False
+    assert grads[0][0] == grads[1][0]
+    assert grads[0][1].keys() == grads[1][1].keys() and len(grads[0][1]) > 10
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][name], g, rtol=1e-5, atol=1e-7, msg=name)
