@@ -402,3 +402,122 @@ def test_cuda_sources_compiled_by_ci():
         obj = csrc / "build" / "nvcc" / (src.stem + ".o")
         assert obj.exists() and obj.stat().st_size > 0
     assert "-gencode=arch=compute_80,code=sm_80" in text and "-gencode=arch=compute_90,code=sm_90" in text
+
+
+# ----------------------------------------------------------------------------- octree depthwise conv (CPE)
+
+
+def make_dwconv_case(seed, m, c, absent, dtype, symmetric=False):
+    """Random x, weight and an (m, 27) int32 table with a fraction `absent` of -1 entries (repeats allowed)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, c, generator=g, dtype=torch.float64).to(dtype)
+    w = torch.randn(27, c, generator=g, dtype=torch.float64).to(dtype)
+    nb = torch.randint(0, max(m, 1), (m, 27), generator=g, dtype=torch.int32)
+    nb[torch.rand(m, 27, generator=g) < absent] = -1
+    if symmetric and m:  # an octree table: n(i, k) = j  <=>  n(j, 26 - k) = i (cells on a small grid)
+        side = 3
+        cells = torch.randperm(side**3, generator=g)[:m]
+        xyz = torch.stack((cells // 9, cells // 3 % 3, cells % 3), 1)
+        offs = torch.stack(torch.meshgrid(*[torch.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(27, 3)
+        lookup = torch.full((side,) * 3, -1, dtype=torch.int32)
+        lookup[xyz[:, 0], xyz[:, 1], xyz[:, 2]] = torch.arange(m, dtype=torch.int32)
+        nxyz = xyz[:, None, :] + offs[None]
+        inside = ((nxyz >= 0) & (nxyz < side)).all(-1)
+        nxyz = nxyz.clamp(0, side - 1)
+        nb = torch.where(inside, lookup[nxyz[..., 0], nxyz[..., 1], nxyz[..., 2]], -1).to(torch.int32)
+    return x, nb, w
+
+
+@settings(**SETTINGS)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    m=st.sampled_from([0, 1, 2, 5, 63, 64, 65, 300, 2100]),
+    c=st.integers(1, 40),
+    absent=st.sampled_from([0.0, 0.3, 0.9, 1.0]),
+    symmetric=st.booleans(),
+)
+def test_octree_dwconv_matches_reference_fp32(seed, m, c, absent, symmetric):
+    x, nb, w = make_dwconv_case(seed, min(m, 27) if symmetric else m, c, absent, torch.float32, symmetric)
+    y = OPS.octree_dwconv_fwd(x, nb, w)
+    xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+    want = ref.octree_dwconv_reference(xd, nb, wd)
+    torch.testing.assert_close(y.double(), want, **TOL32)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    want.backward(gy)
+    gx, gw = OPS.octree_dwconv_bwd(gy.float(), x, nb, w)
+    torch.testing.assert_close(gx.double(), xd.grad, **TOL32)
+    torch.testing.assert_close(gw.double(), wd.grad, rtol=2e-4, atol=2e-4 * max(1.0, (m / 100) ** 0.5))
+
+
+def test_octree_dwconv_torch_backend_equals_reference():
+    x, nb, w = make_dwconv_case(30, 200, 9, 0.4, torch.float64)
+    torch.testing.assert_close(ref.octree_dwconv_torch(x, nb, w), ref.octree_dwconv_reference(x, nb, w))
+
+
+def test_gradcheck_octree_dwconv_float64():
+    x, nb, w = make_dwconv_case(31, 9, 3, 0.3, torch.float64)
+    x.requires_grad_()
+    w.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w: OPS.octree_dwconv_fwd(x, nb, w), (x, w))
+
+
+def test_opcheck_octree_dwconv():
+    x, nb, w = make_dwconv_case(32, 40, 5, 0.3, torch.float32)
+    torch.library.opcheck(OPS.octree_dwconv_fwd.default, (x.requires_grad_(), nb, w.requires_grad_()))
+    torch.library.opcheck(OPS.octree_dwconv_fwd.default, (x.detach(), nb, w.detach()))
+
+
+def test_octree_dwconv_deterministic_across_thread_counts():
+    x, nb, w = make_dwconv_case(33, 5000, 16, 0.2, torch.float32)
+    gy = torch.randn(5000, 16)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append((OPS.octree_dwconv_fwd(x, nb, w), *OPS.octree_dwconv_bwd(gy, x, nb, w)))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_octree_dwconv_bad_input_raises_value_error_naming_argument():
+    x, nb, w = make_dwconv_case(34, 6, 4, 0.0, torch.float32)
+    with pytest.raises(ValueError, match=r"neighbors must hold -1 .* got neighbors\[2, 5\] = 6"):
+        bad = nb.clone()
+        bad[2, 5] = 6
+        OPS.octree_dwconv_fwd(x, bad, w)
+    with pytest.raises(ValueError, match="neighbors must be int32"):
+        OPS.octree_dwconv_fwd(x, nb.long(), w)
+    with pytest.raises(ValueError, match=r"weight must be \(27, C\)"):
+        OPS.octree_dwconv_fwd(x, nb, w[:, :3])
+    with pytest.raises(ValueError, match="neighbors must be"):
+        OPS.octree_dwconv_bwd(x, x, nb[:, :26], w)
+
+
+def test_public_octree_dwconv_kernels_equals_torch_and_flows_gradients():
+    x, nb, w = make_dwconv_case(35, 300, 8, 0.3, torch.float64)
+    grads = []
+    for backend in ("kernels", "torch"):
+        xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = ops.octree_dwconv(xl, nb.long(), wl, backend=backend)  # int64 tables are accepted (converted)
+        (y * torch.arange(8.0, dtype=torch.float64)).sum().backward()
+        grads.append((y.detach(), xl.grad, wl.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_torch_compile_octree_dwconv():
+    x, nb, w = make_dwconv_case(36, 50, 6, 0.3, torch.float32)
+    w.requires_grad_()
+
+    def cpe(x, nb, w):
+        return torch.relu(OPS.octree_dwconv_fwd(x, nb, w)) + x
+
+    eager = cpe(x, nb, w)
+    compiled = torch.compile(cpe, backend="inductor", fullgraph=True)
+    out = compiled(x, nb, w)
+    torch.testing.assert_close(out, eager)
+    out.sum().backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all()

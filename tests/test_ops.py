@@ -220,3 +220,46 @@ def test_bad_cu_seqlens_values_raise():
         ops.window_attention(q, q, q, backend="torch")
     with pytest.raises(OctformerError, match="end at T = 5"):
         ops.window_attention(q, q, q, cu_seqlens=torch.tensor([0, 2, 4], dtype=torch.int32), backend="torch")
+
+
+def test_octree_dwconv_torch_backend_matches_reference_and_naive_loop():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(27, 5, generator=g, dtype=torch.float64)
+    nb = torch.randint(-1, 30, (30, 27), generator=g)
+    got = ops.octree_dwconv(x, nb, w, backend="torch")
+    naive = torch.zeros_like(x)
+    for i in range(30):
+        for k in range(27):
+            if nb[i, k] >= 0:
+                naive[i] += w[k] * x[nb[i, k]]
+    torch.testing.assert_close(got, naive)
+    torch.testing.assert_close(ref.octree_dwconv_reference(x, nb, w), naive)
+
+
+def test_octree_dwconv_backend_rules(monkeypatch):
+    x, w = torch.randn(4, 3), torch.randn(27, 3)
+    nb = torch.full((4, 27), -1)
+    nb[:, 13] = torch.arange(4)  # centre only: y = w[13] * x
+    with pytest.raises(OctformerError, match="backend must be one of"):
+        ops.octree_dwconv(x, nb, w, backend="cuda")
+    monkeypatch.setattr(ops, "_kernels", None)
+    monkeypatch.setattr(ops, "_kernels_error", "ImportError: pretend not installed")
+    with pytest.raises(OctformerError, match="backend='kernels'.*pretend not installed"):
+        ops.octree_dwconv(x, nb, w, backend="kernels")
+    torch.testing.assert_close(ops.octree_dwconv(x, nb, w), x * w[13])  # auto falls back to the reference
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((torch.randn(4), torch.full((4, 27), -1), torch.randn(27, 3)), r"x must be a floating \(M, C\)"),
+        ((torch.randn(4, 3), torch.full((4, 26), -1), torch.randn(27, 3)), r"neighbors must be an integer \(4, 27\)"),
+        ((torch.randn(4, 3), torch.full((4, 27), -1.0), torch.randn(27, 3)), "neighbors must be an integer"),
+        ((torch.randn(4, 3), torch.full((4, 27), -1), torch.randn(27, 2)), r"weight must be \(27, 3\)"),
+        ((torch.randn(4, 3), torch.full((4, 27), 4), torch.randn(27, 3)), r"row index in \[0, 4\), got values in \[4, 4\]"),
+    ],
+)
+def test_octree_dwconv_bad_arguments_name_the_argument(args, match):
+    with pytest.raises(OctformerError, match=match):
+        ops.octree_dwconv(*args, backend="torch")

@@ -1,4 +1,5 @@
-"""Compiled octformer torch ops: window attention (equal groups / varlen, in-kernel RPE, key mask) and 3D RoPE.
+"""Compiled octformer torch ops: window attention (equal groups / varlen, in-kernel RPE, key mask), 3D RoPE and the
+octree depthwise 3x3x3 convolution (CPE).
 
 Importing this package loads ``_C`` (which registers ``torch.ops.octformer.*`` for CPU, and CUDA when built with
 it) and adds the fake (meta) kernels and autograd formulas, so the ops work under autograd and ``torch.compile``.
@@ -48,6 +49,16 @@ def _rope3d_bwd_fake(grad, x, pos, freqs):
     return torch.empty_like(x, memory_format=torch.contiguous_format), freqs.new_empty(freqs.shape)
 
 
+@torch.library.register_fake("octformer::octree_dwconv_fwd")
+def _octree_dwconv_fwd_fake(x, neighbors, weight):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("octformer::octree_dwconv_bwd")
+def _octree_dwconv_bwd_fake(grad, x, neighbors, weight):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
 def _attn_setup_context(ctx, inputs, output):
     q, k, v, cu_seqlens, coords, rpe_table, key_mask, scale = inputs[:8]
     out, lse = output
@@ -85,3 +96,19 @@ def _rope_backward(ctx, grad):
 
 
 torch.library.register_autograd("octformer::rope3d_fwd", _rope_backward, setup_context=_rope_setup_context)
+
+
+def _dwconv_setup_context(ctx, inputs, output):
+    x, neighbors, weight = inputs
+    ctx.save_for_backward(x, neighbors, weight)
+
+
+def _dwconv_backward(ctx, grad):
+    x, neighbors, weight = ctx.saved_tensors
+    dx, dweight = _lib.octree_dwconv_bwd(grad, x, neighbors, weight)
+    return dx, None, dweight
+
+
+torch.library.register_autograd(
+    "octformer::octree_dwconv_fwd", _dwconv_backward, setup_context=_dwconv_setup_context
+)

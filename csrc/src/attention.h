@@ -44,4 +44,11 @@ std::tuple<at::Tensor, at::Tensor> rope3d_bwd_cpu(const at::Tensor& grad, const 
                                                   const at::Tensor& freqs);
 void check_rope_inputs(const at::Tensor& x, const at::Tensor& pos, const at::Tensor& freqs);
 
+// Octree depthwise 3x3x3 convolution: x (M, C), neighbors (M, 27) int32 (-1 = absent), weight (27, C).
+constexpr int64_t kNeighbors = 27;
+void check_dwconv_inputs(const at::Tensor& x, const at::Tensor& neighbors, const at::Tensor& weight);
+at::Tensor octree_dwconv_fwd_cpu(const at::Tensor& x, const at::Tensor& neighbors, const at::Tensor& weight);
+std::tuple<at::Tensor, at::Tensor> octree_dwconv_bwd_cpu(const at::Tensor& grad, const at::Tensor& x,
+                                                         const at::Tensor& neighbors, const at::Tensor& weight);
+
 }  // namespace octformer

@@ -99,4 +99,18 @@ void check_rope_inputs(const at::Tensor& x, const at::Tensor& pos, const at::Ten
                     "rope3d: x, pos and freqs must be on one device");
 }
 
+void check_dwconv_inputs(const at::Tensor& x, const at::Tensor& neighbors, const at::Tensor& weight) {
+  TORCH_CHECK_VALUE(x.dim() == 2, "octree_dwconv: x must be (M, C), got shape ", x.sizes());
+  TORCH_CHECK_VALUE(neighbors.dim() == 2 && neighbors.size(0) == x.size(0) && neighbors.size(1) == kNeighbors,
+                    "octree_dwconv: neighbors must be (M, 27) = (", x.size(0), ", 27), got shape ", neighbors.sizes());
+  TORCH_CHECK_VALUE(neighbors.scalar_type() == at::kInt, "octree_dwconv: neighbors must be int32, got ",
+                    neighbors.scalar_type());
+  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(0) == kNeighbors && weight.size(1) == x.size(1),
+                    "octree_dwconv: weight must be (27, C) = (27, ", x.size(1), "), got shape ", weight.sizes());
+  TORCH_CHECK_VALUE(weight.scalar_type() == x.scalar_type(), "octree_dwconv: weight dtype ", weight.scalar_type(),
+                    " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK_VALUE(neighbors.device() == x.device() && weight.device() == x.device(),
+                    "octree_dwconv: x, neighbors and weight must be on one device");
+}
+
 }  // namespace octformer

@@ -59,6 +59,8 @@ TORCH_LIBRARY(octformer, m) {
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("rope3d_fwd(Tensor x, Tensor pos, Tensor freqs) -> Tensor");
   m.def("rope3d_bwd(Tensor grad, Tensor x, Tensor pos, Tensor freqs) -> (Tensor, Tensor)");
+  m.def("octree_dwconv_fwd(Tensor x, Tensor neighbors, Tensor weight) -> Tensor");
+  m.def("octree_dwconv_bwd(Tensor grad, Tensor x, Tensor neighbors, Tensor weight) -> (Tensor, Tensor)");
   // Test hooks: switch the CPU block GEMMs between libtorch's BLAS and the portable loops.
   m.def("_set_blas(bool enabled) -> bool", &set_blas);
   m.def("_has_blas() -> bool", &has_blas);
@@ -70,6 +72,8 @@ TORCH_LIBRARY_IMPL(octformer, CPU, m) {
   m.impl("window_attention_bwd", &window_attention_bwd_cpu);
   m.impl("rope3d_fwd", &rope3d_fwd_cpu);
   m.impl("rope3d_bwd", &rope3d_bwd_cpu);
+  m.impl("octree_dwconv_fwd", &octree_dwconv_fwd_cpu);
+  m.impl("octree_dwconv_bwd", &octree_dwconv_bwd_cpu);
 }
 
 }  // namespace octformer

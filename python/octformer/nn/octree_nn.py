@@ -9,6 +9,7 @@ from torch import nn
 
 from octformer.errors import OctformerError
 from octformer.octree import Octree
+from octformer.ops import octree_dwconv
 from octformer.nn.plans import TokenPlan, global_plan, window_plan
 
 __all__ = [
@@ -105,23 +106,19 @@ class OctreeContext:
 class OctreeDWConv(nn.Module):
     """Depthwise 3×3×3 convolution over a (M, 27) neighbour table: y_i = Σ_k w_k ⊙ x_{n(i,k)} (+ b)."""
 
-    def __init__(self, channels: int, bias: bool = True) -> None:
+    def __init__(self, channels: int, bias: bool = True, backend: str = "auto") -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(27, channels))
         nn.init.trunc_normal_(self.weight, std=0.02)
         self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+        self.backend = backend  # octformer.ops backend: "auto" uses the compiled op when octformer-kernels is installed
 
     def forward(self, x: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:
         if neighbors is None or neighbors.shape != (x.shape[0], 27):
             raise OctformerError(
                 f"neighbors: expected a ({x.shape[0]}, 27) table, got {None if neighbors is None else tuple(neighbors.shape)}"
             )
-        pad = torch.cat([x, x.new_zeros(1, x.shape[1])])
-        idx = torch.where(neighbors < 0, x.shape[0], neighbors)
-        # one gather + multiply-add per offset: no (M, 27, C) buffer, ~6x faster than an einsum on CPU
-        y = pad[idx[:, 0]] * self.weight[0]
-        for k in range(1, 27):
-            y = torch.addcmul(y, pad[idx[:, k]], self.weight[k])
+        y = octree_dwconv(x, neighbors, self.weight, backend=self.backend)
         return y + self.bias if self.bias is not None else y
 
 

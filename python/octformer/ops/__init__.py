@@ -1,4 +1,4 @@
-"""Attention and positional-encoding ops with a compiled backend (octformer-kernels) and a PyTorch reference.
+"""Attention, positional-encoding and CPE ops with a compiled backend (octformer-kernels) and a PyTorch reference.
 
 ``backend="auto"`` uses the compiled op when ``octformer_kernels`` is installed with kernels for the tensor's
 device, else the reference; ``"kernels"`` raises if they are unavailable; ``"torch"`` always uses the reference.
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from octformer.errors import OctformerError
 from octformer.ops.reference import (
+    octree_dwconv_torch,
     rope3d_reference,
     rope_axial_freqs,
     rope_mixed_freqs,
@@ -26,6 +27,7 @@ from octformer.ops.reference import (
 __all__ = [
     "window_attention",
     "rope3d",
+    "octree_dwconv",
     "rope_axial_freqs",
     "rope_mixed_freqs",
     "rope_positions",
@@ -88,7 +90,10 @@ def backend_report() -> list[str]:
         lines.append(f"ops backend (cpu): torch reference (octformer_kernels unavailable: {_kernels_error})")
     else:
         blas = "libtorch BLAS" if torch.ops.octformer._has_blas() else "portable loops"
-        lines.append(f"ops backend (cpu): octformer_kernels {mod.__version__} (block GEMMs: {blas})")
+        lines.append(
+            f"ops backend (cpu): octformer_kernels {mod.__version__} for window_attention, rope3d, octree_dwconv "
+            f"(block GEMMs: {blas}; {torch.get_num_threads()} threads)"
+        )
     if torch.cuda.is_available():
         picked = "octformer_kernels" if kernels_available("cuda") else "torch reference"
         lines.append(f"ops backend (cuda): {picked}")
@@ -241,3 +246,36 @@ def rope3d(x: torch.Tensor, pos: torch.Tensor, freqs: torch.Tensor, *, backend: 
     else:
         y = rope3d_reference(x4, pos3, freqs)
     return y if x.dim() == 4 else y.squeeze(2)
+
+
+def octree_dwconv(
+    x: torch.Tensor, neighbors: torch.Tensor, weight: torch.Tensor, *, backend: str = "auto"
+) -> torch.Tensor:
+    """Octree depthwise 3x3x3 convolution (OctFormer's CPE): y[i] = sum_k weight[k] * x[neighbors[i, k]], channel-wise.
+
+    x (M, C) floating; neighbors (M, 27) integer, -1 where a neighbour is absent; weight (27, C). Differentiable
+    in x and weight. The compiled op never builds the (M, 27, C) gathered tensor.
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 2:
+        _fail(f"octree_dwconv: x must be a floating (M, C) tensor, got {getattr(x, 'dtype', type(x).__name__)} "
+              f"of shape {tuple(getattr(x, 'shape', ()))}")
+    m, c = x.shape
+    if (not isinstance(neighbors, torch.Tensor) or neighbors.dtype.is_floating_point or neighbors.dtype == torch.bool
+            or tuple(neighbors.shape) != (m, 27)):
+        _fail(f"octree_dwconv: neighbors must be an integer ({m}, 27) table, got "
+              f"{getattr(neighbors, 'dtype', type(neighbors).__name__)} of shape {tuple(getattr(neighbors, 'shape', ()))}")
+    if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != (27, c) or weight.dtype != x.dtype:
+        _fail(f"octree_dwconv: weight must be ({27}, {c}) {x.dtype}, got "
+              f"{getattr(weight, 'dtype', type(weight).__name__)} of shape {tuple(getattr(weight, 'shape', ()))}")
+    if neighbors.device != x.device or weight.device != x.device:
+        _fail(f"octree_dwconv: x, neighbors, weight must share a device, got {x.device}, {neighbors.device}, {weight.device}")
+    # value check needs a host sync: skipped while torch.compile traces (the CPU kernel re-checks)
+    if not torch.compiler.is_compiling() and neighbors.numel() and (
+        int(neighbors.min()) < -1 or int(neighbors.max()) >= m
+    ):
+        _fail(f"octree_dwconv: neighbors must hold -1 or a row index in [0, {m}), got values in "
+              f"[{int(neighbors.min())}, {int(neighbors.max())}]")
+    if resolve_backend(backend, x.device) == "kernels":
+        nb = neighbors if neighbors.dtype == torch.int32 else neighbors.to(torch.int32)
+        return torch.ops.octformer.octree_dwconv_fwd(x, nb, weight)
+    return octree_dwconv_torch(x, neighbors, weight)

@@ -7,6 +7,7 @@ Semantics shared with the kernels:
   table[d_x + b, h] + table[(2b+1) + d_y + b, h] + table[2(2b+1) + d_z + b, h], table (3*(2b+1), H).
 * A query whose keys are all masked (-inf) gets output 0 and logsumexp -inf (never NaN).
 * RoPE: channel pair (2k, 2k+1) of head h rotates by angle sum_a pos[a] * freqs[h, k, a]; channels past 2P pass.
+* Octree depthwise conv (CPE): y[i, c] = sum_k weight[k, c] * x[neighbors[i, k], c], absent neighbours (-1) add 0.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ __all__ = [
     "rope_axial_freqs",
     "rope_mixed_freqs",
     "rope_positions",
+    "octree_dwconv_reference",
+    "octree_dwconv_torch",
 ]
 
 
@@ -187,3 +190,20 @@ def rope_positions(coords: torch.Tensor, depth: int, grid_depth: int) -> torch.T
         raise ValueError(f"rope_positions: depth ({depth}) must be <= grid_depth ({grid_depth})")
     cell = float(2 ** (grid_depth - depth))
     return (coords.to(torch.float64) + 0.5) * cell
+
+
+def octree_dwconv_reference(x: torch.Tensor, neighbors: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Depthwise 3x3x3 octree conv as ocnn writes it: gather (M, 27, C) neighbour features, weight, sum (the oracle)."""
+    pad = torch.cat([x, x.new_zeros(1, x.shape[1])])
+    idx = torch.where(neighbors < 0, x.shape[0], neighbors).long()
+    return (pad[idx] * weight).sum(1)
+
+
+def octree_dwconv_torch(x: torch.Tensor, neighbors: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Same result without the (M, 27, C) buffer: one gather + multiply-add per offset (the torch backend)."""
+    pad = torch.cat([x, x.new_zeros(1, x.shape[1])])
+    idx = torch.where(neighbors < 0, x.shape[0], neighbors).long()
+    y = pad[idx[:, 0]] * weight[0]
+    for k in range(1, neighbors.shape[1]):
+        y = torch.addcmul(y, pad[idx[:, k]], weight[k])
+    return y
