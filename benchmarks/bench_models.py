@@ -4,7 +4,8 @@
    forward + backward and peak RSS (each case in a fresh worker process).
 2. One OctFormer block (C = 96, H = 6, K = 32, CPE + window attention with RPE + MLP) at
    N ∈ {10k, 50k, 100k} tokens: octformer.nn (per-sample window plan, octformer.ops
-   attention) against a faithful torch transcription of OctFormer's dense-mask formulation
+   attention: compiled kernels when installed, and the torch reference) timed in one process,
+   interleaved, against a faithful torch transcription of OctFormer's dense-mask formulation
    (batch padded at its tail to a multiple of K, (N/K, K, K) int64 batch-difference mask
    filled with −1000, (N/K, K, K, 3) int64 relative positions, gathered RPE). Both use the
    same CPE module, so the difference is the attention formulation. 1 and 2 threads.
@@ -118,7 +119,9 @@ def block_inputs(n: int):
 RUNS = 3  # timed runs per worker, after the untimed memory-probe run (``--runs`` overrides)
 
 
-def worker_block(impl: str, n: int, backend: str = "torch") -> dict:
+def block_step(impl: str, n: int, backend: str = "auto"):
+    """(one forward + backward of the block on n tokens, octree depth) for ``impl`` in
+    {octformer (compiled attention when installed), octformer-torch (torch reference attention), dense}."""
     import torch
 
     from octformer.nn import CPE, TransformerBlock, window_plan
@@ -127,8 +130,9 @@ def worker_block(impl: str, n: int, backend: str = "torch") -> dict:
     xyz, neigh, depth = block_inputs(n)
     batch = torch.zeros(n, dtype=torch.long)
     x0 = torch.randn(n, C)
-    if impl == "octformer":
-        block = TransformerBlock(C, H, cpe=CPE(C), rpe_bound=int(0.8 * K), backend=backend)
+    if impl in ("octformer", "octformer-torch"):
+        block = TransformerBlock(C, H, cpe=CPE(C), rpe_bound=int(0.8 * K),
+                                 backend="torch" if impl == "octformer-torch" else backend)
 
         def step():
             plan = window_plan(batch, K)  # built per call, as a forward pass would
@@ -141,6 +145,12 @@ def worker_block(impl: str, n: int, backend: str = "torch") -> dict:
             x = x0.clone().requires_grad_(True)
             block(x, xyz, batch, neigh).sum().backward()
 
+    return step, depth
+
+
+def worker_block(impl: str, n: int, backend: str = "auto") -> dict:
+    """Peak RSS rise of one step, then RUNS timed steps (a fresh process per implementation)."""
+    step, depth = block_step(impl, n, backend)
     mem = common.memory_probe(step)
     times = []
     for _ in range(RUNS):
@@ -148,6 +158,23 @@ def worker_block(impl: str, n: int, backend: str = "torch") -> dict:
         step()
         times.append(time.perf_counter() - t0)
     return {"times": times, "tokens": n, "depth": depth, "peak_mib": mem["dpeak_mib"], "cpu_s": common.process_cpu_s()}
+
+
+def worker_block_pair(n: int) -> dict:
+    """Both implementations timed in one process, alternating (order rotating), so load drift hits both alike."""
+    from octformer.ops import resolve_backend
+
+    steps = {impl: block_step(impl, n)[0] for impl in IMPLS}
+    for step in steps.values():  # warm-up
+        step()
+    times = common.time_interleaved({k: (lambda: None, (lambda _, f=f: f())) for k, f in steps.items()},
+                                    min_runs=RUNS, max_runs=RUNS, budget_s=0.0)
+    ratios = {k: [d / o for o, d in zip(times[k], times["dense"])] for k in IMPLS[:2]}
+    return {"times": times, "ratios": ratios, "backend": resolve_backend("auto", "cpu"),
+            "cpu_s": common.process_cpu_s()}
+
+
+IMPLS = ("octformer", "octformer-torch", "dense")
 
 
 def worker_model(name: str) -> dict:
@@ -204,22 +231,27 @@ def main(sizes, threads_list, models, runs) -> None:
     me = str(Path(__file__).resolve())
     extra = ["--runs", str(runs)]
     lines = ["### One OctFormer block, forward + backward (C = 96, H = 6, K = 32, CPE + RPE, dilation 1)", "",
-             "| N | threads | octformer.nn median (min) ms | dense-mask OctFormer median (min) ms | speed-up | "
-             "peak RSS rise octformer / dense (MiB) |", "|---|---|---|---|---|---|"]
+             "| N | threads | octformer.nn, compiled attention: median (min) ms | octformer.nn, torch reference "
+             "attention | dense-mask OctFormer | dense ÷ compiled, same round: median (range) | "
+             "dense ÷ torch reference | peak RSS rise compiled / reference / dense (MiB) |",
+             "|---|---|---|---|---|---|---|---|"]
     for n in sizes:
         for threads in threads_list:
-            res = {impl: common.run_worker([me, "--block", impl, str(n), *extra], threads)
-                   for impl in ("octformer", "dense")}
-            s = {k: common.summarize(v["times"]) for k, v in res.items()}
-            ratio = s["dense"]["median_ms"] / s["octformer"]["median_ms"]
-            row = (f"| {n:,} | {threads} | {common.fmt_ms(s['octformer'])} | {common.fmt_ms(s['dense'])} | "
-                   f"{ratio:.2f}× | {res['octformer']['peak_mib']:.0f} / {res['dense']['peak_mib']:.0f} |")
-            print(row, f"(other load {res['octformer']['other_load']:.1f}/{res['dense']['other_load']:.1f} cores)",
-                  flush=True)
+            # timing: both implementations in one process, interleaved; memory: one fresh process each
+            pair = common.run_worker([me, "--block-pair", str(n), *extra], threads)
+            mem = {impl: common.run_worker([me, "--block", impl, str(n), "--runs", "0"], threads) for impl in IMPLS}
+            s = {k: common.summarize(v) for k, v in pair["times"].items()}
+            r = {k: np.asarray(v) for k, v in pair["ratios"].items()}
+            row = (f"| {n:,} | {threads} | {common.fmt_ms(s['octformer'])} | {common.fmt_ms(s['octformer-torch'])} | "
+                   f"{common.fmt_ms(s['dense'])} | "
+                   + " | ".join(f"{np.median(r[k]):.2f}× ({r[k].min():.2f}–{r[k].max():.2f})" for k in IMPLS[:2])
+                   + " | " + " / ".join(f"{mem[k]['peak_mib']:.0f}" for k in IMPLS) + " |")
+            print(row, f"(other load {pair['other_load']:.1f} cores)", flush=True)
             lines.append(row)
-    lines += ["", "### Backbones at published sizes, one training step (forward + backward), 2 threads", "",
-              "| model | params | input | tokens | median (min) s | tokens/s | peak RSS rise (MiB) |",
-              "|---|---|---|---|---|---|---|"]
+    if models:
+        lines += ["", "### Backbones at published sizes, one training step (forward + backward), 2 threads", "",
+                  "| model | params | input | tokens | median (min) s | tokens/s | peak RSS rise (MiB) |",
+                  "|---|---|---|---|---|---|---|"]
     inputs = {
         "volt_s": "SemanticKITTI 000000, r < 20 m, 0.1 m voxels (tokens = voxels)",
         "hotformerloc_cswp": "2 × CS-WP submap subsampled to 28k points, depth 7 (tokens = leaves)",
@@ -233,10 +265,12 @@ def main(sizes, threads_list, models, runs) -> None:
                f"{r['peak_mib']:.0f} |")
         print(row, f"(other load {r['other_load']:.1f} cores)", flush=True)
         lines.append(row)
-    lines += ["", f"Medians of {runs} timed run(s) after one untimed run that measures the peak RSS rise, each "
-              "case in a fresh process; octformer.nn used the torch reference attention backend. The machine was "
-              "shared with other engineers' jobs (load average about 9 on 2 cores while this ran), so absolute "
-              "times are inflated and noisy; the side-by-side ratios are the result."]
+    lines += ["", f"Block: both implementations timed in one process, alternating, {runs} rounds after a warm-up "
+              "(ratio columns: median over rounds of dense ÷ octformer.nn from the same round); peak RSS rise "
+              "from one step in a fresh process each. Backbones: medians of the timed runs after one untimed run "
+              "that measures the peak RSS rise, each in a fresh process. The CPE is the same module in all three "
+              "(octformer.nn's, compiled octree_dwconv when installed). The machine was shared with other engineers' jobs, so absolute times are "
+              "inflated and noisy; the same-round ratios are the result."]
     common.append_results("bench_models: backbones and one OctFormer block (CPU)", "\n".join(lines),
                           "python benchmarks/bench_models.py")
 
@@ -246,6 +280,7 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--block", nargs=2, metavar=("IMPL", "N"))
+    ap.add_argument("--block-pair", type=int, metavar="N")
     ap.add_argument("--model")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--sizes", default=",".join(map(str, BLOCK_SIZES)))
@@ -255,6 +290,8 @@ if __name__ == "__main__":
     RUNS = a.runs
     if a.block:
         print(json.dumps(worker_block(a.block[0], int(a.block[1]))))
+    elif a.block_pair:
+        print(json.dumps(worker_block_pair(a.block_pair)))
     elif a.model:
         print(json.dumps(worker_model(a.model)))
     else:

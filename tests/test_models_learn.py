@@ -164,17 +164,29 @@ def train_hotformerloc_on_crops(shared_data, *, steps: int, num_points: int, db_
             "database": len(db), "queries": len(qs)}
 
 
-def test_hotformerloc_recognises_held_out_crops_short(shared_data):
-    # CI-sized: checks the training loop runs and descriptors retrieve far above chance; the
-    # slow test below checks that training improves recall over the untrained network
-    res = train_hotformerloc_on_crops(shared_data, steps=6, num_points=256, db_spacing=5.0, queries=12)
+@pytest.fixture
+def one_torch_thread():
+    """Run on one intra-op thread: on the shared 2-core machine each torch parallel region otherwise waits for
+    a descheduled second thread (measured under load: 20 steps took 336 s wall at 2 threads, 60 steps 53-82 s at 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_hotformerloc_recognises_held_out_crops_short(shared_data, one_torch_thread):
+    # CI-sized (~20 s CPU): 80 steps of 4 overlapping pairs; held-out queries from the other half of the submap
+    res = train_hotformerloc_on_crops(shared_data, steps=80, num_points=384, db_spacing=4.0, queries=30, lr=2e-3,
+                                      pairs=4)
     print(f"\nHOTFormerLoc CS-Wild-Places crops: {res}")
-    assert np.isfinite(res["loss_last"])
-    assert res["recall_at_1"] > 3 * res["chance"]
+    assert res["loss_last"] < res["loss_first"]
+    assert res["recall_at_1"] >= 5 * res["chance"]
+    assert res["recall_at_1"] > res["untrained_recall_at_1"] + 0.05
 
 
 @pytest.mark.long
-def test_hotformerloc_recognises_held_out_crops_long(shared_data):
+def test_hotformerloc_recognises_held_out_crops_long(shared_data, one_torch_thread):
     res = train_hotformerloc_on_crops(shared_data, steps=60, num_points=1024, db_spacing=3.0, queries=30)
     print(f"\nHOTFormerLoc CS-Wild-Places crops: {res}")
     assert res["loss_last"] < res["loss_first"]
