@@ -9,6 +9,10 @@ Cases (each at 1 and 2 threads, fresh worker process per case and thread count):
   (precomputed (N/K, K, K, 3) int64 ``rel_pos`` and (N/K, K, K) ``mask``; per call: clamp + offset, table lookup
   (N/K, K, K, 3, H), sum, permute, q k^T * scale + bias + mask, softmax, @ v). Forward (inference) and
   forward + backward (training; gradients for q, k, v and the table).
+- ``dwconv-C96`` / ``dwconv-C96-train``: CPE's octree depthwise 3x3x3 conv, 50,000 non-empty nodes of the lidar100k
+  octree, C = 96: ``torch.ops.octformer.octree_dwconv_fwd`` vs ocnn's gather formulation ((M, 27, C) gather, weight,
+  sum; the peer column) and the per-offset gather + addcmul loop (``also_torch_loop_ms``); forward, and forward +
+  backward (grads of x and weight).
 - ``varlen-skewed``: 16,384 tokens in segments with log-normal lengths (1..1024, heavy tail); ours on the packed
   tokens with ``cu_seqlens`` vs SDPA on segments padded to the longest one with a -inf key mask. Reports FLOPs
   done vs useful (4 C per query-key pair per head).
@@ -124,6 +128,8 @@ def build_case(case: str, quick: bool):
     import torch
     import torch.nn.functional as F
 
+    import octformer.ops as octformer_ops
+
     ops = torch.ops.octformer
     gen = torch.Generator().manual_seed(0)
     scale = DIM**-0.5
@@ -170,7 +176,9 @@ def build_case(case: str, quick: bool):
             if mode == "fwd":
                 with torch.inference_mode():
                     return ops.window_attention_fwd(q, k, v, None, coords16, table, key_mask, scale, False)[0]
-            out = ops.window_attention_fwd(q, k, v, None, coords16, table, key_mask, scale, True)[0]
+            # the public API: it keeps no logsumexp for K <= 512 (the backward recomputes the normalisers)
+            out = octformer_ops.window_attention(q, k, v, coords=coords16, rpe_table=table, key_mask=key_mask,
+                                                 scale=scale, backend="kernels")
             return torch.autograd.grad(out, (q, k, v, table), gout)
 
         def octformer():
@@ -223,6 +231,35 @@ def build_case(case: str, quick: bool):
                     max_abs_diff=float((ours() - padded_sdpa()).abs().max()))
         out_bytes = q.numel() * 4
         return {"ours": ours, "padded_sdpa": padded_sdpa}, info, {"ours": out_bytes, "padded_sdpa": out_bytes}
+    if case.startswith("dwconv-"):
+        # CPE's octree depthwise 3x3x3 conv on a real neighbour table (lidar100k octree, first N non-empty nodes)
+        import bench_models
+
+        mode = "fwdbwd" if case.endswith("-train") else "fwd"
+        n, c = (5000 if quick else 50000), 96
+        _, neigh, depth = bench_models.block_inputs(n)
+        nb32 = neigh.to(torch.int32)
+        x = torch.randn(n, c, generator=gen).requires_grad_(mode == "fwdbwd")
+        w = (torch.randn(27, c, generator=gen) * 0.02).requires_grad_(mode == "fwdbwd")
+        gy = torch.randn(n, c, generator=gen)
+
+        def side(fn, table):
+            def call():
+                if mode == "fwd":
+                    with torch.inference_mode():
+                        return fn(x, table, w)
+                return torch.autograd.grad(fn(x, table, w), (x, w), gy)
+            return call
+
+        calls = {"ours": side(ops.octree_dwconv_fwd, nb32),
+                 "gather": side(octformer_ops.reference.octree_dwconv_reference, neigh),
+                 "torch_loop": side(octformer_ops.reference.octree_dwconv_torch, neigh)}
+        a, b = calls["ours"](), calls["gather"]()
+        a, b = (a,) if mode == "fwd" else a, (b,) if mode == "fwd" else b
+        info.update(tokens=n, depth=depth, mode=mode, absent_neighbours=float((neigh < 0).float().mean()),
+                    max_abs_diff=max(float((p - q).abs().max()) for p, q in zip(a, b)))
+        req = x.numel() * 4 * (1 if mode == "fwd" else 2) + (0 if mode == "fwd" else w.numel() * 4)  # y (+ grads)
+        return calls, info, {name: req for name in calls}
     raise SystemExit(f"unknown case {case}")
 
 
@@ -248,11 +285,14 @@ def worker(case: str, threads: int, quick: bool, mem_side: str | None) -> None:
         fn()
     times = common.time_interleaved({k: ((lambda: None), (lambda _, f=f: f())) for k, f in calls.items()},
                                     min_runs=3, max_runs=3 if quick else 5, budget_s=4.0 if quick else 8.0)
-    print(json.dumps({"times": {k: common.summarize(t) for k, t in times.items()}, "info": info,
+    summary = {k: common.summarize(t) for k, t in times.items()}
+    for name in list(summary)[2:]:  # sides beyond ours and the main peer: reported in the check column
+        info[f"also_{name}_ms"] = summary[name]["median_ms"]
+    print(json.dumps({"times": summary, "info": info,
                       "cpu_s": common.process_cpu_s()}))
 
 
-PEER = {"equal": "sdpa", "rpe": "octformer", "varlen": "padded_sdpa"}
+PEER = {"equal": "sdpa", "rpe": "octformer", "varlen": "padded_sdpa", "dwconv": "gather"}
 
 
 def main() -> None:
@@ -262,7 +302,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--cases", nargs="+",
-                    default=["equal-K64", "equal-K256", "equal-K1024", "rpe-K32", "rpe-K32-train", "varlen-skewed"])
+                    default=["equal-K64", "equal-K256", "equal-K1024", "rpe-K32", "rpe-K32-train", "varlen-skewed",
+                             "dwconv-C96", "dwconv-C96-train"])
     ap.add_argument("--no-mem", action="store_true")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--quiet-timeout", type=float, default=60.0)
@@ -284,7 +325,7 @@ def main() -> None:
             rows.append((case, t, peer, ours, other, ratio, res["other_load"], load["busy_before"], res["info"]))
             print(f"{case:14s} T{t}: ours {common.fmt_ms(ours)} ms, {peer} {common.fmt_ms(other)} ms -> "
                   f"{ratio:.2f}x (other load {res['other_load']:.2f}) {res['info']}", flush=True)
-        if not args.no_mem and case.startswith(("rpe", "equal-K256", "varlen")):
+        if not args.no_mem and case.startswith(("rpe", "equal-K256", "varlen", "dwconv")):
             for side in ("ours", peer):
                 res = common.run_worker([script, "--worker", case, "1", "--mem-side", side, *extra], 1)
                 m = res["mem"]
@@ -298,7 +339,7 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|"]
     for case, t, peer, ours, other, ratio, oload, _, info in rows:
         check = ", ".join(f"{k} {v:.2g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
-                          if k.startswith(("max_abs", "gflop", "segments", "max_len", "median_len")))
+                          if k.startswith(("max_abs", "gflop", "segments", "max_len", "median_len", "also_")))
         lines.append(f"| {case} | {t} | {common.fmt_ms(ours)} | {peer} | {common.fmt_ms(other)} | **{ratio:.2f}×** | "
                      f"{oload:.2f} | {check} |")
     if mem_rows:
