@@ -292,6 +292,39 @@ def worker(case: str, threads: int, quick: bool, mem_side: str | None) -> None:
                       "cpu_s": common.process_cpu_s()}))
 
 
+def cpe_share(conv_backend: str, n: int = 50000, runs: int = 5) -> None:
+    """Process CPU time of one OctFormer block (C 96, H 6, K 32) fwd + bwd vs its CPE and the CPE's depthwise conv."""
+    import torch
+
+    import bench_models
+    from octformer.nn import CPE, TransformerBlock, window_plan
+
+    torch.manual_seed(0)
+    xyz, neigh, _ = bench_models.block_inputs(n)
+    batch = torch.zeros(n, dtype=torch.long)
+    x0 = torch.randn(n, 96)
+    block = TransformerBlock(96, 6, cpe=CPE(96), rpe_bound=int(0.8 * 32), backend="auto")
+    cpe = CPE(96)
+    block.cpe.conv.backend = cpe.conv.backend = conv_backend  # "auto": the compiled octree_dwconv when installed
+
+    def step(fn):
+        x = x0.clone().requires_grad_(True)
+        fn(x).sum().backward()
+
+    fns = {"block": lambda: step(lambda x: block(x, window_plan(batch, 32), batch, neighbors=neigh, coords=xyz)),
+           "cpe": lambda: step(lambda x: cpe(x, neigh)),
+           "dwconv": lambda: step(lambda x: cpe.conv(x, neigh))}
+    cpu = {k: [] for k in fns}
+    for _ in range(runs + 1):  # the first round warms up
+        for k, f in fns.items():
+            c0 = time.process_time()
+            f()
+            cpu[k].append(time.process_time() - c0)
+    med = {k: sorted(v[1:])[runs // 2] * 1e3 for k, v in cpu.items()}
+    print(f"N={n}, {torch.get_num_threads()} thread(s), conv backend {conv_backend}, process CPU ms (median of {runs}): block {med['block']:.0f}, "
+          f"CPE {med['cpe']:.0f} ({med['cpe'] / med['block']:.0%} of the block), depthwise conv {med['dwconv']:.0f}")
+
+
 PEER = {"equal": "sdpa", "rpe": "octformer", "varlen": "padded_sdpa", "dwconv": "gather"}
 
 
@@ -307,7 +340,15 @@ def main() -> None:
     ap.add_argument("--no-mem", action="store_true")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--quiet-timeout", type=float, default=60.0)
+    ap.add_argument("--cpe-share", choices=["auto", "torch", "kernels"],
+                    help="print CPE's share of one OctFormer block (its conv on this backend) and exit")
     args = ap.parse_args()
+    if args.cpe_share:
+        import torch
+
+        torch.set_num_threads(args.threads[0])
+        cpe_share(args.cpe_share)
+        return
     if args.worker:
         worker(args.worker[0], int(args.worker[1]), args.quick, args.mem_side)
         return
