@@ -273,6 +273,7 @@ def _train_octgpt(clouds, shapes, vqvae_steps, steps, iterations, samples, lr, s
     return {"loss_before": before, "loss_after": after, "train_loss_first": float(np.mean(losses[:5])),
             "train_loss_last": float(np.mean(losses[-5:])),
             "iou": best(trained, model.depth), "iou_depth_stop": best(trained, model.depth_stop),
+            "iou_per_sample": [[round(v, 3) for v in p[model.depth]] for p in trained],
             "untrained_iou": best(untrained, model.depth), "untrained_iou_depth_stop": best(untrained, model.depth_stop),
             "depths": (model.depth_stop, model.depth)}
 
@@ -287,9 +288,8 @@ def test_octgpt_learns_the_bunny_short(shared_data):
 
 
 @pytest.mark.long
-def test_octgpt_reproduces_the_bunny_and_spot_long(shared_data):
-    res = train_octgpt_on_shapes(shared_data, vqvae_steps=200, steps=600, shapes=("bunny", "spot"), iterations=8,
-                                 samples=4)
+def test_octgpt_reproduces_the_bunny_long(shared_data):
+    res = train_octgpt_on_shapes(shared_data, vqvae_steps=200, steps=600, shapes=("bunny",), iterations=8, samples=2)
     print(f"\nOctGPT: {res}")
-    assert res["loss_after"] < 0.5 * res["loss_before"]
-    assert min(res["iou"].values()) >= 0.5
+    assert res["loss_after"] < 0.2 * res["loss_before"]
+    assert res["iou"]["bunny"] >= 0.5 and res["iou_depth_stop"]["bunny"] >= 0.8

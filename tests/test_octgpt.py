@@ -27,7 +27,7 @@ def dense_level_causal_attention(q, k, v, slot_levels, group_size, key_mask):
     return (probs @ grp[2]).transpose(1, 2).reshape(m, h, c)
 
 
-@pytest.mark.parametrize("backend", ["torch", "kernels"])
+@pytest.mark.parametrize("backend", ["auto", "torch", "kernels"])
 @pytest.mark.parametrize("sorted_levels", [True, False])
 def test_level_causal_attention_matches_dense_mask_oracle(backend, sorted_levels):
     from octformer.ops import kernels_available
