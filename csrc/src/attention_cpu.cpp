@@ -77,27 +77,17 @@ template <typename T>
 void add_bias(const AttnArgs<T>& a, int64_t gq, int64_t nq, int64_t gk, int64_t nk, Scratch<T>& w) {
   T* S = w.S.data();
   if (a.p.has_rpe) {
-    const int32_t b = (int32_t)a.p.rpe_bound, span = 2 * b + 1;
+    const int32_t b = (int32_t)a.p.rpe_bound;
     for (int64_t j = 0; j < nk; ++j) {
       const int16_t* c = a.coords + (gk + j) * 3;
       w.kx[j] = c[0];
       w.ky[j] = c[1];
       w.kz[j] = c[2];
     }
-    const T* tx = w.tab.data();
-    const T* ty = tx + span;
-    const T* tz = ty + span;
-    for (int64_t i = 0; i < nq; ++i) {
-      const int16_t* c = a.coords + (gq + i) * 3;
-      const int32_t qx = c[0] + b, qy = c[1] + b, qz = c[2] + b;
-      T* srow = S + i * w.lds;
-      for (int64_t j = 0; j < nk; ++j) {
-        const int32_t ix = std::min(std::max(qx - w.kx[j], 0), 2 * b);
-        const int32_t iy = std::min(std::max(qy - w.ky[j], 0), 2 * b);
-        const int32_t iz = std::min(std::max(qz - w.kz[j], 0), 2 * b);
-        srow[j] += tx[ix] + ty[iy] + tz[iz];
-      }
-    }
+    // RPE and key mask in one pass over the block
+    rpe_bias_block(S, w.lds, nq, nk, a.coords + gq * 3, w.kx.data(), w.ky.data(), w.kz.data(), w.tab.data(), b,
+                   a.p.has_mask ? a.mask + gk : nullptr);
+    return;
   }
   if (a.p.has_mask) {
     const T* mk = a.mask + gk;

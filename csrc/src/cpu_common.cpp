@@ -1,5 +1,7 @@
 #include "cpu_common.h"
 
+#include <algorithm>
+
 namespace octformer {
 
 bool blas_available() { return sgemm_ != nullptr && dgemm_ != nullptr && MKL_Set_Num_Threads_Local != nullptr; }
@@ -112,6 +114,51 @@ OCTF_MULTIVERSION float exp_shift_sum(float* x, int64_t n, float shift) {
     sum += e;
   }
   return sum;
+}
+
+template <typename T>
+static inline void rpe_bias_block_impl(T* S, int64_t lds, int64_t nq, int64_t nk, const int16_t* qc, const int32_t* kx,
+                                       const int32_t* ky, const int32_t* kz, const T* tab, int32_t b, const T* mask) {
+  const int32_t span = 2 * b + 1, hi = 2 * b;
+  const T* __restrict__ tx = tab;
+  const T* __restrict__ ty = tab + span;
+  const T* __restrict__ tz = tab + 2 * span;
+  const int32_t* __restrict__ kxr = kx;
+  const int32_t* __restrict__ kyr = ky;
+  const int32_t* __restrict__ kzr = kz;
+  const int32_t n = (int32_t)nk;
+  for (int64_t i = 0; i < nq; ++i) {
+    const int32_t qx = qc[3 * i] + b, qy = qc[3 * i + 1] + b, qz = qc[3 * i + 2] + b;
+    T* __restrict__ srow = S + i * lds;
+    if (mask != nullptr) {
+      const T* __restrict__ mk = mask;
+      for (int32_t j = 0; j < n; ++j) {
+        const int32_t ix = std::min(std::max(qx - kxr[j], 0), hi);
+        const int32_t iy = std::min(std::max(qy - kyr[j], 0), hi);
+        const int32_t iz = std::min(std::max(qz - kzr[j], 0), hi);
+        srow[j] += (tx[ix] + ty[iy] + tz[iz]) + mk[j];
+      }
+    } else {
+      for (int32_t j = 0; j < n; ++j) {
+        const int32_t ix = std::min(std::max(qx - kxr[j], 0), hi);
+        const int32_t iy = std::min(std::max(qy - kyr[j], 0), hi);
+        const int32_t iz = std::min(std::max(qz - kzr[j], 0), hi);
+        srow[j] += tx[ix] + ty[iy] + tz[iz];
+      }
+    }
+  }
+}
+
+OCTF_MULTIVERSION void rpe_bias_block(float* S, int64_t lds, int64_t nq, int64_t nk, const int16_t* qc,
+                                      const int32_t* kx, const int32_t* ky, const int32_t* kz, const float* tab,
+                                      int32_t b, const float* mask) {
+  rpe_bias_block_impl(S, lds, nq, nk, qc, kx, ky, kz, tab, b, mask);
+}
+
+OCTF_MULTIVERSION void rpe_bias_block(double* S, int64_t lds, int64_t nq, int64_t nk, const int16_t* qc,
+                                      const int32_t* kx, const int32_t* ky, const int32_t* kz, const double* tab,
+                                      int32_t b, const double* mask) {
+  rpe_bias_block_impl(S, lds, nq, nk, qc, kx, ky, kz, tab, b, mask);
 }
 
 double row_max(const double* x, int64_t n) {

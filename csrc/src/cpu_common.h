@@ -126,4 +126,12 @@ double row_max(const double* x, int64_t n);
 float exp_shift_sum(float* x, int64_t n, float shift);
 double exp_shift_sum(double* x, int64_t n, double shift);
 
+// OctFormer RPE (+ key mask) on an S block: S[i, j] += tab[cx] + tab[span + cy] + tab[2 span + cz] (+ mask[j]) with
+// c_a = clamp(q_a[i] - k_a[j] + b, 0, 2b), span = 2b + 1. qc: the queries' int16 (x, y, z) triples; kx/ky/kz: the
+// keys' coordinates; mask may be null. Multiversioned (the table lookups become AVX2/AVX-512 gathers).
+void rpe_bias_block(float* S, int64_t lds, int64_t nq, int64_t nk, const int16_t* qc, const int32_t* kx,
+                    const int32_t* ky, const int32_t* kz, const float* tab, int32_t b, const float* mask);
+void rpe_bias_block(double* S, int64_t lds, int64_t nq, int64_t nk, const int16_t* qc, const int32_t* kx,
+                    const int32_t* ky, const int32_t* kz, const double* tab, int32_t b, const double* mask);
+
 }  // namespace octformer
