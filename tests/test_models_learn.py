@@ -6,6 +6,8 @@ Short versions run in CI; ``long``-marked versions (deselected by default, ``-m 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -198,7 +200,7 @@ def test_hotformerloc_recognises_held_out_crops_long(shared_data, one_torch_thre
 
 
 def train_octgpt_on_shapes(shared_data, *, vqvae_steps: int, steps: int, shapes: tuple[str, ...], iterations: int,
-                           samples: int = 1, lr: float = 3e-3, seed: int = 0):
+                           samples: int = 1, lr: float = 3e-3, cosine: bool = False, seed: int = 0):
     """Fit octgpt_tiny to the bunny / Spot octrees in OctGPT's two stages (the VQVAE, then the transformer with
     the VQVAE frozen), sample octrees before and after, and report their occupancy IoU to each shape."""
     from octformer import format as octf
@@ -211,12 +213,12 @@ def train_octgpt_on_shapes(shared_data, *, vqvae_steps: int, steps: int, shapes:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tensors this small only pay for intra-op threading (5x the CPU time on 2 busy cores)
     try:
-        return _train_octgpt(clouds, shapes, vqvae_steps, steps, iterations, samples, lr, seed)
+        return _train_octgpt(clouds, shapes, vqvae_steps, steps, iterations, samples, lr, cosine, seed)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_octgpt(clouds, shapes, vqvae_steps, steps, iterations, samples, lr, seed):
+def _train_octgpt(clouds, shapes, vqvae_steps, steps, iterations, samples, lr, cosine, seed):
     from octformer import format as octf
 
     torch.manual_seed(seed)
@@ -256,6 +258,11 @@ def _train_octgpt(clouds, shapes, vqvae_steps, steps, iterations, samples, lr, s
     model.vqvae.requires_grad_(False)
     before = fixed_mask_loss()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    # optional warm-up (5 %) + cosine decay: the short run's lr ends near 0, so its last steps settle
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)) if cosine else 1.0
+    )
     gen = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(steps):
@@ -263,6 +270,7 @@ def _train_octgpt(clouds, shapes, vqvae_steps, steps, iterations, samples, lr, s
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
         losses.append(float(loss.detach()))
     after = fixed_mask_loss()
     trained = sample_ious()
@@ -280,7 +288,8 @@ def _train_octgpt(clouds, shapes, vqvae_steps, steps, iterations, samples, lr, s
 
 @pytest.mark.slow
 def test_octgpt_learns_the_bunny_short(shared_data):
-    res = train_octgpt_on_shapes(shared_data, vqvae_steps=100, steps=200, shapes=("bunny",), iterations=4, lr=6e-3)
+    res = train_octgpt_on_shapes(shared_data, vqvae_steps=100, steps=200, shapes=("bunny",), iterations=4, lr=6e-3,
+                                 cosine=True)
     print(f"\nOctGPT: {res}")
     assert res["loss_after"] < 0.8 * res["loss_before"]
     assert res["iou_depth_stop"]["bunny"] > res["untrained_iou_depth_stop"]["bunny"] + 0.2
