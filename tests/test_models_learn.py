@@ -203,8 +203,6 @@ def train_octgpt_on_shapes(shared_data, *, vqvae_steps: int, steps: int, shapes:
                            samples: int = 1, lr: float = 3e-3, cosine: bool = False, seed: int = 0):
     """Fit octgpt_tiny to the bunny / Spot octrees in OctGPT's two stages (the VQVAE, then the transformer with
     the VQVAE frozen), sample octrees before and after, and report their occupancy IoU to each shape."""
-    from octformer import format as octf
-
     files = {
         "bunny": shared_data / "stanford_bunny" / "reconstruction" / "bun_zipper.ply",
         "spot": shared_data / "spot" / "spot_triangulated.obj",

@@ -48,7 +48,7 @@ def test_level_causal_attention_matches_dense_mask_oracle(backend, sorted_levels
         q, k, v = (t.detach().float().requires_grad_(True) for t in (q, k, v))
     got = level_causal_window_attention(q, k, v, levels, kk, key_mask.to(q.dtype), backend)
     want = dense_level_causal_attention(q, k, v, levels, kk, key_mask.to(q.dtype))
-    tol = dict(rtol=1e-10, atol=1e-12) if q.dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    tol = {"rtol": 1e-10, "atol": 1e-12} if q.dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
     torch.testing.assert_close(got, want, **tol)
     w = torch.randn(got.shape, generator=gen, dtype=got.dtype)
     g1 = torch.autograd.grad((got * w).sum(), (q, k, v))

@@ -178,7 +178,10 @@ def level_causal_window_attention(
         whole = windows.numel() == g
         finer = torch.where(lv > level, float("-inf"), 0.0).to(q.dtype)
         km = base + finer if whole else (base + finer)[windows]
-        sub = (lambda t: t) if whole else (lambda t: t[windows])
+
+        def sub(t: torch.Tensor, windows=windows, whole=whole) -> torch.Tensor:
+            return t if whole else t[windows]
+
         if use_kernels:
             o = ops.window_attention(sub(qg), sub(kg), sub(vg), key_mask=km.contiguous(), backend=backend)
         else:  # torch's fused SDPA with the per-key mask broadcast over queries (never a (K, K) mask)
