@@ -152,6 +152,29 @@ def test_published_parameter_counts_within_two_percent(name):
     assert abs(count - PUBLISHED_PARAMS[name]) / PUBLISHED_PARAMS[name] < 0.02, count
 
 
+# OctGPT's released VQVAE sizes (research notes §A2 and OctGPT's utils/builder.py): "vqvae_large" (the ShapeNet
+# config's) 33.9M, "vqvae_big" 8.0M, the default "vqvae" 4.2M.
+PUBLISHED_VQVAE_PARAMS = {"vqvae_large": 33.9e6, "vqvae_big": 8.0e6, "vqvae": 4.2e6}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_VQVAE_PARAMS))
+def test_octgpt_vqvae_parameter_counts_within_two_percent(name):
+    from octformer.models.octgpt_vqvae import OctGPTVQVAE
+
+    with torch.device("meta"):
+        vq = OctGPTVQVAE.from_config(name, depth=8, depth_stop=6, code_bits=32)
+    count = sum(p.numel() for p in vq.parameters())
+    assert abs(count - PUBLISHED_VQVAE_PARAMS[name]) / PUBLISHED_VQVAE_PARAMS[name] < 0.02, count
+
+
+def test_octgpt_shapenet_uses_the_published_vqvae():
+    with torch.device("meta"):
+        model = create_model("octgpt_shapenet")
+    count = sum(p.numel() for p in model.vqvae.parameters())
+    assert count == 33_802_418  # 33.9M published (-0.29 %)
+    assert abs(count - 33.9e6) / 33.9e6 < 0.02
+
+
 @pytest.mark.parametrize("name", ["volt_s", "volt_b", "volt_tiny"])
 def test_volt_parameter_count_matches_closed_form(name):
     from octformer.models.volt import volt_param_formula

@@ -111,3 +111,83 @@ def test_octgpt_block_checkpointing_gives_the_same_loss_and_gradients(bunny_tree
     assert grads[0][1].keys() == grads[1][1].keys() and len(grads[0][1]) > 10
     for name, g in grads[0][1].items():
         torch.testing.assert_close(grads[1][1][name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+# A few-channel version of OctGPT's published VQVAE for octgpt_tiny's layout (depth 5, codes at depth 4).
+TINY_VQVAE = dict(bottleneck=1, enc_channels=(8, 16), enc_blocks=(1, 1), dec_enc_channels=(16, 32),
+                  dec_enc_blocks=(1, 1), dec_dec_channels=(32, 16, 8), dec_dec_blocks=(1, 2, 1), pred_stages=2,
+                  sdf_stages=2)
+
+
+def test_face_neighbors_match_a_brute_force_search():
+    from octformer.models.octgpt_vqvae import face_neighbors
+
+    rng = np.random.default_rng(3)
+    cells = np.unique(np.concatenate([rng.integers(0, 2, (400, 1)), rng.integers(0, 8, (400, 3))], 1), axis=0)
+    batch, xyz = torch.from_numpy(cells[:, 0]), torch.from_numpy(cells[:, 1:])
+    got = face_neighbors(xyz, batch, 3)
+    index = {tuple(c): i for i, c in enumerate(cells.tolist())}
+    for i, (b, x, y, z) in enumerate(cells.tolist()):
+        want = [index.get((b, x + dx, y + dy, z + dz), -1)
+                for dx, dy, dz in ((-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1))]
+        assert got[i].tolist() == want
+
+
+def test_published_vqvae_forward_backward_on_the_bunny(shared_data):
+    """The published VQVAE architecture (few channels) on real octrees: split logits for every node of the
+    decoded depths, a finite loss (splits + BSQ + SDF), a gradient for every parameter, and decoding that
+    rebuilds an octree."""
+    from octformer import format as octf
+    from octformer.models.octgpt_vqvae import OctGPTVQVAE, bsq_quantize
+    from octformer.nn import OctreeContext
+
+    pts = read_points(shared_data / "stanford_bunny" / "reconstruction" / "bun_zipper.ply").points.astype(np.float64)
+    torch.manual_seed(0)
+    model = create_model("octgpt_tiny", backend="torch", vq_arch=TINY_VQVAE)
+    vq = model.vqvae
+    assert isinstance(vq, OctGPTVQVAE) and vq.low == 3
+    tree = model.build_input([pts, pts[::3] @ np.diag([1.0, 0.6, 1.0])])
+    ctx = OctreeContext(tree)
+    z = vq.encode(ctx)
+    assert z.shape == (ctx.num_nodes(4), 8)
+    out = vq._decode(bsq_quantize(z)[0], ctx, teacher=True)
+    assert sorted(out["logits"]) == sorted(out["signals"]) == [4, 5]
+    for d in (4, 5):
+        lv = out["levels"][d]
+        assert out["logits"][d].shape == (8 * ctx.num_nodes(d - 1), 2)
+        assert torch.equal(lv.xyz[lv.nonempty], ctx.xyz(d)) and torch.equal(lv.batch[lv.nonempty], ctx.batch(d))
+    # SDF targets: the centres of the finest non-empty cells lie on the surface (0)
+    cells = ctx.xyz(5).double() + 0.5
+    sdf = (cells, ctx.batch(5), torch.zeros(cells.shape[0]))
+    loss = model.vqvae_loss(tree, sdf)
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, p in vq.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    # decoding one sample's codes grows the finer depths from the predicted splits, on the octree down to
+    # depth_stop that the transformer's split tokens give
+    single = model.build_input([pts])
+    seq = model.sequence(single)
+    coarse_flags = seq["value"][seq["value"] >= 0].astype(np.uint8)
+    coarse = OctreeContext(octf.from_split_flags([coarse_flags], 4, 2))
+    codes = bsq_quantize(vq.encode(OctreeContext(single)))[0]
+    flags = vq.decode_flags(codes, coarse)
+    assert len(flags) == 1 and flags[0].shape == (8 * coarse.num_nodes(4),)
+    assert flags[0].reshape(-1, 8).any(1).all()  # every non-empty depth-4 node keeps a child
+    rebuilt = octf.from_split_flags([np.concatenate([coarse_flags, flags[0].numpy().astype(np.uint8)])], 5, 2)
+    assert np.array_equal(rebuilt.xyz(4), single.xyz(4)) and rebuilt.depth == 5
+
+
+def test_octgpt_with_the_published_vqvae_trains_and_samples(bunny_tree):
+    _, tree = bunny_tree
+    torch.manual_seed(0)
+    model = create_model("octgpt_tiny", backend="torch", window=32, vq_arch=TINY_VQVAE)
+    losses = model.loss(tree, torch.Generator().manual_seed(1))
+    assert torch.isfinite(losses["loss"]) and float(losses["vqvae"]) > 0
+    losses["loss"].backward()
+    for name, p in model.vqvae.named_parameters():  # the SDF heads train only on SDF targets
+        assert (p.grad is None) == name.startswith("sdf_heads."), name
+    with torch.no_grad():
+        gen = model.eval().generate(1, iterations=(1, 1, 1, 1), generator=torch.Generator().manual_seed(0))
+    assert gen.depth == 5 and gen.numpy().nnum_nempty[5] > 0

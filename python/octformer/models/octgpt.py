@@ -25,31 +25,12 @@ from octformer import format as octf
 from octformer.errors import OctformerError
 from octformer.models._base import OctreeModel, as_point_list
 from octformer.models._registry import register_model
+from octformer.models.octgpt_vqvae import VQVAE_CONFIGS, OctGPTVQVAE, bsq_entropy_loss, bsq_quantize
 from octformer.nn import OctreeContext, OctreeConv, OctreeDownsample, TransformerBlock, window_plan
 from octformer.nn.plans import TokenPlan
 from octformer.octree import Octree, build_octree, key_to_xyz
 
-__all__ = ["OctGPT", "OctreeVQVAE", "octgpt_small", "octgpt_shapenet", "octgpt_tiny", "bsq_quantize"]
-
-
-def bsq_quantize(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Binary spherical quantisation: (M, L) → (codes ±1/√L with a straight-through gradient, bits {0, 1})."""
-    u = F.normalize(z, dim=-1)
-    scale = 1.0 / math.sqrt(z.shape[-1])
-    q = torch.where(u >= 0, scale, -scale)
-    return u + (q - u).detach(), (u >= 0).long()
-
-
-def bsq_entropy_loss(z: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """Per-code bit entropy (pushed down) minus codebook bit entropy (pushed up), from soft bit probabilities."""
-    u = F.normalize(z, dim=-1)
-    p = torch.sigmoid(4.0 * u * math.sqrt(z.shape[-1]) / tau)
-
-    def h(t):
-        t = t.clamp(1e-6, 1 - 1e-6)
-        return -(t * t.log() + (1 - t) * (1 - t).log())
-
-    return h(p).sum(-1).mean() - h(p.mean(0)).sum()
+__all__ = ["OctGPT", "OctreeVQVAE", "OctGPTVQVAE", "octgpt_small", "octgpt_shapenet", "octgpt_tiny", "bsq_quantize"]
 
 
 class OctreeVQVAE(nn.Module):
@@ -100,8 +81,9 @@ class OctreeVQVAE(nn.Module):
         return loss
 
     @torch.no_grad()
-    def decode_flags(self, codes: torch.Tensor) -> list[torch.Tensor]:
-        """Split flags (8·M_d,) of depths depth_stop+1..depth for one sample's codes (M_stop, L) ±1/√L."""
+    def decode_flags(self, codes: torch.Tensor, ctx: OctreeContext | None = None) -> list[torch.Tensor]:
+        """Split flags (8·M_d,) of depths depth_stop+1..depth for one sample's codes (M_stop, L) ±1/√L
+        (``ctx``, the octree down to depth_stop, is not needed here)."""
         h = self.from_code(codes)
         out = []
         for i in range(self.depth - self.depth_stop):
@@ -124,7 +106,11 @@ class OctGPT(OctreeModel):
         depth / full_depth / depth_stop: octree depth, dense top level, last split-token level.
         dim / layers / heads: transformer width, blocks, heads (head dim a multiple of 6 for RoPE-Mixed).
         window / dilation: K and D of the window cycle plain → dilated → shifted → shifted + dilated.
-        code_bits: BSQ code length (32 in OctGPT). vq_channels: VQVAE width.
+        code_bits: BSQ code length (32 in OctGPT). vq_channels: width of the small VQVAE.
+        vq_arch: "simple" (:class:`OctreeVQVAE`, a small conv encoder + per-level split MLPs, width
+            ``vq_channels``), a released OctGPT VQVAE size ("vqvae", "vqvae_big", "vqvae_large": 4.2M / 8.0M /
+            33.9M parameters, :class:`~octformer.models.octgpt_vqvae.OctGPTVQVAE`), or a dict of
+            :class:`OctGPTVQVAE` options.
         checkpoint: recompute each block in the backward instead of keeping its activations (OctGPT trains
             this way); training memory then holds one block's activations plus the block inputs.
         mask_groups: how :meth:`loss` draws masks: "global" (OctGPT: one ratio per sample over all its tokens)
@@ -147,6 +133,7 @@ class OctGPT(OctreeModel):
         dilation: int = 2,
         code_bits: int = 32,
         vq_channels: int = 64,
+        vq_arch: str | dict = "simple",
         mlp_ratio: float = 4.0,
         drop_path: float = 0.1,
         rope_theta: float = 100.0,
@@ -181,7 +168,7 @@ class OctGPT(OctreeModel):
         self.norm = nn.LayerNorm(dim)
         self.split_head = nn.Linear(dim, 2)
         self.code_head = nn.Linear(dim, code_bits)
-        self.vqvae = OctreeVQVAE(depth, depth_stop, code_bits, vq_channels) if depth_stop < depth else None
+        self.vqvae = _make_vqvae(vq_arch, depth, depth_stop, code_bits, vq_channels) if depth_stop < depth else None
 
     # ------------------------------------------------------------------ input
     def build_input(self, points, features=None) -> Octree:
@@ -274,11 +261,17 @@ class OctGPT(OctreeModel):
         (mask embeddings, the VQVAE decoder)."""
         return self.loss(octree, generator)["loss"]
 
-    def vqvae_loss(self, octree: Octree) -> torch.Tensor:
-        """The VQVAE's reconstruction + BSQ entropy loss (0 without a VQVAE)."""
+    def vqvae_loss(self, octree: Octree, sdf: tuple | None = None) -> torch.Tensor:
+        """The VQVAE's reconstruction + BSQ entropy loss (0 without a VQVAE); ``sdf`` (query points, sample,
+        target values) adds the SDF loss of :class:`OctGPTVQVAE` (see its ``reconstruction_loss``)."""
         if self.vqvae is None:
             return self.norm.weight.sum() * 0.0
-        return self.vqvae.reconstruction_loss(OctreeContext(octree, self.norm.weight.device))
+        ctx = OctreeContext(octree, self.norm.weight.device)
+        if sdf is None:
+            return self.vqvae.reconstruction_loss(ctx)
+        if not isinstance(self.vqvae, OctGPTVQVAE):
+            raise OctformerError("sdf: only the OctGPT VQVAE (vq_arch other than 'simple') has SDF heads")
+        return self.vqvae.reconstruction_loss(ctx, sdf)
 
     def loss(self, octree: Octree, generator: torch.Generator | None = None, *, vqvae: bool = True) -> dict:
         """Masked-token training loss (masks from ``mask_groups``): CE on masked split tokens + BCE on masked
@@ -406,7 +399,8 @@ class OctGPT(OctreeModel):
             bits = self._reveal(seq, base, n, iters[-1], temps[-1], remask_after, remask_fraction[1], generator,
                                 code=True)
             codes = (bits.to(self.norm.weight.dtype) * 2 - 1) / math.sqrt(self.code_bits)
-            for fl in self.vqvae.decode_flags(codes.to(device)):
+            coarse = octf.from_split_flags([np.concatenate(flags).astype(np.uint8)], self.depth_stop, fd)
+            for fl in self.vqvae.decode_flags(codes.to(device), OctreeContext(coarse, device)):
                 flags.append(fl.cpu().numpy())
         all_flags = np.concatenate(flags).astype(np.uint8)
         return octf.from_split_flags([all_flags], self.depth, fd)
@@ -483,6 +477,16 @@ def _put_rows(x: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torc
     return out
 
 
+def _make_vqvae(arch, depth: int, depth_stop: int, code_bits: int, channels: int) -> nn.Module:
+    if isinstance(arch, dict):
+        return OctGPTVQVAE(depth, depth_stop, code_bits, **arch)
+    if arch == "simple":
+        return OctreeVQVAE(depth, depth_stop, code_bits, channels)
+    if arch in VQVAE_CONFIGS:
+        return OctGPTVQVAE.from_config(arch, depth, depth_stop, code_bits)
+    raise OctformerError(f"vq_arch: expected 'simple', one of {sorted(VQVAE_CONFIGS)} or a dict, got {arch!r}")
+
+
 def _make(defaults: dict, overrides: dict) -> OctGPT:
     unknown = set(overrides) - set(OctGPT.__init__.__kwdefaults__)
     if unknown:
@@ -493,9 +497,10 @@ def _make(defaults: dict, overrides: dict) -> OctGPT:
 @register_model
 def octgpt_shapenet(**overrides) -> OctGPT:
     """Published ShapeNet size: depth 8, full depth 3, split flags for depths 3–6 + 32-bit codes for the
-    non-empty depth-6 nodes (the VQVAE decodes depths 7–8), 24 blocks of width 768 with 8 heads, windows K = 2048, dilation 2."""
+    non-empty depth-6 nodes (the VQVAE decodes depths 7–8), 24 blocks of width 768 with 8 heads, windows K = 2048,
+    dilation 2; OctGPT's "vqvae_large" VQVAE (33.8M parameters, O-CNN encoder + graph U-Net decoder)."""
     return _make(dict(depth=8, full_depth=3, depth_stop=6, dim=768, layers=24, heads=8, window=2048, dilation=2,
-                      vq_channels=64, checkpoint=True), overrides)
+                      vq_arch="vqvae_large", checkpoint=True), overrides)
 
 
 @register_model
