@@ -191,3 +191,23 @@ def test_octgpt_with_the_published_vqvae_trains_and_samples(bunny_tree):
     with torch.no_grad():
         gen = model.eval().generate(1, iterations=(1, 1, 1, 1), generator=torch.Generator().manual_seed(0))
     assert gen.depth == 5 and gen.numpy().nnum_nempty[5] > 0
+
+
+def test_published_vqvae_checkpointing_gives_the_same_loss_and_gradients(bunny_tree):
+    from octformer.nn import OctreeContext
+
+    _, tree = bunny_tree
+    torch.manual_seed(0)
+    model = create_model("octgpt_tiny", backend="torch", vq_arch=TINY_VQVAE)
+    assert model.vqvae.checkpoint is False
+    grads = []
+    for checkpoint in (False, True):
+        model.vqvae.checkpoint = checkpoint
+        model.zero_grad()
+        loss = model.vqvae.reconstruction_loss(OctreeContext(tree))
+        loss.backward()
+        grads.append((float(loss), {n: p.grad.clone() for n, p in model.vqvae.named_parameters() if p.grad is not None}))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    assert grads[0][1].keys() == grads[1][1].keys()
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][name], g, rtol=1e-4, atol=1e-6, msg=name)

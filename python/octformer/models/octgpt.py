@@ -112,7 +112,8 @@ class OctGPT(OctreeModel):
             33.9M parameters, :class:`~octformer.models.octgpt_vqvae.OctGPTVQVAE`), or a dict of
             :class:`OctGPTVQVAE` options.
         checkpoint: recompute each block in the backward instead of keeping its activations (OctGPT trains
-            this way); training memory then holds one block's activations plus the block inputs.
+            this way); training memory then holds one block's activations plus the block inputs. Also sets
+            the checkpointing of an :class:`OctGPTVQVAE`'s residual blocks (when built).
         mask_groups: how :meth:`loss` draws masks: "global" (OctGPT: one ratio per sample over all its tokens)
             or "level" (one ratio per sample and level, from the cosine schedule). With "global" at most half
             of the coarser levels is ever visible in training, while sampling sees them whole and the current
@@ -147,7 +148,7 @@ class OctGPT(OctreeModel):
         if (dim // heads) % 6:
             raise OctformerError(f"dim/heads: RoPE-Mixed needs a head dim that is a multiple of 6, got {dim // heads}")
         self.config = dict(depth=depth, full_depth=full_depth, depth_stop=depth_stop, dim=dim, layers=layers,
-                           heads=heads, window=window, dilation=dilation, code_bits=code_bits)
+                           heads=heads, window=window, dilation=dilation, code_bits=code_bits, vq_arch=vq_arch)
         self.depth, self.full_depth, self.depth_stop = depth, full_depth, depth_stop
         self.window, self.dilation, self.code_bits = window, dilation, code_bits
         self.checkpoint = checkpoint
@@ -168,7 +169,8 @@ class OctGPT(OctreeModel):
         self.norm = nn.LayerNorm(dim)
         self.split_head = nn.Linear(dim, 2)
         self.code_head = nn.Linear(dim, code_bits)
-        self.vqvae = _make_vqvae(vq_arch, depth, depth_stop, code_bits, vq_channels) if depth_stop < depth else None
+        self.vqvae = (_make_vqvae(vq_arch, depth, depth_stop, code_bits, vq_channels, checkpoint)
+                      if depth_stop < depth else None)
 
     # ------------------------------------------------------------------ input
     def build_input(self, points, features=None) -> Octree:
@@ -477,13 +479,13 @@ def _put_rows(x: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torc
     return out
 
 
-def _make_vqvae(arch, depth: int, depth_stop: int, code_bits: int, channels: int) -> nn.Module:
+def _make_vqvae(arch, depth: int, depth_stop: int, code_bits: int, channels: int, checkpoint: bool) -> nn.Module:
     if isinstance(arch, dict):
-        return OctGPTVQVAE(depth, depth_stop, code_bits, **arch)
+        return OctGPTVQVAE(depth, depth_stop, code_bits, **{"checkpoint": checkpoint, **arch})
     if arch == "simple":
         return OctreeVQVAE(depth, depth_stop, code_bits, channels)
     if arch in VQVAE_CONFIGS:
-        return OctGPTVQVAE.from_config(arch, depth, depth_stop, code_bits)
+        return OctGPTVQVAE.from_config(arch, depth, depth_stop, code_bits, checkpoint=checkpoint)
     raise OctformerError(f"vq_arch: expected 'simple', one of {sorted(VQVAE_CONFIGS)} or a dict, got {arch!r}")
 
 

@@ -39,7 +39,7 @@ Where this implementation differs from the published network (the layer shapes d
   blend of neighbouring cells, and no mesh is extracted.
 * **Losses.** Split labels: cross-entropy per predicted depth (teacher-forced on the input octree's structure);
   BSQ: our bit-entropy penalty (:func:`bsq_entropy_loss`) in place of OctGPT's grouped soft entropy and commit
-  loss. No gradient checkpointing.
+  loss.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from octformer.errors import OctformerError
@@ -349,6 +350,8 @@ class OctGPTVQVAE(nn.Module):
         pred_stages / sdf_stages: how many last decoder stages have split / SDF heads (at least
             ``depth - depth_stop + 1`` split heads: the decoded depths need them).
         node_types: node types of the graph net's first stage (7 in OctGPT; stage types follow from it).
+        checkpoint: recompute each residual block in the backward instead of keeping its activations (as
+            OctGPT trains the VQVAE).
     """
 
     def __init__(
@@ -368,6 +371,7 @@ class OctGPTVQVAE(nn.Module):
         pred_stages: int = 3,
         sdf_stages: int = 3,
         node_types: int = 7,
+        checkpoint: bool = False,
     ) -> None:
         super().__init__()
         steps = depth - depth_stop
@@ -390,6 +394,7 @@ class OctGPTVQVAE(nn.Module):
             raise OctformerError(f"pred_stages/sdf_stages: expected {steps + 1}..{n_up} and 0..{n_up}, "
                                  f"got {pred_stages} and {sdf_stages}")
         self.depth, self.depth_stop, self.code_bits = depth, depth_stop, code_bits
+        self.checkpoint = checkpoint
         self.low = depth_stop - n_down + 1  # coarsest depth of the graph U-Net
         self.start_pred, self.start_sdf = n_up - pred_stages, n_up - sdf_stages
 
@@ -424,6 +429,11 @@ class OctGPTVQVAE(nn.Module):
             raise OctformerError(f"name: expected one of {sorted(VQVAE_CONFIGS)}, got {name!r}")
         return cls(depth, depth_stop, code_bits, **{**VQVAE_CONFIGS[name], **overrides})
 
+    def _block(self, blk: nn.Module, x: torch.Tensor, lv: _Level) -> torch.Tensor:
+        if self.checkpoint and torch.is_grad_enabled() and x.requires_grad:
+            return torch.utils.checkpoint.checkpoint(blk, x, lv, use_reentrant=False)
+        return blk(x, lv)
+
     # ------------------------------------------------------------------ encoder
     def encode(self, ctx: OctreeContext) -> torch.Tensor:
         """Pre-quantisation latents (M_stop, code_bits) of the non-empty nodes at depth_stop."""
@@ -434,7 +444,7 @@ class OctGPTVQVAE(nn.Module):
         x = self.stem(torch.cat([torch.ones_like(xyz[:, :1]), frac], 1), lv)
         for i, blocks in enumerate(self.enc_stages):
             for blk in blocks:
-                x = blk(x, lv)
+                x = self._block(blk, x, lv)
             if i < len(self.enc_downs):
                 parent = _Level(d - 1, ctx.batch(d - 1), ctx.batch_size, ctx.neighbors(d - 1))
                 x = self.enc_downs[i](x, ctx.children(d), parent)
@@ -453,7 +463,7 @@ class OctGPTVQVAE(nn.Module):
         for i, blocks in enumerate(self.down_stages):
             d = self.depth_stop - i
             for blk in blocks:
-                x = blk(x, levels[d])
+                x = self._block(blk, x, levels[d])
             skips[d] = x
             if i < len(self.downs):
                 x = self.downs[i](x, levels[d - 1])
@@ -472,7 +482,7 @@ class OctGPTVQVAE(nn.Module):
                     x = x + skips[d]
             lv = levels[d]
             for blk in blocks:
-                x = blk(x, lv)
+                x = self._block(blk, x, lv)
             if i >= self.start_pred:
                 logits[d] = self.split_heads[i - self.start_pred](x, lv)
                 if lv.nonempty is None:  # decoding: the predicted structure of this depth
