@@ -98,6 +98,17 @@ void add_bias(const AttnArgs<T>& a, int64_t gq, int64_t nq, int64_t gk, int64_t 
   }
 }
 
+// S = scale * Q[qb:qb+nq] K[kb:kb+nk]^T + bias, in the scratch S block; g0 is the segment's first global token.
+template <typename T>
+T* score_block(const AttnArgs<T>& a, const T* Q, const T* K, int64_t g0, int64_t qb, int64_t nq, int64_t kb,
+               int64_t nk, Scratch<T>& w) {
+  const int64_t ld = a.p.tok_stride;
+  T* S = w.S.data();
+  gemm_rm(false, true, nq, nk, a.p.dim, a.scale, Q + qb * ld, ld, K + kb * ld, ld, T(0), S, w.lds);
+  add_bias(a, g0 + qb, nq, g0 + kb, nk, w);
+  return S;
+}
+
 // One forward work item: queries [qb, qb + query_block(len)) of segment s, head h, against all keys of the segment.
 template <typename T>
 void fwd_block(const AttnArgs<T>& a, int64_t s, int64_t h, int64_t qb, T* out, T* lse, Scratch<T>& w) {
@@ -118,9 +129,7 @@ void fwd_block(const AttnArgs<T>& a, int64_t s, int64_t h, int64_t qb, T* out, T
   }
   for (int64_t kb = 0; kb < len; kb += kBlockK) {
     const int64_t nk = std::min(kBlockK, len - kb);
-    T* S = w.S.data();
-    gemm_rm(false, true, nq, nk, C, a.scale, Q + qb * ld, ld, K + kb * ld, ld, T(0), S, w.lds);
-    add_bias(a, g0 + qb, nq, g0 + kb, nk, w);
+    T* S = score_block(a, Q, K, g0, qb, nq, kb, nk, w);
     for (int64_t i = 0; i < nq; ++i) {
       T* srow = S + i * w.lds;
       const T mx = row_max(srow, nk);
@@ -222,9 +231,7 @@ void bwd_segment(const AttnArgs<T>& a, int64_t s, int64_t h, const T* gout, cons
       }
       for (int64_t kb = 0; kb < len; kb += kBlockK) {
         const int64_t nk = std::min(kBlockK, len - kb);
-        T* S = w.S.data();
-        gemm_rm(false, true, nq, nk, C, a.scale, Q + qb * ld, ld, K + kb * ld, ld, T(0), S, w.lds);
-        add_bias(a, g0 + qb, nq, g0 + kb, nk, w);
+        T* S = score_block(a, Q, K, g0, qb, nq, kb, nk, w);
         for (int64_t i = 0; i < nq; ++i) {
           T* srow = S + i * w.lds;
           const T mnew = std::max(w.m[i], row_max(srow, nk));
@@ -238,10 +245,8 @@ void bwd_segment(const AttnArgs<T>& a, int64_t s, int64_t h, const T* gout, cons
     }
     for (int64_t kb = 0; kb < len; kb += kBlockK) {
       const int64_t nk = std::min(kBlockK, len - kb);
-      T* S = w.S.data();
+      T* S = score_block(a, Q, K, g0, qb, nq, kb, nk, w);
       T* dP = w.dP.data();
-      gemm_rm(false, true, nq, nk, C, a.scale, Q + qb * ld, ld, K + kb * ld, ld, T(0), S, w.lds);
-      add_bias(a, g0 + qb, nq, g0 + kb, nk, w);
       if (L == nullptr && one_key_block) {  // the whole row is in S: P = softmax(S) directly
         for (int64_t i = 0; i < nq; ++i) {
           T* srow = S + i * w.lds;

@@ -193,6 +193,19 @@ def _geometry(b: int, origin: Any, voxel_size: Any) -> tuple[np.ndarray, np.ndar
     return o, v
 
 
+def _sample_arrays(seq: Any, name: str, valid: Any, expected: str) -> list[np.ndarray]:
+    """Per-sample 1-D uint8 arrays from one array or a sequence of them, each checked by ``valid``."""
+    if isinstance(seq, np.ndarray) and seq.ndim == 1:
+        seq = [seq]
+    out = []
+    for i, t in enumerate(seq):
+        a = np.asarray(t)
+        if a.ndim != 1 or not valid(a):
+            raise OctformerError(f"{name}[{i}]: expected {expected}")
+        out.append(a.astype(np.uint8))
+    return out
+
+
 def from_occupancy_tokens(
     tokens: Sequence[Any],
     depth: int,
@@ -207,14 +220,12 @@ def from_occupancy_tokens(
     ``origin``/``voxel_size`` ((3,) or (B, 3)) default to 0 and 1 (grid units).
     Malformed streams (wrong length, a 0 token below the top level) raise OctformerError.
     """
-    if isinstance(tokens, np.ndarray) and tokens.ndim == 1:
-        tokens = [tokens]
-    parts = []
-    for i, t in enumerate(tokens):
-        a = np.asarray(t)
-        if a.ndim != 1 or a.dtype.kind not in "iu" or (a.size and (a.min() < 0 or a.max() > 255)):
-            raise OctformerError(f"tokens[{i}]: expected a 1-D integer array with values in 0..255")
-        parts.append(a.astype(np.uint8))
+    parts = _sample_arrays(
+        tokens,
+        "tokens",
+        lambda a: a.dtype.kind in "iu" and not (a.size and (a.min() < 0 or a.max() > 255)),
+        "a 1-D integer array with values in 0..255",
+    )
     if not parts:
         raise OctformerError("tokens: expected at least one sample, got none")
     for name, v in (("depth", depth), ("full_depth", full_depth)):
@@ -248,14 +259,9 @@ def from_split_flags(
     coords: str = "cartesian",
 ) -> Octree:
     """Inverse of :func:`split_flags` (packs each 8 sibling flags into a token)."""
-    if isinstance(flags, np.ndarray) and flags.ndim == 1:
-        flags = [flags]
     tokens = []
-    for i, f in enumerate(flags):
-        a = np.asarray(f)
-        if a.ndim != 1 or (a.size and not np.isin(a, (0, 1)).all()):
-            raise OctformerError(f"flags[{i}]: expected a 1-D array of 0/1 values")
-        a = a.astype(np.uint8)
+    arrays = _sample_arrays(flags, "flags", lambda a: bool(np.isin(a, (0, 1)).all()), "a 1-D array of 0/1 values")
+    for i, a in enumerate(arrays):
         head, rest = (a[:1], a[1:]) if full_depth == 0 else (a[:0], a)
         if rest.size % 8:
             raise OctformerError(f"flags[{i}]: expected whole groups of 8 sibling flags, got {rest.size} flags after the root")
