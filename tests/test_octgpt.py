@@ -206,7 +206,8 @@ def test_published_vqvae_checkpointing_gives_the_same_loss_and_gradients(bunny_t
         model.zero_grad()
         loss = model.vqvae.reconstruction_loss(OctreeContext(tree))
         loss.backward()
-        grads.append((float(loss), {n: p.grad.clone() for n, p in model.vqvae.named_parameters() if p.grad is not None}))
+        named = model.vqvae.named_parameters()
+        grads.append((float(loss), {n: p.grad.clone() for n, p in named if p.grad is not None}))
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
     assert grads[0][1].keys() == grads[1][1].keys()
     for name, g in grads[0][1].items():
