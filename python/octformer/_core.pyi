@@ -19,6 +19,7 @@ def build_octree(
     full_depth: int,
     clip: bool = False,
     num_threads: int | None = None,
+    fill_batch: bool = True,
 ) -> dict[str, object]: ...
 def bounds(
     points: npt.NDArray[np.float32] | npt.NDArray[np.float64],

@@ -588,7 +588,11 @@ def build_octree(
         # an auto box holds every point by construction; clipping only absorbs rounding
         clip=bool(clip) or auto_box,
         num_threads=threads,
+        fill_batch=batch != 1,
     )
+    if raw["batch"] is None:
+        # one sample: every batch index is 0; calloc'd zeros cost nothing until read
+        raw["batch"] = [np.zeros(k.shape[0], dtype=np.int32) for k in raw["keys"]]
     num_leaves = int(raw["batch_nnum_nempty"][depth].sum())
     leaf_features = None
     leaf_normals = None

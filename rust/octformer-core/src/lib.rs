@@ -21,7 +21,7 @@ pub mod omnitree;
 pub mod sort;
 
 pub use error::{CoreError, Result};
-pub use octree::{BuildOptions, Octree, SampleBox, build_octree};
+pub use octree::{BuildOptions, Octree, SampleBox, build_octree, build_octree_with};
 
 /// Deepest supported octree level: 3 × 21 = 63 key bits.
 pub const MAX_DEPTH: u8 = 21;

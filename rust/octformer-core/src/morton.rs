@@ -49,6 +49,26 @@ pub fn encode(x: u32, y: u32, z: u32) -> u64 {
     (spread3_lut(x) << 2) | (spread3_lut(y) << 1) | spread3_lut(z)
 }
 
+const fn spread_table10() -> [u32; 1024] {
+    let mut t = [0u32; 1024];
+    let mut i = 0;
+    while i < 1024 {
+        t[i] = spread3(i as u32) as u32;
+        i += 1;
+    }
+    t
+}
+
+/// `spread3` of every 10-bit value (fits 30 bits).
+static SPREAD10: [u32; 1024] = spread_table10();
+
+/// [`encode`] for coordinates below 2^11 (depth ≤ 11): one lookup per axis, plus the 11th bit.
+#[inline(always)]
+pub fn encode_small(x: u32, y: u32, z: u32) -> u64 {
+    let s = |v: u32| SPREAD10[(v & 1023) as usize] as u64 | (((v >> 10) & 1) as u64) << 30;
+    (s(x) << 2) | (s(y) << 1) | s(z)
+}
+
 /// Cell coordinates of a Morton key.
 #[inline(always)]
 pub fn decode(key: u64) -> [u32; 3] {
@@ -75,6 +95,8 @@ mod tests {
         fn encode_matches_bit_loop(x in 0u32..(1 << 21), y in 0u32..(1 << 21), z in 0u32..(1 << 21)) {
             prop_assert_eq!(encode(x, y, z), naive(x, y, z));
             prop_assert_eq!(decode(encode(x, y, z)), [x, y, z]);
+            let (a, b, c) = (x & 2047, y & 2047, z & 2047);
+            prop_assert_eq!(encode_small(a, b, c), naive(a, b, c));
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::error::{CoreError, Result};
 use crate::morton;
-use crate::sort::{RadixKey, radix_sort};
+use crate::sort::RadixKey;
 
 #[derive(Clone, Copy)]
 struct SendPtr<T>(*mut T);
@@ -27,6 +27,11 @@ pub trait Coord: Copy + Send + Sync + PartialOrd + 'static {
     fn floor(self) -> Self;
     /// Truncating conversion of a value already clamped into [0, 2^21).
     fn to_u32(self) -> u32;
+    /// [`Coord::to_u32`] without the saturation checks.
+    ///
+    /// # Safety
+    /// `self` must be finite and in `[0, 2^21)`.
+    unsafe fn to_u32_unchecked(self) -> u32;
 }
 
 macro_rules! impl_coord {
@@ -59,6 +64,11 @@ macro_rules! impl_coord {
             #[inline(always)]
             fn to_u32(self) -> u32 {
                 self as u32
+            }
+            #[inline(always)]
+            unsafe fn to_u32_unchecked(self) -> u32 {
+                // SAFETY: the caller guarantees a finite value in [0, 2^21)
+                unsafe { self.to_int_unchecked::<i32>() as u32 }
             }
         }
     };
@@ -129,6 +139,8 @@ trait Item: RadixKey {
     fn make(key: u64, idx: usize, idx_bits: u32) -> Self;
     fn key(&self, idx_bits: u32) -> u64;
     fn idx(&self, idx_bits: u32) -> usize;
+    /// Sort a slice by (key, point index): the stable order by key, since indices are unique.
+    fn sort_small(v: &mut [Self]);
 }
 
 impl Item for u64 {
@@ -148,6 +160,11 @@ impl Item for u64 {
             (self & ((1u64 << idx_bits) - 1)) as usize
         }
     }
+    #[inline]
+    fn sort_small(v: &mut [Self]) {
+        // the index sits in the low bits, so the whole value orders by (key, index)
+        v.sort_unstable();
+    }
 }
 
 impl Item for (u64, u32) {
@@ -162,6 +179,10 @@ impl Item for (u64, u32) {
     #[inline(always)]
     fn idx(&self, _: u32) -> usize {
         self.1 as usize
+    }
+    #[inline]
+    fn sort_small(v: &mut [Self]) {
+        v.sort_unstable();
     }
 }
 
@@ -191,6 +212,19 @@ pub fn build_octree<T: Coord>(
     offsets: &[usize],
     boxes: &[SampleBox],
     opts: BuildOptions,
+) -> Result<Octree> {
+    build_octree_with(points, offsets, boxes, opts, true)
+}
+
+/// [`build_octree`]; with `fill_batch = false` a single-sample build leaves `batch[d]`
+/// empty (every entry would be 0), for callers that make those arrays more cheaply
+/// themselves (e.g. lazily zeroed pages). Batches of several samples always fill it.
+pub fn build_octree_with<T: Coord>(
+    points: &[T],
+    offsets: &[usize],
+    boxes: &[SampleBox],
+    opts: BuildOptions,
+    fill_batch: bool,
 ) -> Result<Octree> {
     validate_depths(opts.depth, opts.full_depth)?;
     if points.len() % 3 != 0 {
@@ -250,7 +284,7 @@ pub fn build_octree<T: Coord>(
             .map(build_one)
             .collect::<Result<Vec<_>>>()?
     };
-    Ok(concat_samples(samples, opts))
+    Ok(concat_samples(samples, opts, fill_batch))
 }
 
 fn build_sample<T: Coord>(
@@ -287,6 +321,13 @@ fn build_sample<T: Coord>(
     }
 }
 
+/// Items per quantisation chunk (each chunk keeps its own top-digit histogram).
+const QUANT_CHUNK: usize = 1 << 15;
+/// Below this many points everything runs on the calling thread.
+const SERIAL_MAX: usize = 1 << 15;
+/// Buckets up to this size are sorted by comparison, larger ones by LSD radix passes.
+const CMP_SORT_MAX: usize = 384;
+
 fn build_sample_with<T: Coord, I: Item>(
     pts: &[T],
     first: usize,
@@ -297,55 +338,54 @@ fn build_sample_with<T: Coord, I: Item>(
     let n = pts.len() / 3;
     let depth = opts.depth as usize;
     let side = (1u64 << depth) as f64;
-    let top = T::from_f64(side);
-    let last = T::from_f64(side - 1.0);
-    let zero = T::from_f64(0.0);
-    let origin = bx.origin.map(T::from_f64);
-    let inv = bx.cell.map(|c| T::from_f64(1.0 / c));
+    let key_bits = 3 * depth as u32;
+    // sort bits lo..hi of the radix key; the top digit (hi - tb..hi) is scattered first
+    let (lo, hi) = if std::mem::size_of::<I>() == 8 {
+        (idx_bits, idx_bits + key_bits)
+    } else {
+        (0, key_bits)
+    };
+    let tb = key_bits.min(11);
+    let top_shift = hi - tb;
+    let nb = 1usize << tb;
+    let serial = n <= SERIAL_MAX || rayon::current_num_threads() <= 1;
 
-    // quantise + encode; chunks report their first non-finite value / out-of-box count
-    const CHUNK: usize = 1 << 14;
+    // 1. quantise + encode + histogram of the top digit, per chunk
     // SAFETY: the quantise loop below writes every item
     let mut items: Vec<I> = unsafe { crate::sort::vec_for_overwrite(n) };
-    let reports: Vec<ChunkReport> = items
-        .par_chunks_mut(CHUNK)
-        .enumerate()
-        .map(|(c, out)| {
-            let mut rep = ChunkReport::default();
-            let base = c * CHUNK;
-            let chunk_pts = &pts[base * 3..(base + out.len()) * 3];
-            for (j, (slot, p)) in out.iter_mut().zip(chunk_pts.chunks_exact(3)).enumerate() {
-                let tx = p[0].sub(origin[0]).mul(inv[0]);
-                let ty = p[1].sub(origin[1]).mul(inv[1]);
-                let tz = p[2].sub(origin[2]).mul(inv[2]);
-                // NaN fails every comparison, so it takes the slow path too
-                let inside =
-                    tx >= zero && tx <= top && ty >= zero && ty <= top && tz >= zero && tz <= top;
-                let clamp_hi = |v: T| if v > last { last } else { v };
-                let q = if inside {
-                    [
-                        clamp_hi(tx).to_u32(),
-                        clamp_hi(ty).to_u32(),
-                        clamp_hi(tz).to_u32(),
-                    ]
-                } else {
-                    let i = base + j;
-                    if let Some(a) = (0..3).find(|&a| !p[a].is_finite()) {
-                        rep.non_finite.get_or_insert((first + i, a, p[a].to_f64()));
-                        [0; 3]
-                    } else {
-                        rep.add_outside([p[0].to_f64(), p[1].to_f64(), p[2].to_f64()]);
-                        [tx, ty, tz].map(|v| clamp_hi(if v < zero { zero } else { v }).to_u32())
-                    }
-                };
-                *slot = I::make(morton::encode(q[0], q[1], q[2]), base + j, idx_bits);
-            }
-            rep
-        })
-        .collect();
+    // serial: one chunk (one histogram); parallel: fixed-size chunks
+    let chunk = if serial { n.max(1) } else { QUANT_CHUNK };
+    let quant = |c: usize, out: &mut [I]| {
+        quantise_chunk(
+            pts,
+            c * chunk,
+            out,
+            first,
+            bx,
+            depth,
+            idx_bits,
+            top_shift,
+            nb,
+        )
+    };
+    let parts: Vec<(ChunkReport, Vec<u32>)> = if serial {
+        if n == 0 {
+            Vec::new()
+        } else {
+            vec![quant(0, &mut items[..])]
+        }
+    } else {
+        items
+            .par_chunks_mut(QUANT_CHUNK)
+            .enumerate()
+            .map(|(c, out)| quant(c, out))
+            .collect()
+    };
     let mut total = ChunkReport::default();
-    for r in reports {
+    let mut hists = Vec::with_capacity(parts.len());
+    for (r, h) in parts {
         total.merge(r);
+        hists.push(h);
     }
     if let Some((index, axis, value)) = total.non_finite {
         return Err(CoreError::NonFinite { index, axis, value });
@@ -361,78 +401,222 @@ fn build_sample_with<T: Coord, I: Item>(
         });
     }
 
-    let key_bits = 3 * depth as u32;
-    if std::mem::size_of::<I>() == 8 {
-        radix_sort(&mut items, idx_bits, idx_bits + key_bits);
-    } else {
-        radix_sort(&mut items, 0, key_bits);
+    // 2. stable scatter by the top digit (chunk c's items of bucket b go after chunk c-1's)
+    let mut starts = vec![0usize; nb + 1];
+    let mut offsets: Vec<Vec<usize>> = vec![vec![0usize; nb]; hists.len()];
+    let mut run = 0usize;
+    for b in 0..nb {
+        starts[b] = run;
+        for (c, h) in hists.iter().enumerate() {
+            offsets[c][b] = run;
+            run += h[b] as usize;
+        }
     }
-
-    // collapse runs of equal keys into leaves: count run starts per chunk, then fill in parallel
-    // SAFETY: every point index occurs in exactly one item, so the fill below writes each entry
-    let mut point_leaf: Vec<i64> = unsafe { crate::sort::vec_for_overwrite(n) };
-    let chunk = n
-        .div_ceil(rayon::current_num_threads().max(1) * 4)
-        .max(1 << 14);
-    let starts_per_chunk: Vec<usize> = items
-        .par_chunks(chunk)
-        .enumerate()
-        .map(|(c, part)| {
-            let mut prev = if c == 0 {
-                u64::MAX
-            } else {
-                items[c * chunk - 1].key(idx_bits)
-            };
-            let mut count = 0;
-            for it in part {
-                let k = it.key(idx_bits);
-                count += (k != prev) as usize;
-                prev = k;
-            }
-            count
-        })
-        .collect();
-    let mut leaf_base = Vec::with_capacity(starts_per_chunk.len());
-    let mut total_leaves = 0usize;
-    for c in &starts_per_chunk {
-        leaf_base.push(total_leaves);
-        total_leaves += c;
-    }
-    let mut leaves = vec![0u64; total_leaves];
+    starts[nb] = n;
+    // SAFETY: the scatter writes every index 0..n exactly once (offsets partition 0..n)
+    let mut buf: Vec<I> = unsafe { crate::sort::vec_for_overwrite(n) };
     {
-        let leaves_ptr = SendPtr(leaves.as_mut_ptr());
-        let leaf_ptr = SendPtr(point_leaf.as_mut_ptr());
-        items.par_chunks(chunk).enumerate().for_each(|(c, part)| {
-            let (leaves_ptr, leaf_ptr) = (leaves_ptr, leaf_ptr);
-            let mut prev = if c == 0 {
-                u64::MAX
-            } else {
-                items[c * chunk - 1].key(idx_bits)
-            };
-            // rank of the leaf holding the item before this chunk's first run start
-            let mut rank = leaf_base[c] as i64 - 1;
-            for it in part {
+        let out = SendPtr(buf.as_mut_ptr());
+        let scatter = |(chunk, mut off): (&[I], Vec<usize>)| {
+            let out = out;
+            for v in chunk {
+                let b = (v.radix_key() >> top_shift) as usize & (nb - 1);
+                // SAFETY: offsets partition 0..n disjointly across chunks and buckets
+                unsafe { *out.0.add(off[b]) = *v };
+                off[b] += 1;
+            }
+        };
+        if serial {
+            items.chunks(chunk).zip(offsets).for_each(scatter);
+        } else {
+            items
+                .par_chunks(QUANT_CHUNK)
+                .zip(offsets.into_par_iter())
+                .for_each(scatter);
+        }
+    }
+    drop(items);
+
+    // 3. sort every bucket in cache and collapse runs of equal keys into leaves
+    // SAFETY: every point index occurs in exactly one item, so the collapse writes each entry
+    let mut point_leaf: Vec<i64> = unsafe { crate::sort::vec_for_overwrite(n) };
+    let sort_bucket = |bucket: &mut [I], scratch: &mut Vec<I>| {
+        if bucket.len() <= 1 || top_shift <= lo {
+            return;
+        }
+        if bucket.len() <= CMP_SORT_MAX {
+            I::sort_small(bucket);
+        } else {
+            crate::sort::small_lsd(bucket, lo, top_shift, scratch);
+        }
+    };
+    let leaves: Vec<u64> = if serial {
+        let mut leaves: Vec<u64> = Vec::with_capacity(n.min(1 << 20).max(16));
+        let mut scratch = Vec::new();
+        let mut rank = -1i64;
+        for b in 0..nb {
+            let bucket = &mut buf[starts[b]..starts[b + 1]];
+            if bucket.is_empty() {
+                continue;
+            }
+            sort_bucket(bucket, &mut scratch);
+            let mut prev = u64::MAX;
+            for it in bucket.iter() {
                 let k = it.key(idx_bits);
                 if k != prev {
                     rank += 1;
                     prev = k;
-                    // SAFETY: ranks of distinct chunks are disjoint ranges of 0..total_leaves
-                    unsafe { *leaves_ptr.0.add(rank as usize) = k };
+                    leaves.push(k);
                 }
-                // SAFETY: every point index appears in exactly one item
-                unsafe { *leaf_ptr.0.add(it.idx(idx_bits)) = rank };
+                // SAFETY: idx < n, and each index occurs once
+                unsafe { *point_leaf.get_unchecked_mut(it.idx(idx_bits)) = rank };
             }
-        });
-    }
-    drop(items);
+        }
+        leaves
+    } else {
+        // groups of whole buckets, about equal in items, sorted and counted in parallel
+        let pieces = rayon::current_num_threads() * 8;
+        let per = n.div_ceil(pieces).max(1);
+        let mut bounds = vec![0usize];
+        let mut acc = 0usize;
+        for b in 0..nb {
+            acc += starts[b + 1] - starts[b];
+            if acc >= per && b + 1 < nb {
+                bounds.push(b + 1);
+                acc = 0;
+            }
+        }
+        bounds.push(nb);
+        let mut groups: Vec<(usize, usize, &mut [I])> = Vec::with_capacity(bounds.len());
+        let mut rest: &mut [I] = &mut buf[..];
+        for w in bounds.windows(2) {
+            let (head, tail) = rest.split_at_mut(starts[w[1]] - starts[w[0]]);
+            groups.push((w[0], w[1], head));
+            rest = tail;
+        }
+        let counts: Vec<usize> = groups
+            .par_iter_mut()
+            .map_init(Vec::new, |scratch, (b0, b1, items)| {
+                let base = starts[*b0];
+                let mut count = 0usize;
+                for b in *b0..*b1 {
+                    let bucket = &mut items[starts[b] - base..starts[b + 1] - base];
+                    sort_bucket(bucket, scratch);
+                    let mut prev = u64::MAX;
+                    for it in bucket.iter() {
+                        let k = it.key(idx_bits);
+                        count += (k != prev) as usize;
+                        prev = k;
+                    }
+                }
+                count
+            })
+            .collect();
+        let total_leaves: usize = counts.iter().sum();
+        // SAFETY: group g writes leaves base_g..base_g + counts[g]; together all of them
+        let mut leaves: Vec<u64> = unsafe { crate::sort::vec_for_overwrite(total_leaves) };
+        let leaves_ptr = SendPtr(leaves.as_mut_ptr());
+        let leaf_ptr = SendPtr(point_leaf.as_mut_ptr());
+        let mut bases = Vec::with_capacity(counts.len());
+        let mut acc = 0usize;
+        for c in &counts {
+            bases.push(acc);
+            acc += c;
+        }
+        groups
+            .into_par_iter()
+            .zip(bases.into_par_iter())
+            .for_each(|((_, _, items), base)| {
+                let (leaves_ptr, leaf_ptr) = (leaves_ptr, leaf_ptr);
+                let mut rank = base as i64 - 1;
+                let mut prev = u64::MAX;
+                for it in items.iter() {
+                    let k = it.key(idx_bits);
+                    if k != prev {
+                        rank += 1;
+                        prev = k;
+                        // SAFETY: ranks of distinct groups are disjoint ranges of 0..total_leaves
+                        unsafe { *leaves_ptr.0.add(rank as usize) = k };
+                    }
+                    // SAFETY: every point index appears in exactly one item
+                    unsafe { *leaf_ptr.0.add(it.idx(idx_bits)) = rank };
+                }
+            });
+        leaves
+    };
+    drop(buf);
 
     let (keys, children, nonempty) = grow_levels(leaves, opts.depth, opts.full_depth);
+
     Ok(SampleTree {
         keys,
         children,
         point_leaf,
         nonempty,
     })
+}
+
+/// Quantise + encode points `base..base + out.len()` of the sample into `out`; returns the
+/// chunk's report and the histogram of the top digit `(key >> top_shift) & (nb - 1)`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn quantise_chunk<T: Coord, I: Item>(
+    pts: &[T],
+    base: usize,
+    out: &mut [I],
+    first: usize,
+    bx: &SampleBox,
+    depth: usize,
+    idx_bits: u32,
+    top_shift: u32,
+    nb: usize,
+) -> (ChunkReport, Vec<u32>) {
+    let side = (1u64 << depth) as f64;
+    let top = T::from_f64(side);
+    let last = T::from_f64(side - 1.0);
+    let zero = T::from_f64(0.0);
+    let origin = bx.origin.map(T::from_f64);
+    let inv = bx.cell.map(|c| T::from_f64(1.0 / c));
+    let mut rep = ChunkReport::default();
+    let mut hist = vec![0u32; nb];
+    let chunk_pts = &pts[base * 3..(base + out.len()) * 3];
+    let small = depth <= 11;
+    for (j, (slot, p)) in out.iter_mut().zip(chunk_pts.chunks_exact(3)).enumerate() {
+        let tx = p[0].sub(origin[0]).mul(inv[0]);
+        let ty = p[1].sub(origin[1]).mul(inv[1]);
+        let tz = p[2].sub(origin[2]).mul(inv[2]);
+        // NaN fails every comparison, so it takes the slow path too
+        let inside = tx >= zero && tx <= top && ty >= zero && ty <= top && tz >= zero && tz <= top;
+        let clamp_hi = |v: T| if v > last { last } else { v };
+        let q = if inside {
+            // SAFETY: inside the box and clamped below 2^depth ≤ 2^21
+            unsafe {
+                [
+                    clamp_hi(tx).to_u32_unchecked(),
+                    clamp_hi(ty).to_u32_unchecked(),
+                    clamp_hi(tz).to_u32_unchecked(),
+                ]
+            }
+        } else {
+            let i = base + j;
+            if let Some(a) = (0..3).find(|&a| !p[a].is_finite()) {
+                rep.non_finite.get_or_insert((first + i, a, p[a].to_f64()));
+                [0; 3]
+            } else {
+                rep.add_outside([p[0].to_f64(), p[1].to_f64(), p[2].to_f64()]);
+                [tx, ty, tz].map(|v| clamp_hi(if v < zero { zero } else { v }).to_u32())
+            }
+        };
+        let key = if small {
+            morton::encode_small(q[0], q[1], q[2])
+        } else {
+            morton::encode(q[0], q[1], q[2])
+        };
+        let item = I::make(key, base + j, idx_bits);
+        hist[(item.radix_key() >> top_shift) as usize & (nb - 1)] += 1;
+        *slot = item;
+    }
+    (rep, hist)
 }
 
 /// From the sorted non-empty keys at `depth`, make every level: keys and children.
@@ -500,9 +684,10 @@ fn split_level(level: &[u64]) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
         })
         .collect();
     let total: usize = counts.iter().sum();
-    let mut parents = vec![0u64; total];
-    let mut kd = vec![0u64; total * 8];
-    let mut cd = vec![-1i32; total * 8];
+    // SAFETY: the jobs below write every parent, and all 8 key / child slots of each
+    let mut parents: Vec<u64> = unsafe { crate::sort::vec_for_overwrite(total) };
+    let mut kd: Vec<u64> = unsafe { crate::sort::vec_for_overwrite(total * 8) };
+    let mut cd: Vec<i32> = unsafe { crate::sort::vec_for_overwrite(total * 8) };
     // hand each range its own disjoint output windows
     let mut jobs = Vec::with_capacity(ranges.len());
     let (mut p_rest, mut k_rest, mut c_rest) = (&mut parents[..], &mut kd[..], &mut cd[..]);
@@ -513,27 +698,37 @@ fn split_level(level: &[u64]) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
         jobs.push((a, b, p, k, c));
         (p_rest, k_rest, c_rest) = (pr, kr, cr);
     }
-    jobs.into_par_iter().for_each(|(a, b, p, k, c)| {
-        let mut j = usize::MAX;
-        let mut prev = u64::MAX;
-        for (rank, &key) in level[a..b].iter().enumerate() {
-            let parent = key >> 3;
-            if parent != prev {
-                prev = parent;
-                j = j.wrapping_add(1);
-                p[j] = parent;
-                let base = parent << 3;
-                for (c8, slot) in k[8 * j..8 * j + 8].iter_mut().enumerate() {
-                    *slot = base | c8 as u64;
-                }
+    let job = |(a, b, p, k, c): (usize, usize, &mut [u64], &mut [u64], &mut [i32])| {
+        // one parent at a time: its 8 children assembled in registers, each slot stored once
+        let part = &level[a..b];
+        let mut i = 0;
+        for ((pj, kj), cj) in p
+            .iter_mut()
+            .zip(k.chunks_exact_mut(8))
+            .zip(c.chunks_exact_mut(8))
+        {
+            let parent = part[i] >> 3;
+            let mut row = [-1i32; 8];
+            while i < part.len() && part[i] >> 3 == parent {
+                row[(part[i] & 7) as usize] = (a + i) as i32;
+                i += 1;
             }
-            c[8 * j + (key & 7) as usize] = (a + rank) as i32;
+            *pj = parent;
+            let base = parent << 3;
+            let keys: [u64; 8] = std::array::from_fn(|c8| base | c8 as u64);
+            kj.copy_from_slice(&keys);
+            cj.copy_from_slice(&row);
         }
-    });
+    };
+    if jobs.len() == 1 {
+        jobs.into_iter().for_each(job);
+    } else {
+        jobs.into_par_iter().for_each(job);
+    }
     (kd, cd, parents)
 }
 
-fn concat_samples(samples: Vec<SampleTree>, opts: BuildOptions) -> Octree {
+fn concat_samples(samples: Vec<SampleTree>, opts: BuildOptions, fill_batch: bool) -> Octree {
     let depth = opts.depth as usize;
     let batch_size = samples.len();
     let mut tree = Octree {
@@ -552,7 +747,9 @@ fn concat_samples(samples: Vec<SampleTree>, opts: BuildOptions) -> Octree {
         for d in 0..=depth {
             tree.batch_nnum[d][0] = s.keys[d].len();
             tree.batch_nnum_nempty[d][0] = s.nonempty[d];
-            tree.batch[d] = vec![0; s.keys[d].len()];
+            if fill_batch {
+                tree.batch[d] = vec![0; s.keys[d].len()];
+            }
         }
         tree.keys = s.keys;
         tree.children = s.children;
@@ -787,6 +984,69 @@ mod tests {
             let t = build_octree(&all, &[0, a.len() / 3, all.len() / 3], &[cube(5), cube(5)], opts(5)).unwrap();
             for d in 0..=5 {
                 prop_assert_eq!(t.keys[d].clone(), [ta.keys[d].clone(), tb.keys[d].clone()].concat());
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_build_matches_serial_and_oracle() {
+        // enough points for the parallel path (chunks, bucket groups), skewed like a scan
+        let mut state = 0x9e3779b97f4a7c15u64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let n = 120_000;
+        let mut pts = Vec::with_capacity(3 * n);
+        for i in 0..n {
+            let flat = i % 3 != 0; // two thirds on a thin "ground" slab
+            pts.push((rnd() * 1.98 - 0.99) as f32);
+            pts.push((rnd() * 1.98 - 0.99) as f32);
+            pts.push(if flat {
+                (rnd() * 0.02 - 0.5) as f32
+            } else {
+                (rnd() * 1.98 - 0.99) as f32
+            });
+        }
+        for depth in [6u8, 10, 13] {
+            let trees: Vec<Octree> = [1, 2, 3]
+                .iter()
+                .map(|&threads| {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    pool.install(|| {
+                        build_octree(&pts, &[0, n], &[cube(depth)], opts(depth)).unwrap()
+                    })
+                })
+                .collect();
+            assert_eq!(trees[0], trees[1], "depth {depth}");
+            assert_eq!(trees[0], trees[2], "depth {depth}");
+            // oracle: keys by plain float math, sorted and deduplicated by the standard library
+            let side = (1u64 << depth) as f32;
+            let key_of = |i: usize| {
+                let q = [0, 1, 2].map(|a| {
+                    (((pts[3 * i + a] + 1.0) * (side / 2.0)).floor() as u32).min(side as u32 - 1)
+                });
+                morton::encode(q[0], q[1], q[2])
+            };
+            let mut keys: Vec<u64> = (0..n).map(key_of).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let t = &trees[0];
+            let d = depth as usize;
+            let leaf_keys: Vec<u64> = t.keys[d]
+                .iter()
+                .zip(&t.children[d])
+                .filter(|(_, c)| **c >= 0)
+                .map(|(k, _)| *k)
+                .collect();
+            assert_eq!(leaf_keys, keys, "depth {depth}");
+            for i in (0..n).step_by(97) {
+                assert_eq!(leaf_keys[t.point_leaf[i] as usize], key_of(i));
             }
         }
     }

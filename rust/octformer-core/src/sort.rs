@@ -100,7 +100,7 @@ pub fn radix_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) {
 }
 
 /// Serial LSD sort of a cache-resident slice by bits `lo..hi`, digits of ≤ 10 bits.
-fn small_lsd<T: RadixKey>(data: &mut [T], lo: u32, hi: u32, scratch: &mut Vec<T>) {
+pub(crate) fn small_lsd<T: RadixKey>(data: &mut [T], lo: u32, hi: u32, scratch: &mut Vec<T>) {
     let n = data.len();
     if n < 2 || hi <= lo {
         return;
@@ -114,26 +114,44 @@ fn small_lsd<T: RadixKey>(data: &mut [T], lo: u32, hi: u32, scratch: &mut Vec<T>
         data.sort_by_key(|v| (v.radix_key() >> lo) & mask);
         return;
     }
-    scratch.clear();
-    scratch.resize(n, T::default());
-    let mut src_is_data = true;
-    let mut shift = lo;
-    // as few passes of at most 10 bits as cover the range, digits of near-equal width
-    let passes = (hi - lo).div_ceil(10);
-    let width = (hi - lo).div_ceil(passes);
-    while shift < hi {
-        let bits = width.min(hi - shift);
-        let mask = (1usize << bits) - 1;
-        let mut count = [0u32; 1024];
-        {
-            let src: &[T] = if src_is_data { data } else { scratch };
-            for v in src {
-                count[((v.radix_key() >> shift) as usize) & mask] += 1;
+    if scratch.len() < n {
+        scratch.reserve(n - scratch.len());
+        // SAFETY: T is Copy (no drop); every pass below writes all n entries of the
+        // destination before anything reads them
+        unsafe { scratch.set_len(n) };
+    }
+    let scratch = &mut scratch[..n];
+    // as few passes of at most 10 bits as cover the range, digits of near-equal width;
+    // the histograms of every pass come from one read of the input
+    let passes = (hi - lo).div_ceil(10) as usize;
+    let width = (hi - lo).div_ceil(passes as u32);
+    let mut counts = [[0u32; 1024]; 7];
+    let mut masks = [0usize; 7];
+    for (p, m) in masks[..passes].iter_mut().enumerate() {
+        *m = (1usize << width.min(hi - lo - p as u32 * width)) - 1;
+    }
+    if passes == 2 {
+        let (c0, c1) = counts.split_at_mut(1);
+        let (m0, m1) = (masks[0], masks[1]);
+        for v in data.iter() {
+            let k = v.radix_key() >> lo;
+            c0[0][k as usize & m0] += 1;
+            c1[0][(k >> width) as usize & m1] += 1;
+        }
+    } else {
+        for v in data.iter() {
+            let k = v.radix_key() >> lo;
+            for (p, c) in counts[..passes].iter_mut().enumerate() {
+                c[((k >> (p as u32 * width)) as usize) & masks[p]] += 1;
             }
         }
+    }
+    let mut src_is_data = true;
+    for (p, count) in counts[..passes].iter_mut().enumerate() {
+        let shift = lo + p as u32 * width;
+        let mask = masks[p];
         if count[..=mask].iter().any(|&c| c as usize == n) {
-            shift += bits;
-            continue;
+            continue; // every item has the same digit: the pass would change nothing
         }
         let mut run = 0u32;
         for c in count[..=mask].iter_mut() {
@@ -142,17 +160,17 @@ fn small_lsd<T: RadixKey>(data: &mut [T], lo: u32, hi: u32, scratch: &mut Vec<T>
             run += t;
         }
         let (src, dst): (&[T], &mut [T]) = if src_is_data {
-            (&*data, &mut scratch[..])
+            (&*data, &mut *scratch)
         } else {
-            (&scratch[..], &mut *data)
+            (&*scratch, &mut *data)
         };
         for v in src {
             let b = ((v.radix_key() >> shift) as usize) & mask;
-            dst[count[b] as usize] = *v;
+            // SAFETY: the prefix sums keep every position below n
+            unsafe { *dst.get_unchecked_mut(*count.get_unchecked(b) as usize) = *v };
             count[b] += 1;
         }
         src_is_data = !src_is_data;
-        shift += bits;
     }
     if !src_is_data {
         data.copy_from_slice(scratch);

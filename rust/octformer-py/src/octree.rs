@@ -3,7 +3,7 @@
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use octformer_core::neighbors::neighbors_from_levels;
-use octformer_core::octree::{average_per_leaf, build_octree as core_build, sample_bounds};
+use octformer_core::octree::{average_per_leaf, build_octree_with as core_build, sample_bounds};
 use octformer_core::{BuildOptions, SampleBox};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -20,8 +20,10 @@ pub enum Points<'py> {
 }
 
 #[pyfunction]
-#[pyo3(signature = (points, offsets, origins, cells, depth, full_depth, clip=false, num_threads=None))]
+#[pyo3(signature = (points, offsets, origins, cells, depth, full_depth, clip=false, num_threads=None, fill_batch=true))]
 /// Build a batch of octrees; returns a dict of numpy arrays (see octformer.octree).
+/// With `fill_batch=False` a single-sample build returns `batch` as None (all zeros:
+/// the caller makes those arrays).
 #[allow(clippy::too_many_arguments)]
 pub fn build_octree<'py>(
     py: Python<'py>,
@@ -33,6 +35,7 @@ pub fn build_octree<'py>(
     full_depth: u8,
     clip: bool,
     num_threads: Option<usize>,
+    fill_batch: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let offs = slice1(&offsets, "offsets")?;
     if offs.iter().any(|&o| o < 0) {
@@ -68,7 +71,7 @@ pub fn build_octree<'py>(
             let s = points_slice(p)?;
             py.detach(|| {
                 threads::install(num_threads, || {
-                    guarded(|| core_build(s, &offs, &boxes, opts))
+                    guarded(|| core_build(s, &offs, &boxes, opts, fill_batch || b != 1))
                 })
             })??
         }
@@ -76,7 +79,7 @@ pub fn build_octree<'py>(
             let s = points_slice(p)?;
             py.detach(|| {
                 threads::install(num_threads, || {
-                    guarded(|| core_build(s, &offs, &boxes, opts))
+                    guarded(|| core_build(s, &offs, &boxes, opts, fill_batch || b != 1))
                 })
             })??
         }
@@ -99,10 +102,14 @@ pub fn build_octree<'py>(
         "children",
         PyList::new(py, tree.children.into_iter().map(|c| c.into_pyarray(py)))?,
     )?;
-    out.set_item(
-        "batch",
-        PyList::new(py, tree.batch.into_iter().map(|c| c.into_pyarray(py)))?,
-    )?;
+    if fill_batch || b != 1 {
+        out.set_item(
+            "batch",
+            PyList::new(py, tree.batch.into_iter().map(|c| c.into_pyarray(py)))?,
+        )?;
+    } else {
+        out.set_item("batch", py.None())?;
+    }
     out.set_item("point_leaf", tree.point_leaf.into_pyarray(py))?;
     Ok(out)
 }
