@@ -182,40 +182,48 @@ pub fn step(
     } else {
         count_nonempty(children, "children")?
     };
-    let mut out = vec![-1i32; rows * 27];
+    // SAFETY: every row index below `rows` is produced by exactly one (parent, slot) pair
+    // (all slots, or the non-empty ones whose ranks run 0..rows), and each row is written
+    // whole, absent entries included
+    let mut out: Vec<i32> = unsafe { crate::sort::vec_for_overwrite(rows * 27) };
     let (lut_parent, lut_child) = &LUTS;
     let out_ptr = SendPtr(out.as_mut_ptr());
     const PARENTS_PER_TASK: usize = 1024;
-    (0..parents.div_ceil(PARENTS_PER_TASK))
-        .into_par_iter()
-        .for_each(|task| {
-            let out_ptr = out_ptr;
-            let lo = task * PARENTS_PER_TASK;
-            for p in lo..(lo + PARENTS_PER_TASK).min(parents) {
-                let prow = &parent[p * 27..p * 27 + 27];
-                for c in 0..8 {
-                    let i = 8 * p + c;
-                    let row_index = if rows_all {
-                        i
-                    } else if children[i] >= 0 {
-                        children[i] as usize
-                    } else {
-                        continue;
-                    };
-                    // SAFETY: every row index is produced by exactly one (p, c)
-                    let row = unsafe {
-                        std::slice::from_raw_parts_mut(out_ptr.0.add(row_index * 27), 27)
-                    };
-                    for o in 0..27 {
-                        let r = prow[lut_parent[c][o] as usize];
-                        if r >= 0 {
-                            let n = r as usize * 8 + lut_child[c][o] as usize;
-                            row[o] = if entries_all { n as i32 } else { children[n] };
-                        }
+    let task = |task: usize| {
+        let out_ptr = out_ptr;
+        let lo = task * PARENTS_PER_TASK;
+        for p in lo..(lo + PARENTS_PER_TASK).min(parents) {
+            let prow: &[i32; 27] = parent[p * 27..p * 27 + 27].try_into().unwrap();
+            for c in 0..8 {
+                let i = 8 * p + c;
+                let row_index = if rows_all {
+                    i
+                } else if children[i] >= 0 {
+                    children[i] as usize
+                } else {
+                    continue;
+                };
+                let mut row = [-1i32; 27];
+                for o in 0..27 {
+                    let r = prow[lut_parent[c][o] as usize];
+                    if r >= 0 {
+                        let n = r as usize * 8 + lut_child[c][o] as usize;
+                        row[o] = if entries_all { n as i32 } else { children[n] };
                     }
                 }
+                // SAFETY: see above; row_index < rows
+                unsafe {
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), out_ptr.0.add(row_index * 27), 27)
+                };
             }
-        });
+        }
+    };
+    let tasks = parents.div_ceil(PARENTS_PER_TASK);
+    if tasks <= 1 || rayon::current_num_threads() <= 1 {
+        (0..tasks).for_each(task);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
     Ok(out)
 }
 
