@@ -321,8 +321,6 @@ fn build_sample<T: Coord>(
     }
 }
 
-/// Items per quantisation chunk (each chunk keeps its own top-digit histogram).
-const QUANT_CHUNK: usize = 1 << 15;
 /// Below this many points everything runs on the calling thread.
 const SERIAL_MAX: usize = 1 << 15;
 /// Buckets up to this size are sorted by comparison, larger ones by LSD radix passes.
@@ -345,7 +343,10 @@ fn build_sample_with<T: Coord, I: Item>(
     } else {
         (0, key_bits)
     };
-    let tb = key_bits.min(11);
+    // about 8 items per bucket on average, so skewed clouds (a scan's ground) still split
+    // into cache-sized buckets; at most 2^16 buckets
+    let log_n = usize::BITS - n.max(1).leading_zeros();
+    let tb = log_n.saturating_sub(3).clamp(4, 16).min(key_bits);
     let top_shift = hi - tb;
     let nb = 1usize << tb;
     let serial = n <= SERIAL_MAX || rayon::current_num_threads() <= 1;
@@ -353,8 +354,12 @@ fn build_sample_with<T: Coord, I: Item>(
     // 1. quantise + encode + histogram of the top digit, per chunk
     // SAFETY: the quantise loop below writes every item
     let mut items: Vec<I> = unsafe { crate::sort::vec_for_overwrite(n) };
-    // serial: one chunk (one histogram); parallel: fixed-size chunks
-    let chunk = if serial { n.max(1) } else { QUANT_CHUNK };
+    // serial: one chunk (one histogram); parallel: one chunk per thread
+    let chunk = if serial {
+        n.max(1)
+    } else {
+        n.div_ceil(rayon::current_num_threads()).max(1)
+    };
     let quant = |c: usize, out: &mut [I]| {
         quantise_chunk(
             pts,
@@ -376,7 +381,7 @@ fn build_sample_with<T: Coord, I: Item>(
         }
     } else {
         items
-            .par_chunks_mut(QUANT_CHUNK)
+            .par_chunks_mut(chunk)
             .enumerate()
             .map(|(c, out)| quant(c, out))
             .collect()
@@ -430,7 +435,7 @@ fn build_sample_with<T: Coord, I: Item>(
             items.chunks(chunk).zip(offsets).for_each(scatter);
         } else {
             items
-                .par_chunks(QUANT_CHUNK)
+                .par_chunks(chunk)
                 .zip(offsets.into_par_iter())
                 .for_each(scatter);
         }
@@ -688,6 +693,11 @@ fn split_level(level: &[u64]) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
     let mut parents: Vec<u64> = unsafe { crate::sort::vec_for_overwrite(total) };
     let mut kd: Vec<u64> = unsafe { crate::sort::vec_for_overwrite(total * 8) };
     let mut cd: Vec<i32> = unsafe { crate::sort::vec_for_overwrite(total * 8) };
+    // large outputs bypass the caches (no read-for-ownership of lines that are written whole)
+    let stream = cfg!(target_arch = "x86_64")
+        && total * 8 * 12 >= STREAM_MIN_BYTES
+        && (kd.as_ptr() as usize) % 16 == 0
+        && (cd.as_ptr() as usize) % 16 == 0;
     // hand each range its own disjoint output windows
     let mut jobs = Vec::with_capacity(ranges.len());
     let (mut p_rest, mut k_rest, mut c_rest) = (&mut parents[..], &mut kd[..], &mut cd[..]);
@@ -716,8 +726,19 @@ fn split_level(level: &[u64]) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
             *pj = parent;
             let base = parent << 3;
             let keys: [u64; 8] = std::array::from_fn(|c8| base | c8 as u64);
-            kj.copy_from_slice(&keys);
-            cj.copy_from_slice(&row);
+            if stream {
+                // SAFETY: `stream` is only set when both outputs are 16-byte aligned; rows
+                // start at multiples of 64 / 32 bytes from there
+                unsafe { stream_row(kj, &keys, cj, &row) };
+            } else {
+                kj.copy_from_slice(&keys);
+                cj.copy_from_slice(&row);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if stream {
+            // SAFETY: SSE is part of x86_64; orders the streaming stores before the join
+            unsafe { std::arch::x86_64::_mm_sfence() };
         }
     };
     if jobs.len() == 1 {
@@ -726,6 +747,39 @@ fn split_level(level: &[u64]) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
         jobs.into_par_iter().for_each(job);
     }
     (kd, cd, parents)
+}
+
+/// Level outputs at least this large are written with streaming (non-temporal) stores.
+const STREAM_MIN_BYTES: usize = 1 << 21;
+
+/// Store one parent's 8 child keys and 8 child ranks with non-temporal stores.
+///
+/// # Safety
+/// `k` must be 16-byte aligned (8 u64) and `c` 16-byte aligned (8 i32).
+#[inline(always)]
+unsafe fn stream_row(k: &mut [u64], keys: &[u64; 8], c: &mut [i32], row: &[i32; 8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
+        debug_assert!(k.len() == 8 && c.len() == 8);
+        // SAFETY: lengths 8 (chunks_exact), alignment per the caller; SSE2 is baseline x86_64
+        unsafe {
+            let kp = k.as_mut_ptr() as *mut __m128i;
+            let ks = keys.as_ptr() as *const __m128i;
+            for i in 0..4 {
+                _mm_stream_si128(kp.add(i), _mm_loadu_si128(ks.add(i)));
+            }
+            let cp = c.as_mut_ptr() as *mut __m128i;
+            let rs = row.as_ptr() as *const __m128i;
+            _mm_stream_si128(cp, _mm_loadu_si128(rs));
+            _mm_stream_si128(cp.add(1), _mm_loadu_si128(rs.add(1)));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        k.copy_from_slice(keys);
+        c.copy_from_slice(row);
+    }
 }
 
 fn concat_samples(samples: Vec<SampleTree>, opts: BuildOptions, fill_batch: bool) -> Octree {

@@ -99,7 +99,7 @@ pub fn radix_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) {
     *data = buf;
 }
 
-/// Serial LSD sort of a cache-resident slice by bits `lo..hi`, digits of ≤ 10 bits.
+/// Serial LSD sort of a cache-resident slice by bits `lo..hi`, digits of ≤ 10 to 16 bits.
 pub(crate) fn small_lsd<T: RadixKey>(data: &mut [T], lo: u32, hi: u32, scratch: &mut Vec<T>) {
     let n = data.len();
     if n < 2 || hi <= lo {
@@ -123,20 +123,29 @@ pub(crate) fn small_lsd<T: RadixKey>(data: &mut [T], lo: u32, hi: u32, scratch: 
     let scratch = &mut scratch[..n];
     // as few passes of at most 10 bits as cover the range, digits of near-equal width;
     // the histograms of every pass come from one read of the input
-    let passes = (hi - lo).div_ceil(10) as usize;
+    // wider digits for larger slices: one pass with a 64 KiB count table beats two
+    let max_width = match n {
+        0..2048 => 10,
+        2048..16384 => 13,
+        _ => 16,
+    };
+    let passes = (hi - lo).div_ceil(max_width) as usize;
     let width = (hi - lo).div_ceil(passes as u32);
-    let mut counts = [[0u32; 1024]; 7];
+    let digits = 1usize << width;
+    let mut counts_buf = vec![0u32; passes * digits];
+    let mut counts: Vec<&mut [u32]> = counts_buf.chunks_exact_mut(digits).collect();
     let mut masks = [0usize; 7];
     for (p, m) in masks[..passes].iter_mut().enumerate() {
         *m = (1usize << width.min(hi - lo - p as u32 * width)) - 1;
     }
     if passes == 2 {
         let (c0, c1) = counts.split_at_mut(1);
+        let (c0, c1) = (&mut *c0[0], &mut *c1[0]);
         let (m0, m1) = (masks[0], masks[1]);
         for v in data.iter() {
             let k = v.radix_key() >> lo;
-            c0[0][k as usize & m0] += 1;
-            c1[0][(k >> width) as usize & m1] += 1;
+            c0[k as usize & m0] += 1;
+            c1[(k >> width) as usize & m1] += 1;
         }
     } else {
         for v in data.iter() {
