@@ -475,11 +475,15 @@ def _cylindrical(pts: np.ndarray) -> np.ndarray:
 def _parse_bbox(bbox: Any, batch: int) -> tuple[np.ndarray, np.ndarray]:
     try:
         lo, hi = bbox
-        lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), (batch, 3)).copy()
-        hi = np.broadcast_to(np.asarray(hi, dtype=np.float64), (batch, 3)).copy()
+        if batch == 1:  # the common single-cloud case without broadcasting machinery
+            lo = np.array(lo, dtype=np.float64).reshape(1, 3)
+            hi = np.array(hi, dtype=np.float64).reshape(1, 3)
+        else:
+            lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), (batch, 3)).copy()
+            hi = np.broadcast_to(np.asarray(hi, dtype=np.float64), (batch, 3)).copy()
     except (TypeError, ValueError) as exc:
         raise OctformerError(f"bbox: expected 'auto' or (min_xyz, max_xyz) with 3 values each, got {bbox!r}") from exc
-    if not (np.isfinite(lo).all() and np.isfinite(hi).all()) or np.any(hi <= lo):
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()) or (hi <= lo).any():
         raise OctformerError(f"bbox: expected finite min < max on every axis, got min {lo[0].tolist()} max {hi[0].tolist()}")
     return lo, hi
 
@@ -591,11 +595,16 @@ def build_octree(
         fill_batch=batch != 1,
     )
     if raw["batch"] is None:
-        # one sample: every batch index is 0; calloc'd zeros cost nothing until read
-        raw["batch"] = [np.zeros(k.shape[0], dtype=np.int32) for k in raw["keys"]]
-    num_leaves = int(raw["batch_nnum_nempty"][depth].sum())
+        # one sample: every batch index is 0; one calloc'd buffer (no page is touched until
+        # read), handed out as a view per depth
+        sizes = [k.shape[0] for k in raw["keys"]]
+        zeros = np.zeros(sum(sizes), dtype=np.int32)
+        ends = np.cumsum(sizes).tolist()
+        raw["batch"] = [zeros[e - s : e] for s, e in zip(sizes, ends)]
     leaf_features = None
     leaf_normals = None
+    if features is not None or normals is not None:
+        num_leaves = int(raw["batch_nnum_nempty"][depth].sum())
     if features is not None:
         leaf_features = _core.average_leaf_values(features, raw["point_leaf"], num_leaves, num_threads=threads)
     if normals is not None:

@@ -19,6 +19,15 @@ use rayon::prelude::*;
 /// Float types accepted as point coordinates; arithmetic stays in that precision so
 /// float32 input quantises exactly as torch does in ocnn.
 pub trait Coord: Copy + Send + Sync + PartialOrd + 'static {
+    /// See [`quantise12_generic`].
+    fn quantise12(
+        p: &[Self],
+        o: &[Self; 12],
+        i: &[Self; 12],
+        top: Self,
+        last: Self,
+        q: &mut [u32],
+    ) -> bool;
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
     fn is_finite(self) -> bool;
@@ -27,6 +36,9 @@ pub trait Coord: Copy + Send + Sync + PartialOrd + 'static {
     fn floor(self) -> Self;
     /// Truncating conversion of a value already clamped into [0, 2^21).
     fn to_u32(self) -> u32;
+    /// IEEE maxNum / minNum (a NaN operand yields the other one).
+    fn fmax(self, o: Self) -> Self;
+    fn fmin(self, o: Self) -> Self;
     /// [`Coord::to_u32`] without the saturation checks.
     ///
     /// # Safety
@@ -35,8 +47,19 @@ pub trait Coord: Copy + Send + Sync + PartialOrd + 'static {
 }
 
 macro_rules! impl_coord {
-    ($t:ty) => {
+    ($t:ty, $q12:ident) => {
         impl Coord for $t {
+            #[inline(always)]
+            fn quantise12(
+                p: &[Self],
+                o: &[Self; 12],
+                i: &[Self; 12],
+                top: Self,
+                last: Self,
+                q: &mut [u32],
+            ) -> bool {
+                $q12(p, o, i, top, last, q)
+            }
             #[inline(always)]
             fn from_f64(v: f64) -> Self {
                 v as $t
@@ -66,6 +89,15 @@ macro_rules! impl_coord {
                 self as u32
             }
             #[inline(always)]
+            fn fmax(self, o: Self) -> Self {
+                // written as a select so it vectorises to maxps/maxpd (NaN self -> o)
+                if self > o { self } else { o }
+            }
+            #[inline(always)]
+            fn fmin(self, o: Self) -> Self {
+                if self < o { self } else { o }
+            }
+            #[inline(always)]
             unsafe fn to_u32_unchecked(self) -> u32 {
                 // SAFETY: the caller guarantees a finite value in [0, 2^21)
                 unsafe { self.to_int_unchecked::<i32>() as u32 }
@@ -73,8 +105,75 @@ macro_rules! impl_coord {
         }
     };
 }
-impl_coord!(f32);
-impl_coord!(f64);
+impl_coord!(f32, quantise12_f32);
+impl_coord!(f64, quantise12_generic);
+
+/// Scale 12 coordinates (4 points) into grid units, clamp into `[0, last]` and truncate;
+/// true when every scaled value was inside `[0, top]` (false for NaN).
+#[inline(always)]
+fn quantise12_generic<T: Coord>(
+    p: &[T],
+    o: &[T; 12],
+    i: &[T; 12],
+    top: T,
+    last: T,
+    q: &mut [u32],
+) -> bool {
+    let zero = T::from_f64(0.0);
+    let mut inside = true;
+    for l in 0..12 {
+        let t = p[l].sub(o[l]).mul(i[l]);
+        inside &= (t >= zero) & (t <= top);
+        // SAFETY: max/min map NaN and out-of-range values into [0, last] ⊂ [0, 2^21)
+        q[l] = unsafe { t.fmax(zero).fmin(last).to_u32_unchecked() };
+    }
+    inside
+}
+
+/// [`quantise12_generic`] for float32 in SSE2 (baseline on x86_64): same arithmetic,
+/// 4 lanes at a time (`maxps` returns its second operand for a NaN, like `fmax`).
+#[inline(always)]
+fn quantise12_f32(
+    p: &[f32],
+    o: &[f32; 12],
+    i: &[f32; 12],
+    top: f32,
+    last: f32,
+    q: &mut [u32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        assert!(p.len() >= 12 && q.len() >= 12);
+        // SAFETY: SSE2 is part of x86_64; every load/store is unaligned and in bounds
+        unsafe {
+            let zero = _mm_setzero_ps();
+            let topv = _mm_set1_ps(top);
+            let lastv = _mm_set1_ps(last);
+            let mut ok = _mm_castsi128_ps(_mm_set1_epi32(-1));
+            for k in 0..3 {
+                let t = _mm_mul_ps(
+                    _mm_sub_ps(
+                        _mm_loadu_ps(p.as_ptr().add(4 * k)),
+                        _mm_loadu_ps(o.as_ptr().add(4 * k)),
+                    ),
+                    _mm_loadu_ps(i.as_ptr().add(4 * k)),
+                );
+                ok = _mm_and_ps(ok, _mm_and_ps(_mm_cmpge_ps(t, zero), _mm_cmple_ps(t, topv)));
+                let c = _mm_min_ps(_mm_max_ps(t, zero), lastv);
+                _mm_storeu_si128(
+                    q.as_mut_ptr().add(4 * k) as *mut __m128i,
+                    _mm_cvttps_epi32(c),
+                );
+            }
+            _mm_movemask_ps(ok) == 0xf
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        quantise12_generic(p, o, i, top, last, q)
+    }
+}
 
 /// Where a sample's grid sits in space: cell (x, y, z) covers
 /// `origin + [x, x+1) * cell` per axis; the box spans `2^depth` cells per axis.
@@ -408,38 +507,33 @@ fn build_sample_with<T: Coord, I: Item>(
 
     // 2. stable scatter by the top digit (chunk c's items of bucket b go after chunk c-1's)
     let mut starts = vec![0usize; nb + 1];
-    let mut offsets: Vec<Vec<usize>> = vec![vec![0usize; nb]; hists.len()];
-    let mut run = 0usize;
-    for b in 0..nb {
-        starts[b] = run;
-        for (c, h) in hists.iter().enumerate() {
-            offsets[c][b] = run;
-            run += h[b] as usize;
-        }
-    }
-    starts[nb] = n;
     // SAFETY: the scatter writes every index 0..n exactly once (offsets partition 0..n)
     let mut buf: Vec<I> = unsafe { crate::sort::vec_for_overwrite(n) };
-    {
-        let out = SendPtr(buf.as_mut_ptr());
-        let scatter = |(chunk, mut off): (&[I], Vec<usize>)| {
-            let out = out;
-            for v in chunk {
-                let b = (v.radix_key() >> top_shift) as usize & (nb - 1);
-                // SAFETY: offsets partition 0..n disjointly across chunks and buckets
-                unsafe { *out.0.add(off[b]) = *v };
-                off[b] += 1;
+    if n <= u32::MAX as usize {
+        // 32-bit offsets: half the cache footprint of the (up to 2^16-entry) table
+        let mut run = 0u32;
+        for b in 0..nb {
+            starts[b] = run as usize;
+            for h in hists.iter_mut() {
+                let c = h[b];
+                h[b] = run;
+                run += c;
             }
-        };
-        if serial {
-            items.chunks(chunk).zip(offsets).for_each(scatter);
-        } else {
-            items
-                .par_chunks(chunk)
-                .zip(offsets.into_par_iter())
-                .for_each(scatter);
         }
+        scatter_top(&items, &mut buf, chunk, hists, top_shift, nb, serial);
+    } else {
+        let mut offsets: Vec<Vec<usize>> = vec![vec![0usize; nb]; hists.len()];
+        let mut run = 0usize;
+        for b in 0..nb {
+            starts[b] = run;
+            for (c, h) in hists.iter().enumerate() {
+                offsets[c][b] = run;
+                run += h[b] as usize;
+            }
+        }
+        scatter_top(&items, &mut buf, chunk, offsets, top_shift, nb, serial);
     }
+    starts[nb] = n;
     drop(items);
 
     // 3. sort every bucket in cache and collapse runs of equal keys into leaves
@@ -456,7 +550,7 @@ fn build_sample_with<T: Coord, I: Item>(
         }
     };
     let leaves: Vec<u64> = if serial {
-        let mut leaves: Vec<u64> = Vec::with_capacity(n.min(1 << 20).max(16));
+        let mut leaves: Vec<u64> = Vec::with_capacity(n.clamp(16, 1 << 20));
         let mut scratch = Vec::new();
         let mut rank = -1i64;
         for b in 0..nb {
@@ -561,6 +655,67 @@ fn build_sample_with<T: Coord, I: Item>(
     })
 }
 
+/// A bucket write position (32-bit when the sample allows, to halve the table).
+trait Offset: Copy + Send {
+    fn get(self) -> usize;
+    fn bump(&mut self);
+}
+impl Offset for u32 {
+    #[inline(always)]
+    fn get(self) -> usize {
+        self as usize
+    }
+    #[inline(always)]
+    fn bump(&mut self) {
+        *self += 1;
+    }
+}
+impl Offset for usize {
+    #[inline(always)]
+    fn get(self) -> usize {
+        self
+    }
+    #[inline(always)]
+    fn bump(&mut self) {
+        *self += 1;
+    }
+}
+
+/// Stable scatter of `items` into `buf` by the top digit; `offsets[c][b]` is where chunk c's
+/// first item of bucket b goes (the offsets partition `0..n`).
+fn scatter_top<I: Item, O: Offset>(
+    items: &[I],
+    buf: &mut [I],
+    chunk: usize,
+    offsets: Vec<Vec<O>>,
+    top_shift: u32,
+    nb: usize,
+    serial: bool,
+) {
+    let out = SendPtr(buf.as_mut_ptr());
+    let scatter = |(part, mut off): (&[I], Vec<O>)| {
+        let out = out;
+        let off = &mut off[..nb];
+        for v in part {
+            let b = (v.radix_key() >> top_shift) as usize & (nb - 1);
+            // SAFETY: b < nb; offsets partition 0..n disjointly across chunks and buckets
+            unsafe {
+                let o = off.get_unchecked_mut(b);
+                *out.0.add(o.get()) = *v;
+                o.bump();
+            }
+        }
+    };
+    if serial {
+        items.chunks(chunk).zip(offsets).for_each(scatter);
+    } else {
+        items
+            .par_chunks(chunk)
+            .zip(offsets.into_par_iter())
+            .for_each(scatter);
+    }
+}
+
 /// Quantise + encode points `base..base + out.len()` of the sample into `out`; returns the
 /// chunk's report and the histogram of the top digit `(key >> top_shift) & (nb - 1)`.
 #[allow(clippy::too_many_arguments)]
@@ -586,40 +741,61 @@ fn quantise_chunk<T: Coord, I: Item>(
     let mut hist = vec![0u32; nb];
     let chunk_pts = &pts[base * 3..(base + out.len()) * 3];
     let small = depth <= 11;
-    for (j, (slot, p)) in out.iter_mut().zip(chunk_pts.chunks_exact(3)).enumerate() {
-        let tx = p[0].sub(origin[0]).mul(inv[0]);
-        let ty = p[1].sub(origin[1]).mul(inv[1]);
-        let tz = p[2].sub(origin[2]).mul(inv[2]);
-        // NaN fails every comparison, so it takes the slow path too
-        let inside = tx >= zero && tx <= top && ty >= zero && ty <= top && tz >= zero && tz <= top;
-        let clamp_hi = |v: T| if v > last { last } else { v };
-        let q = if inside {
-            // SAFETY: inside the box and clamped below 2^depth ≤ 2^21
-            unsafe {
-                [
-                    clamp_hi(tx).to_u32_unchecked(),
-                    clamp_hi(ty).to_u32_unchecked(),
-                    clamp_hi(tz).to_u32_unchecked(),
-                ]
+    // the per-axis constants repeated to 12 lanes (4 points), so stage 1 vectorises
+    let o12: [T; 12] = std::array::from_fn(|l| origin[l % 3]);
+    let i12: [T; 12] = std::array::from_fn(|l| inv[l % 3]);
+    const BLOCK: usize = 64; // points per block
+    let mut q = [0u32; BLOCK * 3];
+    for (bi, (outb, pb)) in out
+        .chunks_mut(BLOCK)
+        .zip(chunk_pts.chunks(BLOCK * 3))
+        .enumerate()
+    {
+        let b0 = base + bi * BLOCK;
+        let m = outb.len();
+        // stage 1: scaled coordinates, clamped into the grid, and whether every one of
+        // them was inside the box (NaN compares false, so it fails the check)
+        let mut inside = true;
+        let full = m / 4 * 12;
+        for (qc, pc) in q[..full]
+            .chunks_exact_mut(12)
+            .zip(pb[..full].chunks_exact(12))
+        {
+            inside &= T::quantise12(pc, &o12, &i12, top, last, qc);
+        }
+        for l in full..m * 3 {
+            let t = pb[l].sub(o12[l % 12]).mul(i12[l % 12]);
+            inside &= (t >= zero) & (t <= top);
+            // SAFETY: as above
+            q[l] = unsafe { t.fmax(zero).fmin(last).to_u32_unchecked() };
+        }
+        if !inside {
+            // rare: redo this block point by point, reporting non-finite / outside points
+            for (j, p) in pb.chunks_exact(3).enumerate() {
+                let t = [0, 1, 2].map(|a| p[a].sub(origin[a]).mul(inv[a]));
+                if t.iter().all(|&v| v >= zero && v <= top) {
+                    continue;
+                }
+                if let Some(a) = (0..3).find(|&a| !p[a].is_finite()) {
+                    rep.non_finite
+                        .get_or_insert((first + b0 + j, a, p[a].to_f64()));
+                    q[3 * j..3 * j + 3].fill(0);
+                } else {
+                    rep.add_outside([p[0].to_f64(), p[1].to_f64(), p[2].to_f64()]);
+                }
             }
-        } else {
-            let i = base + j;
-            if let Some(a) = (0..3).find(|&a| !p[a].is_finite()) {
-                rep.non_finite.get_or_insert((first + i, a, p[a].to_f64()));
-                [0; 3]
+        }
+        // stage 2: Morton keys, items and the top-digit histogram
+        for (j, (slot, c)) in outb.iter_mut().zip(q.chunks_exact(3)).enumerate() {
+            let key = if small {
+                morton::encode_small(c[0], c[1], c[2])
             } else {
-                rep.add_outside([p[0].to_f64(), p[1].to_f64(), p[2].to_f64()]);
-                [tx, ty, tz].map(|v| clamp_hi(if v < zero { zero } else { v }).to_u32())
-            }
-        };
-        let key = if small {
-            morton::encode_small(q[0], q[1], q[2])
-        } else {
-            morton::encode(q[0], q[1], q[2])
-        };
-        let item = I::make(key, base + j, idx_bits);
-        hist[(item.radix_key() >> top_shift) as usize & (nb - 1)] += 1;
-        *slot = item;
+                morton::encode(c[0], c[1], c[2])
+            };
+            let item = I::make(key, b0 + j, idx_bits);
+            hist[(item.radix_key() >> top_shift) as usize & (nb - 1)] += 1;
+            *slot = item;
+        }
     }
     (rep, hist)
 }
@@ -681,13 +857,15 @@ fn split_level(level: &[u64]) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
     starts.push(n);
     starts.dedup();
     let ranges: Vec<(usize, usize)> = starts.windows(2).map(|w| (w[0], w[1])).collect();
-    let counts: Vec<usize> = ranges
-        .par_iter()
-        .map(|&(a, b)| {
-            let part = &level[a..b];
-            1 + part.windows(2).filter(|w| w[0] >> 3 != w[1] >> 3).count()
-        })
-        .collect();
+    let count = |&(a, b): &(usize, usize)| {
+        let part = &level[a..b];
+        1 + part.windows(2).filter(|w| w[0] >> 3 != w[1] >> 3).count()
+    };
+    let counts: Vec<usize> = if ranges.len() <= 1 {
+        ranges.iter().map(count).collect()
+    } else {
+        ranges.par_iter().map(count).collect()
+    };
     let total: usize = counts.iter().sum();
     // SAFETY: the jobs below write every parent, and all 8 key / child slots of each
     let mut parents: Vec<u64> = unsafe { crate::sort::vec_for_overwrite(total) };
