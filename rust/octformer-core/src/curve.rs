@@ -23,6 +23,7 @@ use rayon::prelude::*;
 use crate::error::{CoreError, Result};
 use crate::morton;
 use crate::sort::radix_sort;
+use crate::mem::SendPtr;
 
 /// Deepest level a curve code supports: 3 × 21 = 63 bits.
 pub const MAX_CURVE_DEPTH: u8 = 21;
@@ -608,10 +609,6 @@ pub fn argsort_by_key(
     Ok(perm)
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
 
 /// `perm[k] = tok(k)` and `inverse[tok(k)] = k` for a permutation `tok` built by a sort.
 fn perm_and_inverse_into(

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use crate::curve::{argsort_by_key, argsort_pair};
 use crate::error::{CoreError, Result};
 use crate::sort::radix_sort;
+use crate::mem::{SendPtr, vec_for_overwrite_huge as vec_for_overwrite};
 
 const CHUNK: usize = 1 << 14;
 
@@ -102,10 +103,6 @@ pub struct FlattenPlan {
     pub group_size: usize,
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
 
 fn bit_length(v: u64) -> u32 {
     64 - v.leading_zeros()
@@ -181,8 +178,10 @@ fn build_plan_with(
     }
     debug_assert_eq!(start[b], n);
     let m = pad_start[b];
-    let mut gather = vec![0i64; m];
-    let mut scatter = vec![0i64; n];
+    // SAFETY: the pass below writes every real slot of gather and every token of
+    // scatter; the padding loop after it writes the remaining slots of gather
+    let (mut gather, mut scatter): (Vec<i64>, Vec<i64>) =
+        unsafe { (vec_for_overwrite(m), vec_for_overwrite(n)) };
     // one pass over sorted positions: the real slot of each token gets it (sequential
     // writes) and the token learns its slot (scattered writes)
     let (gdst, sdst) = (SendPtr(gather.as_mut_ptr()), SendPtr(scatter.as_mut_ptr()));
@@ -380,17 +379,25 @@ fn window_sorted(
             sh,
             w: w64,
             div: w64.map(FastDiv::new),
+            log2: window.map(|w| w.trailing_zeros()),
             masks,
             pos,
         };
         let idx_bits = bit_length(n.saturating_sub(1) as u64);
         if total + idx_bits <= 64 {
             // key and index in one word, filled by a loop the key computation inlines into
-            let mut items = vec![0u64; n];
-            match axis {
-                Axis::X => fill_packed::<true>(&fast, coords, batch, idx_bits, &mut items),
-                Axis::Y => fill_packed::<false>(&fast, coords, batch, idx_bits, &mut items),
-            }
+            // SAFETY: fill_packed writes every item
+            let mut items: Vec<u64> = unsafe { vec_for_overwrite(n) };
+            // power-of-two windows: shifts and masks, which vectorise (the general
+            // path's 64×64→128 multiplies do not)
+            let pow2 = window.iter().all(|w| w.is_power_of_two());
+            let f = match (axis, pow2) {
+                (Axis::X, true) => fill_packed::<true, true>,
+                (Axis::X, false) => fill_packed::<true, false>,
+                (Axis::Y, true) => fill_packed::<false, true>,
+                (Axis::Y, false) => fill_packed::<false, false>,
+            };
+            f(&fast, coords, batch, idx_bits, &mut items);
             radix_sort(&mut items, idx_bits, idx_bits + total);
             return Ok(Sorted::Packed {
                 items,
@@ -399,10 +406,10 @@ fn window_sorted(
         }
         let perm = match axis {
             Axis::X => argsort_by_key(n, total, |i| {
-                fast.key::<true>(&coords[3 * i..3 * i + 3], batch_at(batch, i))
+                fast.key::<true, false>(&coords[3 * i..3 * i + 3], batch_at(batch, i))
             }),
             Axis::Y => argsort_by_key(n, total, |i| {
-                fast.key::<false>(&coords[3 * i..3 * i + 3], batch_at(batch, i))
+                fast.key::<false, false>(&coords[3 * i..3 * i + 3], batch_at(batch, i))
             }),
         };
         perm.map(Sorted::Perm)
@@ -450,7 +457,7 @@ pub fn window_order(
 }
 
 /// `key << idx_bits | index` for every cell, in parallel chunks.
-fn fill_packed<const AXIS_X: bool>(
+fn fill_packed<const AXIS_X: bool, const POW2: bool>(
     fast: &FastKey,
     coords: &[i64],
     batch: &[i64],
@@ -465,14 +472,14 @@ fn fill_packed<const AXIS_X: bool>(
             let rows = &coords[3 * base..3 * (base + dst.len())];
             if batch.is_empty() {
                 for (j, (it, p)) in dst.iter_mut().zip(rows.chunks_exact(3)).enumerate() {
-                    *it = (fast.key::<AXIS_X>(p, 0) << idx_bits) | (base + j) as u64;
+                    *it = (fast.key::<AXIS_X, POW2>(p, 0) << idx_bits) | (base + j) as u64;
                 }
             } else {
                 let b = &batch[base..base + dst.len()];
                 for (j, ((it, p), &bv)) in
                     dst.iter_mut().zip(rows.chunks_exact(3)).zip(b).enumerate()
                 {
-                    *it = (fast.key::<AXIS_X>(p, bv as u64) << idx_bits) | (base + j) as u64;
+                    *it = (fast.key::<AXIS_X, POW2>(p, bv as u64) << idx_bits) | (base + j) as u64;
                 }
             }
         });
@@ -489,6 +496,8 @@ struct FastKey {
     sh: [u64; 3],
     w: [u64; 3],
     div: [FastDiv; 3],
+    /// log2 of the window sizes (used only when all are powers of two)
+    log2: [u32; 3],
     /// all-ones masks of the Wc', oc', oa' fields
     masks: [u64; 3],
     pos: [u32; 7],
@@ -496,22 +505,36 @@ struct FastKey {
 
 impl FastKey {
     #[inline(always)]
-    fn key<const AXIS_X: bool>(&self, p: &[i64], b: u64) -> u64 {
+    /// `POW2`: every window size is a power of two (`log2` holds the exponents).
+    fn key<const AXIS_X: bool, const POW2: bool>(&self, p: &[i64], b: u64) -> u64 {
         let q = [
             p[0] as u64 + self.sh[0],
             p[1] as u64 + self.sh[1],
             p[2] as u64 + self.sh[2],
         ];
-        let win = [
-            self.div[0].div(q[0]),
-            self.div[1].div(q[1]),
-            self.div[2].div(q[2]),
-        ];
-        let off = [
-            q[0] - win[0] * self.w[0],
-            q[1] - win[1] * self.w[1],
-            q[2] - win[2] * self.w[2],
-        ];
+        let (win, off) = if POW2 {
+            let l = self.log2;
+            (
+                [q[0] >> l[0], q[1] >> l[1], q[2] >> l[2]],
+                [
+                    q[0] & (self.w[0] - 1),
+                    q[1] & (self.w[1] - 1),
+                    q[2] & (self.w[2] - 1),
+                ],
+            )
+        } else {
+            let win = [
+                self.div[0].div(q[0]),
+                self.div[1].div(q[1]),
+                self.div[2].div(q[2]),
+            ];
+            let off = [
+                q[0] - win[0] * self.w[0],
+                q[1] - win[1] * self.w[1],
+                q[2] - win[2] * self.w[2],
+            ];
+            (win, off)
+        };
         let (wa, wc, oa, oc) = if AXIS_X {
             (win[1], win[0], off[1], off[0])
         } else {

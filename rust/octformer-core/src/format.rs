@@ -15,6 +15,7 @@
 
 use crate::MAX_DEPTH;
 use crate::error::{CoreError, Result};
+use crate::mem::{SendPtr, vec_for_overwrite_huge as vec_for_overwrite};
 use crate::octree::Octree;
 use rayon::prelude::*;
 
@@ -1182,7 +1183,9 @@ pub fn decode_levels<'a>(data: &'a [u8], opts: &DecodeOptions) -> Result<Levels<
                 counts[i + 1]
             )));
         }
-        let mut next = vec![0u64; n + 8];
+        // SAFETY: expand_keys writes 8 slots at every running position, so all of
+        // 0..written are written; the slack beyond is truncated away unread
+        let mut next: Vec<u64> = unsafe { vec_for_overwrite(n + 8) };
         let written = expand_keys(parents, occ, &mut next);
         next.truncate(written);
         // per-sample counts: popcount of each sample's slice
@@ -1289,28 +1292,7 @@ pub fn decode_octree(data: &[u8], opts: &DecodeOptions) -> Result<OctfOctree> {
         t.children.push(ch);
         t.batch_nnum_nempty.push(lv.nonempty_counts[0].clone());
         // every deeper level depends only on the streamed data: materialise them in parallel
-        let built: Vec<(Vec<u64>, Vec<i32>, Vec<i32>)> = (fd..stop)
-            .into_par_iter()
-            .map(|d| {
-                let i = (d - fd) as usize;
-                let occ = lv.occupancy[i + 1];
-                let parents = &lv.nonempty_keys[i];
-                let mut keys = vec![0u64; parents.len() * 8];
-                for (dst, &k) in keys.chunks_exact_mut(8).zip(parents) {
-                    let base = k << 3;
-                    for (j, slot) in dst.iter_mut().enumerate() {
-                        *slot = base | j as u64;
-                    }
-                }
-                let mut ch = vec![-1i32; parents.len() * 8];
-                fill_children(occ, &mut ch);
-                let mut batch = Vec::with_capacity(parents.len() * 8);
-                for (s, &c) in lv.nonempty_counts[i].iter().enumerate() {
-                    batch.extend(std::iter::repeat_n(s as i32, 8 * c));
-                }
-                (keys, ch, batch)
-            })
-            .collect();
+        let built = fill_levels(&lv, fd, stop);
         for (i, (keys, ch, batch)) in built.into_iter().enumerate() {
             t.keys.push(keys);
             t.children.push(ch);
@@ -1338,6 +1320,117 @@ pub fn decode_octree(data: &[u8], opts: &DecodeOptions) -> Result<OctfOctree> {
         out = swap_xz(&out);
     }
     Ok(out)
+}
+
+/// `LOCAL_RANK[byte][c]`: rank of child c among the set bits of `byte`, -1 when bit c is clear.
+static LOCAL_RANK: [[i8; 8]; 256] = {
+    let mut t = [[-1i8; 8]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut r = 0;
+        let mut c = 0;
+        while c < 8 {
+            if b & (1 << c) != 0 {
+                t[b][c] = r;
+                r += 1;
+            }
+            c += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// Parents per task of the full decode (tasks span all levels, so two threads share
+/// even the deepest level).
+const FILL_PARENTS: usize = 1 << 15;
+
+/// One task: parents `p0..p1` of level `i` (children land at depth fd + i + 1), the
+/// number of non-empty children before `p0` in that level, and where to write.
+struct FillTask {
+    i: usize,
+    p0: usize,
+    p1: usize,
+    rank0: i32,
+    keys: SendPtr<u64>,
+    children: SendPtr<i32>,
+    batch: SendPtr<i32>,
+}
+
+/// Keys, children and batch (8 slots per non-empty parent) of depths fd+1..=stop.
+///
+/// Every slot of every output is written exactly once, in order, by one task (no
+/// zero-fill first).
+fn fill_levels(lv: &Levels<'_>, fd: u8, stop: u8) -> Vec<(Vec<u64>, Vec<i32>, Vec<i32>)> {
+    let levels = (stop - fd) as usize;
+    let mut out: Vec<(Vec<u64>, Vec<i32>, Vec<i32>)> = (0..levels)
+        .map(|i| {
+            let n = lv.nonempty_keys[i].len() * 8;
+            // SAFETY: the tasks below write every slot (their parent ranges cover the level)
+            unsafe { (vec_for_overwrite(n), vec_for_overwrite(n), vec_for_overwrite(n)) }
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for (i, (keys, ch, batch)) in out.iter_mut().enumerate() {
+        let occ = lv.occupancy[i + 1];
+        let mut rank = 0usize;
+        for p0 in (0..occ.len()).step_by(FILL_PARENTS) {
+            let p1 = (p0 + FILL_PARENTS).min(occ.len());
+            tasks.push(FillTask {
+                i,
+                p0,
+                p1,
+                rank0: rank as i32,
+                keys: SendPtr(keys.as_mut_ptr()),
+                children: SendPtr(ch.as_mut_ptr()),
+                batch: SendPtr(batch.as_mut_ptr()),
+            });
+            rank += popcount_bytes(&occ[p0..p1]).0;
+        }
+    }
+    tasks.par_iter().for_each(|t| {
+        let (p0, p1) = (t.p0, t.p1);
+        let m = 8 * (p1 - p0);
+        // SAFETY: task ranges p0..p1 of one level are disjoint and within the level's
+        // parents, and each level's arrays hold 8 slots per parent, so the slices are
+        // in bounds and no two tasks alias.
+        let (keys, ch) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(t.keys.0.add(8 * p0), m),
+                std::slice::from_raw_parts_mut(t.children.0.add(8 * p0), m),
+            )
+        };
+        let parents = &lv.nonempty_keys[t.i][p0..p1];
+        for (dst, &k) in keys.chunks_exact_mut(8).zip(parents) {
+            let base = k << 3;
+            for (c, slot) in dst.iter_mut().enumerate() {
+                *slot = base | c as u64;
+            }
+        }
+        let mut rank = t.rank0;
+        for (dst, &byte) in ch.chunks_exact_mut(8).zip(&lv.occupancy[t.i + 1][p0..p1]) {
+            let local = &LOCAL_RANK[byte as usize];
+            for (slot, &l) in dst.iter_mut().zip(local) {
+                // rank + l where the bit is set, -1 (all ones) where l = -1
+                *slot = (rank + l as i32) | (l as i32 >> 31);
+            }
+            rank += byte.count_ones() as i32;
+        }
+        // each sample's parents are contiguous, in sample order, and cover the level
+        let mut start = 0usize;
+        for (s, &c) in lv.nonempty_counts[t.i].iter().enumerate() {
+            let (lo, hi) = (start.max(p0), (start + c).min(p1));
+            if lo < hi {
+                // SAFETY: lo..hi lies inside this task's parents (see above)
+                let b = unsafe {
+                    std::slice::from_raw_parts_mut(t.batch.0.add(8 * lo), 8 * (hi - lo))
+                };
+                b.fill(s as i32);
+            }
+            start += c;
+        }
+    });
+    out
 }
 
 /// children[8j + c] = running rank where bit c of occ[j] is set (rest stays -1).

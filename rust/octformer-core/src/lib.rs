@@ -14,6 +14,7 @@ pub mod error;
 pub mod flatten;
 pub mod format;
 pub mod lzf;
+mod mem;
 pub mod morton;
 pub mod neighbors;
 pub mod octree;

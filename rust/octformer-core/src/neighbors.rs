@@ -7,6 +7,7 @@
 use crate::error::{CoreError, Result};
 use crate::octree::Octree;
 use rayon::prelude::*;
+use crate::mem::SendPtr;
 
 /// Slot of offset (dx, dy, dz) in a 27-row: `(dx+1)*9 + (dy+1)*3 + (dz+1)`.
 #[inline(always)]
@@ -227,10 +228,6 @@ pub fn step(
     Ok(out)
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
 
 #[cfg(test)]
 mod tests {

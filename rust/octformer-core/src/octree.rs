@@ -9,10 +9,7 @@ use crate::error::{CoreError, Result};
 use crate::morton;
 use crate::sort::RadixKey;
 
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
+use crate::mem::SendPtr;
 use crate::MAX_DEPTH;
 use rayon::prelude::*;
 

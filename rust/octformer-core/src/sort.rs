@@ -3,6 +3,8 @@
 //! Stability makes the output unique, so the result never depends on how many
 //! threads ran it (a determinism guarantee, not an accident).
 
+use crate::mem::SendPtr;
+pub(crate) use crate::mem::vec_for_overwrite;
 use rayon::prelude::*;
 
 const DIGIT_BITS: u32 = 11;
@@ -29,22 +31,7 @@ impl RadixKey for (u64, u32) {
     }
 }
 
-/// A vector of `n` plain-old-data items that the caller overwrites completely before
-/// reading any of them (saves a memset of the whole buffer on hot paths).
-///
-/// # Safety
-/// Every element must be written before it is read.
-pub(crate) unsafe fn vec_for_overwrite<T: Copy>(n: usize) -> Vec<T> {
-    let mut v: Vec<T> = Vec::with_capacity(n);
-    // SAFETY: capacity is n and T is Copy (no drop); the caller writes before reading.
-    unsafe { v.set_len(n) };
-    v
-}
 
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
 
 /// Bits of the leading (most significant) digit in the hybrid sort.
 const TOP_BITS: u32 = 11;
@@ -203,7 +190,8 @@ fn lsd_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) {
         return;
     }
     let chunks = chunk_count(n);
-    let mut buf: Vec<T> = vec![T::default(); n];
+    // SAFETY: buf is only read after a pass that wrote all of it (a skipped pass swaps nothing)
+    let mut buf: Vec<T> = unsafe { vec_for_overwrite(n) };
     let mut shift = lo;
     while shift < hi {
         let bits = DIGIT_BITS.min(hi - shift);

@@ -1,0 +1,98 @@
+//! Timing of the FlatFormer plan on a raw int64 (N, 3) grid file:
+//! `cargo run --release -p octformer-core --example profile_flatten FILE [WINDOW] [GROUP]`.
+//!
+//! Prints wall and process-CPU medians of the whole plan, of the window order alone
+//! (key pass + sort) and of a plain radix sort of the same number of random words, at 1
+//! and 2 threads. System allocator (as in the Python extension), so page faults count.
+use octformer_core::flatten::{Axis, flatten, window_order};
+use octformer_core::sort::radix_sort;
+use std::time::Instant;
+
+fn cpu_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn time<R>(runs: usize, mut f: impl FnMut() -> R) -> (f64, f64, f64) {
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    f();
+    for _ in 0..runs {
+        let (t0, c0) = (Instant::now(), cpu_ms());
+        let r = f();
+        wall.push(t0.elapsed().as_secs_f64() * 1e3);
+        cpu.push(cpu_ms() - c0);
+        drop(r);
+    }
+    let min = wall.iter().cloned().fold(f64::MAX, f64::min);
+    (median(wall), min, median(cpu))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let bytes = std::fs::read(&args[1]).expect("read grid file");
+    let w: u32 = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(16);
+    let g: usize = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(64);
+    let runs: usize = std::env::var("RUNS").map(|s| s.parse().unwrap()).unwrap_or(15);
+    let coords: Vec<i64> = bytes
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let n = coords.len() / 3;
+    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    let random: Vec<u64> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s >> 1
+        })
+        .collect();
+    println!("N = {n}, window {w}³, group {g}, {runs} runs; median (min) wall ms / median CPU ms");
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let show = |name: &str, (m, lo, c): (f64, f64, f64)| {
+                println!("T{threads} {name:<28} {m:7.2} ({lo:6.2}) / {c:7.2}");
+            };
+            show(
+                "flatten plan",
+                time(runs, || {
+                    flatten(&coords, None, [w; 3], g, Axis::X, false).unwrap()
+                }),
+            );
+            show(
+                "flatten plan, shift, axis y",
+                time(runs, || flatten(&coords, None, [w; 3], g, Axis::Y, true).unwrap()),
+            );
+            show(
+                "window order (key + sort)",
+                time(runs, || window_order(&coords, None, [w; 3], Axis::X, false).unwrap()),
+            );
+            show(
+                "radix_sort 1M random u64 (63b)",
+                time(runs, || {
+                    let mut v = random.clone();
+                    radix_sort(&mut v, 0, 64);
+                    v
+                }),
+            );
+            show(
+                "  clone of those words",
+                time(runs, || random.clone()),
+            );
+        });
+    }
+}
