@@ -29,6 +29,14 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
+/// The counters are process-wide: each test holds this lock for its whole body, so a test
+/// running on another harness thread cannot add its allocations to the peak.
+static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    MEASURING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Peak bytes allocated (above what was live before) while running `f`.
 fn peak_during<R>(f: impl FnOnce() -> R) -> usize {
     let base = LIVE.load(Ordering::SeqCst);
@@ -102,6 +110,7 @@ fn with_header(data: &[u8], edit: impl FnOnce(&mut format::Header)) -> Vec<u8> {
 
 #[test]
 fn decoding_allocates_at_most_the_backed_sizes() {
+    let _only_me = exclusive();
     let data = sample_file();
     let opts = DecodeOptions::default();
     // a valid file: output is at most 16 bytes (key, child, batch) x 8 children per occupancy byte
@@ -160,6 +169,7 @@ fn decoding_allocates_at_most_the_backed_sizes() {
 
 #[test]
 fn omnitree_decoding_is_bounded_too() {
+    let _only_me = exclusive();
     let cells: Vec<u32> = (0..3000).map(|i| (i * 7919 % 1021) as u32 % 64).collect();
     let t = Omnitree::from_cells(3, 6, &cells, Rule::Carve, vec![0.0; 3], vec![1.0; 3]).unwrap();
     let data = t.encode();
