@@ -75,17 +75,27 @@ pub fn neighbors_from_levels(
 
 /// Non-empty nodes in `children`, after checking their ranks run 0, 1, 2, ... in order.
 fn count_nonempty(children: &[i32], name: &'static str) -> Result<usize> {
+    // branch-free scan (empty / non-empty patterns are irregular); the error path re-scans
     let mut next_rank = 0i32;
+    let mut bad = false;
     for &c in children {
-        if c >= 0 {
-            if c != next_rank {
-                return Err(CoreError::arg(
-                    name,
-                    "non-empty ranks 0, 1, 2, ... in key order",
-                    format!("rank {c} where {next_rank} was due"),
-                ));
+        let ne = c >= 0;
+        bad |= ne & (c != next_rank);
+        next_rank += ne as i32;
+    }
+    if bad {
+        let mut due = 0i32;
+        for &c in children {
+            if c >= 0 {
+                if c != due {
+                    return Err(CoreError::arg(
+                        name,
+                        "non-empty ranks 0, 1, 2, ... in key order",
+                        format!("rank {c} where {due} was due"),
+                    ));
+                }
+                due += 1;
             }
-            next_rank += 1;
         }
     }
     Ok(next_rank as usize)
@@ -164,11 +174,15 @@ pub fn step(
             format!("{} values", parent.len()),
         ));
     }
-    if parent.iter().any(|&v| v >= parents as i32) {
+    // min / max as plain reductions (they vectorise, unlike an early-exit search)
+    let (lo, hi) = parent
+        .iter()
+        .fold((0i32, -1i32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    if hi >= parents as i32 || lo < -1 {
         return Err(CoreError::arg(
             "parent_table",
-            format!("non-empty ranks below {parents}"),
-            "a larger entry",
+            format!("-1 or non-empty ranks below {parents}"),
+            format!("entries from {lo} to {hi}"),
         ));
     }
     if children.len() != 8 * parents {
@@ -188,6 +202,16 @@ pub fn step(
     // whole, absent entries included
     let mut out: Vec<i32> = unsafe { crate::sort::vec_for_overwrite(rows * 27) };
     let (lut_parent, lut_child) = &LUTS;
+    // entry value of child slot n of parent-level rank r, looked up at (r + 1) * 8 + slot so
+    // an absent neighbour (r = -1) reads the leading -1s: no branch per entry
+    let mut ext: Vec<i32> = Vec::with_capacity(8 + children.len());
+    ext.extend_from_slice(&[-1; 8]);
+    if entries_all {
+        ext.extend(0..children.len() as i32);
+    } else {
+        ext.extend_from_slice(children);
+    }
+    let ext = &ext[..];
     let out_ptr = SendPtr(out.as_mut_ptr());
     const PARENTS_PER_TASK: usize = 1024;
     let task = |task: usize| {
@@ -195,6 +219,8 @@ pub fn step(
         let lo = task * PARENTS_PER_TASK;
         for p in lo..(lo + PARENTS_PER_TASK).min(parents) {
             let prow: &[i32; 27] = parent[p * 27..p * 27 + 27].try_into().unwrap();
+            // validated above: every entry is in -1..parents, so base + 7 < ext.len()
+            let base: [usize; 27] = std::array::from_fn(|o| (prow[o] + 1) as usize * 8);
             for c in 0..8 {
                 let i = 8 * p + c;
                 let row_index = if rows_all {
@@ -204,14 +230,11 @@ pub fn step(
                 } else {
                     continue;
                 };
-                let mut row = [-1i32; 27];
-                for o in 0..27 {
-                    let r = prow[lut_parent[c][o] as usize];
-                    if r >= 0 {
-                        let n = r as usize * 8 + lut_child[c][o] as usize;
-                        row[o] = if entries_all { n as i32 } else { children[n] };
-                    }
-                }
+                let (lp, lc) = (&lut_parent[c], &lut_child[c]);
+                let row: [i32; 27] = std::array::from_fn(|o| {
+                    // SAFETY: base[_] <= 8 * parents and lc[o] < 8, so the index < ext.len()
+                    unsafe { *ext.get_unchecked(base[lp[o] as usize] + lc[o] as usize) }
+                });
                 // SAFETY: see above; row_index < rows
                 unsafe {
                     std::ptr::copy_nonoverlapping(row.as_ptr(), out_ptr.0.add(row_index * 27), 27)
