@@ -42,7 +42,9 @@ fn main() {
     let bytes = std::fs::read(&args[1]).expect("read grid file");
     let w: u32 = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(16);
     let g: usize = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(64);
-    let runs: usize = std::env::var("RUNS").map(|s| s.parse().unwrap()).unwrap_or(15);
+    let runs: usize = std::env::var("RUNS")
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(15);
     let coords: Vec<i64> = bytes
         .chunks_exact(8)
         .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
@@ -75,11 +77,15 @@ fn main() {
             );
             show(
                 "flatten plan, shift, axis y",
-                time(runs, || flatten(&coords, None, [w; 3], g, Axis::Y, true).unwrap()),
+                time(runs, || {
+                    flatten(&coords, None, [w; 3], g, Axis::Y, true).unwrap()
+                }),
             );
             show(
                 "window order (key + sort)",
-                time(runs, || window_order(&coords, None, [w; 3], Axis::X, false).unwrap()),
+                time(runs, || {
+                    window_order(&coords, None, [w; 3], Axis::X, false).unwrap()
+                }),
             );
             show(
                 "radix_sort 1M random u64 (63b)",
@@ -89,10 +95,7 @@ fn main() {
                     v
                 }),
             );
-            show(
-                "  clone of those words",
-                time(runs, || random.clone()),
-            );
+            show("  clone of those words", time(runs, || random.clone()));
         });
     }
 }

@@ -21,9 +21,9 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use crate::error::{CoreError, Result};
+use crate::mem::SendPtr;
 use crate::morton;
 use crate::sort::radix_sort;
-use crate::mem::SendPtr;
 
 /// Deepest level a curve code supports: 3 × 21 = 63 bits.
 pub const MAX_CURVE_DEPTH: u8 = 21;
@@ -608,7 +608,6 @@ pub fn argsort_by_key(
     }
     Ok(perm)
 }
-
 
 /// `perm[k] = tok(k)` and `inverse[tok(k)] = k` for a permutation `tok` built by a sort.
 fn perm_and_inverse_into(

@@ -18,8 +18,8 @@ use rayon::prelude::*;
 
 use crate::curve::{argsort_by_key, argsort_pair};
 use crate::error::{CoreError, Result};
-use crate::sort::radix_sort;
 use crate::mem::{SendPtr, vec_for_overwrite_huge as vec_for_overwrite};
+use crate::sort::radix_sort;
 
 const CHUNK: usize = 1 << 14;
 
@@ -102,7 +102,6 @@ pub struct FlattenPlan {
     /// Requested group size.
     pub group_size: usize,
 }
-
 
 fn bit_length(v: u64) -> u32 {
     64 - v.leading_zeros()

@@ -1367,7 +1367,13 @@ fn fill_levels(lv: &Levels<'_>, fd: u8, stop: u8) -> Vec<(Vec<u64>, Vec<i32>, Ve
         .map(|i| {
             let n = lv.nonempty_keys[i].len() * 8;
             // SAFETY: the tasks below write every slot (their parent ranges cover the level)
-            unsafe { (vec_for_overwrite(n), vec_for_overwrite(n), vec_for_overwrite(n)) }
+            unsafe {
+                (
+                    vec_for_overwrite(n),
+                    vec_for_overwrite(n),
+                    vec_for_overwrite(n),
+                )
+            }
         })
         .collect();
     let mut tasks = Vec::new();
@@ -1422,9 +1428,8 @@ fn fill_levels(lv: &Levels<'_>, fd: u8, stop: u8) -> Vec<(Vec<u64>, Vec<i32>, Ve
             let (lo, hi) = (start.max(p0), (start + c).min(p1));
             if lo < hi {
                 // SAFETY: lo..hi lies inside this task's parents (see above)
-                let b = unsafe {
-                    std::slice::from_raw_parts_mut(t.batch.0.add(8 * lo), 8 * (hi - lo))
-                };
+                let b =
+                    unsafe { std::slice::from_raw_parts_mut(t.batch.0.add(8 * lo), 8 * (hi - lo)) };
                 b.fill(s as i32);
             }
             start += c;

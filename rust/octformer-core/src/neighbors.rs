@@ -5,9 +5,9 @@
 //! for non-empty parents, so the chain down to depth d touches non-empty nodes only.
 
 use crate::error::{CoreError, Result};
+use crate::mem::SendPtr;
 use crate::octree::Octree;
 use rayon::prelude::*;
-use crate::mem::SendPtr;
 
 /// Slot of offset (dx, dy, dz) in a 27-row: `(dx+1)*9 + (dy+1)*3 + (dz+1)`.
 #[inline(always)]
@@ -250,7 +250,6 @@ pub fn step(
     }
     Ok(out)
 }
-
 
 #[cfg(test)]
 mod tests {

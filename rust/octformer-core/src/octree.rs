@@ -9,8 +9,8 @@ use crate::error::{CoreError, Result};
 use crate::morton;
 use crate::sort::RadixKey;
 
-use crate::mem::SendPtr;
 use crate::MAX_DEPTH;
+use crate::mem::SendPtr;
 use rayon::prelude::*;
 
 /// Float types accepted as point coordinates; arithmetic stays in that precision so
@@ -531,11 +531,20 @@ fn build_sample_with<T: Coord, I: Item>(
         scatter_top(&items, &mut buf, chunk, offsets, top_shift, nb, serial);
     }
     starts[nb] = n;
-    drop(items);
 
     // 3. sort every bucket in cache and collapse runs of equal keys into leaves
     // SAFETY: every point index occurs in exactly one item, so the collapse writes each entry
-    let mut point_leaf: Vec<i64> = unsafe { crate::sort::vec_for_overwrite(n) };
+    let mut point_leaf: Vec<i64> =
+        if std::mem::size_of::<I>() == 8 && std::mem::align_of::<I>() == 8 {
+            // the scattered-from buffer is free now: reuse its (already mapped) memory
+            let mut v = std::mem::ManuallyDrop::new(items);
+            // SAFETY: same size and alignment as i64 (so the same allocation layout), and
+            // I is plain old data; every entry is overwritten before it is read
+            unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut i64, v.len(), v.capacity()) }
+        } else {
+            drop(items);
+            unsafe { crate::sort::vec_for_overwrite(n) }
+        };
     let sort_bucket = |bucket: &mut [I], scratch: &mut Vec<I>| {
         if bucket.len() <= 1 || top_shift <= lo {
             return;
@@ -547,7 +556,10 @@ fn build_sample_with<T: Coord, I: Item>(
         }
     };
     let leaves: Vec<u64> = if serial {
-        let mut leaves: Vec<u64> = Vec::with_capacity(n.clamp(16, 1 << 20));
+        // at most n leaves; written through a pointer, the length set at the end
+        let mut leaves: Vec<u64> = Vec::with_capacity(n);
+        let leaves_ptr = leaves.as_mut_ptr();
+        let leaf_ptr = point_leaf.as_mut_ptr();
         let mut scratch = Vec::new();
         let mut rank = -1i64;
         for b in 0..nb {
@@ -562,12 +574,15 @@ fn build_sample_with<T: Coord, I: Item>(
                 if k != prev {
                     rank += 1;
                     prev = k;
-                    leaves.push(k);
+                    // SAFETY: rank < number of items <= n = capacity
+                    unsafe { *leaves_ptr.add(rank as usize) = k };
                 }
                 // SAFETY: idx < n, and each index occurs once
-                unsafe { *point_leaf.get_unchecked_mut(it.idx(idx_bits)) = rank };
+                unsafe { *leaf_ptr.add(it.idx(idx_bits)) = rank };
             }
         }
+        // SAFETY: entries 0..=rank were written above
+        unsafe { leaves.set_len((rank + 1) as usize) };
         leaves
     } else {
         // groups of whole buckets, about equal in items, sorted and counted in parallel

@@ -31,8 +31,6 @@ impl RadixKey for (u64, u32) {
     }
 }
 
-
-
 /// Bits of the leading (most significant) digit in the hybrid sort.
 const TOP_BITS: u32 = 11;
 
