@@ -94,7 +94,11 @@ def _build_calls(lib: str, pts: np.ndarray, offsets: np.ndarray | None, depth: i
         b = offs.size - 1
         lo = np.full((b, 3), -1.0)
         cells = np.full((b, 3), 2.0 / (1 << depth))
-        return none, lambda _: _core.build_octree(pts, offs, lo, cells, depth, FULL_DEPTH, clip=False, num_threads=threads)
+        # the same native call the wrapper makes (a single cloud's batch ids are made in Python)
+        fill = b != 1
+        return none, lambda _: _core.build_octree(
+            pts, offs, lo, cells, depth, FULL_DEPTH, clip=False, num_threads=threads, fill_batch=fill
+        )
     if lib == "ocnn":
         from ocnn.octree import Octree
 
