@@ -18,8 +18,11 @@ use rayon::prelude::*;
 
 use crate::curve::{argsort_by_key, argsort_pair};
 use crate::error::{CoreError, Result};
-use crate::mem::{SendPtr, vec_for_overwrite_huge as vec_for_overwrite};
-use crate::sort::radix_sort;
+use crate::mem::{
+    SendPtr, u64_vec_as_i64, vec_for_overwrite_huge as vec_for_overwrite,
+    vec_with_capacity_for_overwrite as vec_for_overwrite_cap,
+};
+use crate::sort::radix_sort_spare;
 
 const CHUNK: usize = 1 << 14;
 
@@ -135,6 +138,86 @@ fn build_plan(perm: &[u32], counts: &[usize], group_size: usize) -> Result<Flatt
     build_plan_with(perm.len(), |k| perm[k] as usize, counts, group_size)
 }
 
+/// Where each sample's tokens go: sorted-order start, padded start, sequences.
+struct Layout {
+    /// (B + 1,) first sorted position of every sample
+    start: Vec<usize>,
+    /// (B + 1,) first padded slot of every sample
+    pad_start: Vec<usize>,
+    cu_seqlens: Vec<i32>,
+    seq_sample: Vec<i32>,
+    max_seqlen: usize,
+}
+
+impl Layout {
+    fn new(counts: &[usize], g: usize) -> Result<Layout> {
+        if g == 0 {
+            return Err(CoreError::arg("group_size", "a positive integer", 0));
+        }
+        let b = counts.len();
+        let mut start = vec![0usize; b + 1];
+        let mut pad_start = vec![0usize; b + 1];
+        let mut cu_seqlens = vec![0i32];
+        let mut seq_sample = Vec::new();
+        let mut max_seqlen = 0usize;
+        for (s, &c) in counts.iter().enumerate() {
+            let padded = if c <= g { c } else { c.div_ceil(g) * g };
+            start[s + 1] = start[s] + c;
+            pad_start[s + 1] = pad_start[s] + padded;
+            if pad_start[s + 1] > i32::MAX as usize {
+                return Err(CoreError::arg(
+                    "group_size",
+                    format!(
+                        "a plan with at most {} padded tokens (int32 cu_seqlens)",
+                        i32::MAX
+                    ),
+                    format!("{} padded tokens", pad_start[s + 1]),
+                ));
+            }
+            let mut at = pad_start[s];
+            while at < pad_start[s + 1] {
+                let len = (pad_start[s + 1] - at).min(g);
+                at += len;
+                max_seqlen = max_seqlen.max(len);
+                cu_seqlens.push(at as i32);
+                seq_sample.push(s as i32);
+            }
+        }
+        Ok(Layout {
+            start,
+            pad_start,
+            cu_seqlens,
+            seq_sample,
+            max_seqlen,
+        })
+    }
+
+    /// Padded tokens M.
+    fn padded(&self) -> usize {
+        *self.pad_start.last().expect("B + 1 entries")
+    }
+
+    /// Padding: slot j of a long sample repeats slot j − g (a real token of that sample).
+    fn pad(&self, counts: &[usize], g: usize, gather: &mut [i64]) {
+        for (s, &c) in counts.iter().enumerate() {
+            for slot in self.pad_start[s] + c..self.pad_start[s + 1] {
+                gather[slot] = gather[slot - g];
+            }
+        }
+    }
+
+    fn into_plan(self, gather: Vec<i64>, scatter: Vec<i64>, group_size: usize) -> FlattenPlan {
+        FlattenPlan {
+            gather,
+            scatter,
+            cu_seqlens: self.cu_seqlens,
+            seq_sample: self.seq_sample,
+            max_seqlen: self.max_seqlen,
+            group_size,
+        }
+    }
+}
+
 /// [`build_plan`] reading the permutation through `tok(sorted position) → token`.
 fn build_plan_with(
     n: usize,
@@ -142,41 +225,11 @@ fn build_plan_with(
     counts: &[usize],
     group_size: usize,
 ) -> Result<FlattenPlan> {
-    if group_size == 0 {
-        return Err(CoreError::arg("group_size", "a positive integer", 0));
-    }
     let g = group_size;
-    let b = counts.len();
-    let mut start = vec![0usize; b + 1];
-    let mut pad_start = vec![0usize; b + 1];
-    let mut cu_seqlens = vec![0i32];
-    let mut seq_sample = Vec::new();
-    let mut max_seqlen = 0usize;
-    for (s, &c) in counts.iter().enumerate() {
-        let padded = if c <= g { c } else { c.div_ceil(g) * g };
-        start[s + 1] = start[s] + c;
-        pad_start[s + 1] = pad_start[s] + padded;
-        if pad_start[s + 1] > i32::MAX as usize {
-            return Err(CoreError::arg(
-                "group_size",
-                format!(
-                    "a plan with at most {} padded tokens (int32 cu_seqlens)",
-                    i32::MAX
-                ),
-                format!("{} padded tokens", pad_start[s + 1]),
-            ));
-        }
-        let mut at = pad_start[s];
-        while at < pad_start[s + 1] {
-            let len = (pad_start[s + 1] - at).min(g);
-            at += len;
-            max_seqlen = max_seqlen.max(len);
-            cu_seqlens.push(at as i32);
-            seq_sample.push(s as i32);
-        }
-    }
-    debug_assert_eq!(start[b], n);
-    let m = pad_start[b];
+    let layout = Layout::new(counts, g)?;
+    let (start, pad_start) = (&layout.start, &layout.pad_start);
+    debug_assert_eq!(start[counts.len()], n);
+    let m = layout.padded();
     // SAFETY: the pass below writes every real slot of gather and every token of
     // scatter; the padding loop after it writes the remaining slots of gather
     let (mut gather, mut scatter): (Vec<i64>, Vec<i64>) =
@@ -204,20 +257,72 @@ fn build_plan_with(
             }
         }
     });
-    // padding: slot j of a long sample repeats slot j − g (a real token of that sample)
-    for (s, &c) in counts.iter().enumerate() {
-        for slot in pad_start[s] + c..pad_start[s + 1] {
-            gather[slot] = gather[slot - g];
+    layout.pad(counts, g, &mut gather);
+    Ok(layout.into_plan(gather, scatter, group_size))
+}
+
+/// The plan from sorted `key << idx_bits | token` words (`mask` keeps the token), built
+/// in the sort's own memory: gather is written over `items` (whose capacity must hold the
+/// padded plan) and scatter into `spare` (the sort's other buffer) when there is one, so
+/// no fresh multi-megabyte output is faulted in.
+fn plan_from_packed(
+    mut items: Vec<u64>,
+    spare: Option<Vec<u64>>,
+    mask: u64,
+    counts: &[usize],
+    group_size: usize,
+) -> Result<FlattenPlan> {
+    let g = group_size;
+    let n = items.len();
+    let layout = Layout::new(counts, g)?;
+    let m = layout.padded();
+    let mut scatter: Vec<u64> = match spare {
+        Some(v) if v.len() == n => v,
+        // SAFETY: the passes below write every token's slot
+        _ => unsafe { vec_for_overwrite(n) },
+    };
+    items.reserve_exact(m - n);
+    let sdst = SendPtr(scatter.as_mut_ptr());
+    if counts.len() <= 1 {
+        // one sample: slot = sorted position, so gather is the tokens in place
+        items
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let sdst = sdst;
+                let k0 = c * CHUNK;
+                for (j, it) in chunk.iter_mut().enumerate() {
+                    let t = (*it & mask) as usize;
+                    assert!(t < n);
+                    *it = t as u64;
+                    // SAFETY: the tokens of a sort of 0..n are a permutation, so the
+                    // writes are distinct, and in bounds by the assert.
+                    unsafe { *sdst.0.add(t) = (k0 + j) as u64 };
+                }
+            });
+    } else {
+        // slot(k) = pad_start[s] + k − start[s] ≥ k: moving tokens from the end
+        // backwards never overwrites a word not yet read
+        // SAFETY: capacity ≥ m (reserved above); slots n..m are real or padding slots,
+        // all written below (real ones here, padding by `pad`) before being read
+        unsafe { items.set_len(m) };
+        let (start, pad_start) = (&layout.start, &layout.pad_start);
+        let mut s = counts.len() - 1;
+        for k in (0..n).rev() {
+            while start[s] > k {
+                s -= 1;
+            }
+            let slot = pad_start[s] + k - start[s];
+            let t = (items[k] & mask) as usize;
+            items[slot] = t as u64;
+            scatter[t] = slot as u64;
         }
     }
-    Ok(FlattenPlan {
-        gather,
-        scatter,
-        cu_seqlens,
-        seq_sample,
-        max_seqlen,
-        group_size,
-    })
+    // SAFETY: see above (single sample: slots n..m are padding, written by `pad`)
+    unsafe { items.set_len(m) };
+    let mut gather = u64_vec_as_i64(items);
+    layout.pad(counts, g, &mut gather);
+    Ok(layout.into_plan(gather, u64_vec_as_i64(scatter), group_size))
 }
 
 /// Plan for curve-order patches: `perm` is one row of a serialization (sorted by
@@ -266,12 +371,15 @@ pub fn plan_from_perm(
 }
 
 /// FlatFormer window order, packed when key and token index fit one word.
+/// `cap`: capacity to give the packed words (≥ N; the padded plan size when the plan
+/// will be built in them).
 fn window_sorted(
     coords: &[i64],
     batch: Option<&[i64]>,
     window: [u32; 3],
     axis: Axis,
     shift: bool,
+    cap: usize,
 ) -> Result<Sorted> {
     if coords.len() % 3 != 0 {
         return Err(CoreError::arg(
@@ -289,27 +397,31 @@ fn window_sorted(
         ));
     }
     const LIMIT: i64 = 1 << 31;
-    let (lo3, hi3) = coords
+    // OR of every value per axis: its bit length is the maximum's, so it bounds the
+    // windows as tightly as the maximum does up to one bit, and any value outside
+    // [0, 2^31) (negative ones set bit 63) shows in it; unlike min/max it vectorises
+    let or3 = coords
         .par_chunks(CHUNK * 3)
         .map(|rows| {
-            rows.chunks_exact(3)
-                .fold(([i64::MAX; 3], [i64::MIN; 3]), |(lo, hi), p| {
-                    (
-                        [lo[0].min(p[0]), lo[1].min(p[1]), lo[2].min(p[2])],
-                        [hi[0].max(p[0]), hi[1].max(p[1]), hi[2].max(p[2])],
-                    )
-                })
+            let mut acc = [0u64; 24];
+            let mut blocks = rows.chunks_exact(24);
+            for b in &mut blocks {
+                for (a, &v) in acc.iter_mut().zip(b) {
+                    *a |= v as u64;
+                }
+            }
+            let mut o = [0u64; 3];
+            for (j, &a) in acc.iter().enumerate() {
+                o[j % 3] |= a;
+            }
+            // rows and blocks start at multiples of 3: position mod 3 is the axis
+            for (j, &v) in blocks.remainder().iter().enumerate() {
+                o[j % 3] |= v as u64;
+            }
+            o
         })
-        .reduce(
-            || ([i64::MAX; 3], [i64::MIN; 3]),
-            |x, y| {
-                (
-                    [0, 1, 2].map(|k| x.0[k].min(y.0[k])),
-                    [0, 1, 2].map(|k| x.1[k].max(y.1[k])),
-                )
-            },
-        );
-    if n > 0 && (lo3.iter().any(|&v| v < 0) || hi3.iter().any(|&v| v >= LIMIT)) {
+        .reduce(|| [0u64; 3], |x, y| [x[0] | y[0], x[1] | y[1], x[2] | y[2]]);
+    if or3.iter().any(|&v| v >= LIMIT as u64) {
         let i = coords
             .iter()
             .position(|&v| !(0..LIMIT).contains(&v))
@@ -335,7 +447,14 @@ fn window_sorted(
         Axis::X => (1usize, 0usize),
         Axis::Y => (0, 1),
     };
-    let max_c: [u64; 3] = hi3.map(|v| v.max(0) as u64);
+    // largest value with the OR's bit length: an upper bound of every coordinate
+    let max_c: [u64; 3] = or3.map(|v| {
+        if v == 0 {
+            0
+        } else {
+            u64::MAX >> v.leading_zeros()
+        }
+    });
     let max_win = [0, 1, 2].map(|k| (max_c[k] + sh[k]) / w64[k]);
     // field widths, outermost first: batch, Z, Wa, Wc', oc', oa', w
     let widths = [
@@ -386,7 +505,7 @@ fn window_sorted(
         if total + idx_bits <= 64 {
             // key and index in one word, filled by a loop the key computation inlines into
             // SAFETY: fill_packed writes every item
-            let mut items: Vec<u64> = unsafe { vec_for_overwrite(n) };
+            let mut items: Vec<u64> = unsafe { vec_for_overwrite_cap(n, cap) };
             // power-of-two windows: shifts and masks, which vectorise (the general
             // path's 64×64→128 multiplies do not)
             let pow2 = window.iter().all(|w| w.is_power_of_two());
@@ -397,9 +516,10 @@ fn window_sorted(
                 (Axis::Y, false) => fill_packed::<false, false>,
             };
             f(&fast, coords, batch, idx_bits, &mut items);
-            radix_sort(&mut items, idx_bits, idx_bits + total);
+            let spare = radix_sort_spare(&mut items, idx_bits, idx_bits + total);
             return Ok(Sorted::Packed {
                 items,
+                spare,
                 mask: (1u64 << idx_bits) - 1,
             });
         }
@@ -437,7 +557,12 @@ fn window_sorted(
 
 /// A window order: packed `key << idx_bits | token` words (sorted), or a plain permutation.
 enum Sorted {
-    Packed { items: Vec<u64>, mask: u64 },
+    /// `spare`: the sort's other buffer (N words), if it made one
+    Packed {
+        items: Vec<u64>,
+        spare: Option<Vec<u64>>,
+        mask: u64,
+    },
     Perm(Vec<u32>),
 }
 
@@ -449,10 +574,15 @@ pub fn window_order(
     axis: Axis,
     shift: bool,
 ) -> Result<Vec<u32>> {
-    Ok(match window_sorted(coords, batch, window, axis, shift)? {
-        Sorted::Perm(p) => p,
-        Sorted::Packed { items, mask } => items.iter().map(|&it| (it & mask) as u32).collect(),
-    })
+    let n = coords.len() / 3;
+    Ok(
+        match window_sorted(coords, batch, window, axis, shift, n)? {
+            Sorted::Perm(p) => p,
+            Sorted::Packed { items, mask, .. } => {
+                items.iter().map(|&it| (it & mask) as u32).collect()
+            }
+        },
+    )
 }
 
 /// `key << idx_bits | index` for every cell, in parallel chunks.
@@ -469,16 +599,21 @@ fn fill_packed<const AXIS_X: bool, const POW2: bool>(
         .for_each(|(c, dst)| {
             let base = c * CHUNK;
             let rows = &coords[3 * base..3 * (base + dst.len())];
+            // a local copy: through the reference the loop compiled to a slow 2-lane
+            // SIMD form (~14 ns per point instead of ~6)
+            let fk = *fast;
             if batch.is_empty() {
-                for (j, (it, p)) in dst.iter_mut().zip(rows.chunks_exact(3)).enumerate() {
-                    *it = (fast.key::<AXIS_X, POW2>(p, 0) << idx_bits) | (base + j) as u64;
+                let mut idx = base as u64;
+                for (it, p) in dst.iter_mut().zip(rows.chunks_exact(3)) {
+                    *it = (fk.key::<AXIS_X, POW2>(p, 0) << idx_bits) | idx;
+                    idx += 1;
                 }
             } else {
                 let b = &batch[base..base + dst.len()];
                 for (j, ((it, p), &bv)) in
                     dst.iter_mut().zip(rows.chunks_exact(3)).zip(b).enumerate()
                 {
-                    *it = (fast.key::<AXIS_X, POW2>(p, bv as u64) << idx_bits) | (base + j) as u64;
+                    *it = (fk.key::<AXIS_X, POW2>(p, bv as u64) << idx_bits) | (base + j) as u64;
                 }
             }
         });
@@ -491,6 +626,7 @@ fn batch_at(batch: &[i64], i: usize) -> u64 {
 
 /// The packed 64-bit window key, branch-free: a reversal is an xor with the field's
 /// all-ones mask (order-equivalent to `max − v` within the field's width).
+#[derive(Clone, Copy)]
 struct FastKey {
     sh: [u64; 3],
     w: [u64; 3],
@@ -619,13 +755,22 @@ pub fn flatten(
     if group_size == 0 {
         return Err(CoreError::arg("group_size", "a positive integer", 0));
     }
-    let sorted = window_sorted(coords, batch, window, axis, shift)?;
     let n = coords.len() / 3;
-    let counts = sample_counts(batch, n)?;
+    // counts first, so the sort's words can be allocated with room for the padded plan;
+    // their errors are reported after window_sorted's, as before
+    let counts = sample_counts(batch, n);
+    let g = group_size;
+    let cap = counts.as_ref().map_or(n, |c| {
+        c.iter()
+            .map(|&c| if c <= g { c } else { c.div_ceil(g) * g })
+            .sum()
+    });
+    let sorted = window_sorted(coords, batch, window, axis, shift, cap)?;
+    let counts = counts?;
     match sorted {
         Sorted::Perm(perm) => build_plan(&perm, &counts, group_size),
-        Sorted::Packed { items, mask } => {
-            build_plan_with(n, |k| (items[k] & mask) as usize, &counts, group_size)
+        Sorted::Packed { items, spare, mask } => {
+            plan_from_packed(items, spare, mask, &counts, group_size)
         }
     }
 }
@@ -682,20 +827,33 @@ mod tests {
         let n = 200_000;
         let coords: Vec<i64> = (0..3 * n).map(|_| (r() % 3000) as i64).collect();
         let batch: Vec<i64> = (0..n).map(|i| (i * 4 / n) as i64).collect();
-        let plans: Vec<_> = [1, 2, 3]
-            .iter()
-            .map(|&t| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(t)
-                    .build()
-                    .unwrap();
-                pool.install(|| {
-                    flatten(&coords, Some(&batch), [13, 13, 32], 144, Axis::Y, false).unwrap()
+        // general and power-of-two windows; several samples and one (in-place paths)
+        for (window, b) in [
+            ([13, 13, 32], Some(&batch[..])),
+            ([16, 16, 16], Some(&batch[..])),
+            ([16, 16, 16], None),
+            ([13, 13, 32], None),
+        ] {
+            let plans: Vec<_> = [1, 2, 3]
+                .iter()
+                .map(|&t| {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(t)
+                        .build()
+                        .unwrap();
+                    pool.install(|| flatten(&coords, b, window, 144, Axis::Y, false).unwrap())
                 })
-            })
-            .collect();
-        assert_eq!(plans[0], plans[1]);
-        assert_eq!(plans[0], plans[2]);
+                .collect();
+            assert_eq!(plans[0], plans[1]);
+            assert_eq!(plans[0], plans[2]);
+            let order = window_order(&coords, b, window, Axis::Y, false).unwrap();
+            let real: Vec<i64> = {
+                let mut slots = plans[0].scatter.clone();
+                slots.sort_unstable();
+                slots.iter().map(|&s| plans[0].gather[s as usize]).collect()
+            };
+            assert!(real.iter().zip(&order).all(|(&a, &b)| a == b as i64));
+        }
     }
 
     #[test]

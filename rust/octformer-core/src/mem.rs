@@ -25,6 +25,26 @@ pub(crate) unsafe fn vec_for_overwrite<T: Copy>(n: usize) -> Vec<T> {
     v
 }
 
+/// [`vec_for_overwrite`] with room for `cap` ≥ n items (the rest uninitialised).
+///
+/// # Safety
+/// Every element must be written before it is read.
+pub(crate) unsafe fn vec_with_capacity_for_overwrite<T: Copy>(n: usize, cap: usize) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(cap.max(n));
+    // SAFETY: capacity ≥ n and T is Copy (no drop); the caller writes before reading.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// Reinterpret a `Vec<u64>` as `Vec<i64>` without copying (same size and alignment);
+/// values ≥ 2^63 would turn negative, so callers only pass values below that.
+pub(crate) fn u64_vec_as_i64(v: Vec<u64>) -> Vec<i64> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: u64 and i64 have identical size and alignment, so the allocation's layout
+    // is unchanged; ownership moves to the new Vec (the old one is never dropped).
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut i64, v.len(), v.capacity()) }
+}
+
 /// [`vec_for_overwrite`] for outputs written once with ordinary stores: buffers of
 /// ≥ 4 MiB are advised `MADV_HUGEPAGE` on Linux before their first touch. A fresh
 /// multi-megabyte output otherwise costs one page fault per 4 KiB, which on the VMs we

@@ -5,6 +5,7 @@
 
 use crate::mem::SendPtr;
 pub(crate) use crate::mem::vec_for_overwrite;
+use crate::mem::vec_with_capacity_for_overwrite;
 use rayon::prelude::*;
 
 const DIGIT_BITS: u32 = 11;
@@ -40,14 +41,22 @@ const TOP_BITS: u32 = 11;
 /// that streams through DRAM), then sort each of its ≤ 2048 buckets in cache by LSD
 /// passes; buckets are independent, so threads split them without synchronisation.
 pub fn radix_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) {
+    radix_sort_spare(data, lo, hi);
+}
+
+/// [`radix_sort`] that hands back its other buffer (`data.len()` items of unspecified
+/// content, capacity `data.capacity()`) when it allocated one, so a caller that needs a
+/// second array of that size can reuse memory that is already faulted in.
+pub fn radix_sort_spare<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) -> Option<Vec<T>> {
     let n = data.len();
     let hi = hi.min(64);
     if n < 2 || hi <= lo {
-        return;
+        return None;
     }
     if n < 1 << 14 {
         // cache-resident already: serial passes with small count arrays
-        return small_lsd(data, lo, hi, &mut Vec::new());
+        small_lsd(data, lo, hi, &mut Vec::new());
+        return None;
     }
     if hi <= lo + 2 * DIGIT_BITS {
         return lsd_sort(data, lo, hi);
@@ -56,7 +65,7 @@ pub fn radix_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) {
     let chunks = chunk_count(n);
     let mask = (1usize << TOP_BITS) - 1;
     // SAFETY: the scatter below writes every index 0..n exactly once
-    let mut buf: Vec<T> = unsafe { vec_for_overwrite(n) };
+    let mut buf: Vec<T> = unsafe { vec_with_capacity_for_overwrite(n, data.capacity()) };
     let starts = scatter_pass(data, &mut buf, top, mask, chunks, false)
         .expect("a scatter that may not skip always runs");
     // split the scattered array into its buckets and sort each in cache
@@ -81,7 +90,7 @@ pub fn radix_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) {
             .par_iter_mut()
             .for_each_init(Vec::new, |scratch, b| sort_bucket(b, scratch));
     }
-    *data = buf;
+    Some(std::mem::replace(data, buf))
 }
 
 /// Serial LSD sort of a cache-resident slice by bits `lo..hi`, digits of ≤ 10 to 16 bits.
@@ -172,11 +181,11 @@ pub(crate) fn small_lsd<T: RadixKey>(data: &mut [T], lo: u32, hi: u32, scratch: 
 }
 
 /// Plain parallel LSD sort (narrow keys or small inputs).
-fn lsd_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) {
+fn lsd_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) -> Option<Vec<T>> {
     let n = data.len();
     let hi = hi.min(64);
     if n < 2 || hi <= lo {
-        return;
+        return None;
     }
     if n < 64 {
         let mask = if hi - lo >= 64 {
@@ -185,11 +194,11 @@ fn lsd_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) {
             (1u64 << (hi - lo)) - 1
         };
         data.sort_by_key(|v| (v.radix_key() >> lo) & mask);
-        return;
+        return None;
     }
     let chunks = chunk_count(n);
     // SAFETY: buf is only read after a pass that wrote all of it (a skipped pass swaps nothing)
-    let mut buf: Vec<T> = unsafe { vec_for_overwrite(n) };
+    let mut buf: Vec<T> = unsafe { vec_with_capacity_for_overwrite(n, data.capacity()) };
     let mut shift = lo;
     while shift < hi {
         let bits = DIGIT_BITS.min(hi - shift);
@@ -199,6 +208,7 @@ fn lsd_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) {
         }
         shift += bits;
     }
+    Some(buf)
 }
 
 /// How many chunks to split `n` items into for the parallel passes.
