@@ -154,6 +154,38 @@ const fn step_luts() -> ([[u8; 27]; 8], [[u8; 27]; 8]) {
 
 static LUTS: ([[u8; 27]; 8], [[u8; 27]; 8]) = step_luts();
 
+/// The 4×4×4 child-level cells around a parent's 2×2×2 children (cell (X, Y, Z), X in
+/// 0..4, covers child-level offset X - 1 from the parent's first child): for each cell the
+/// parent-level neighbour slot holding it and its child slot in that neighbour; and for
+/// each child slot c and offset o, the cell of that neighbour.
+const fn block_luts() -> ([u8; 64], [u8; 64], [[u8; 27]; 8]) {
+    let mut pslot = [0u8; 64];
+    let mut cslot = [0u8; 64];
+    let mut cell = 0;
+    while cell < 64 {
+        let x = [cell / 16, (cell / 4) % 4, cell % 4];
+        // parent offset + 1 = (X + 1) / 2; child bit = (X + 1) & 1
+        pslot[cell] = (((x[0] + 1) / 2) * 9 + ((x[1] + 1) / 2) * 3 + (x[2] + 1) / 2) as u8;
+        cslot[cell] = ((((x[0] + 1) & 1) << 2) | (((x[1] + 1) & 1) << 1) | ((x[2] + 1) & 1)) as u8;
+        cell += 1;
+    }
+    let mut of = [[0u8; 27]; 8];
+    let mut c = 0;
+    while c < 8 {
+        let s = [(c >> 2) & 1, (c >> 1) & 1, c & 1];
+        let mut o = 0;
+        while o < 27 {
+            // own cell is 1 + s; neighbour at offset (o/9 - 1, ...) sits in cell s + o-digit
+            of[c][o] = ((s[0] + o / 9) * 16 + (s[1] + (o / 3) % 3) * 4 + (s[2] + o % 3)) as u8;
+            o += 1;
+        }
+        c += 1;
+    }
+    (pslot, cslot, of)
+}
+
+static BLOCK: ([u8; 64], [u8; 64], [[u8; 27]; 8]) = block_luts();
+
 /// One level down. `parent` is the table at d-1 with rows for the non-empty nodes and
 /// entries as non-empty ranks (-1 absent or empty); `children` is level d (8 per non-empty
 /// parent). Returns the table at d: rows for all nodes (`rows_all`) or the non-empty ones,
@@ -221,6 +253,27 @@ pub fn step(
             let prow: &[i32; 27] = parent[p * 27..p * 27 + 27].try_into().unwrap();
             // validated above: every entry is in -1..parents, so base + 7 < ext.len()
             let base: [usize; 27] = std::array::from_fn(|o| (prow[o] + 1) as usize * 8);
+            if rows_all {
+                // every child gets a row: gather the 64 surrounding cells once, then each
+                // row is 27 copies out of that block
+                let (pslot, cslot, of) = &BLOCK;
+                let block: [i32; 64] = std::array::from_fn(|x| {
+                    // SAFETY: as for the per-row lookups below
+                    unsafe { *ext.get_unchecked(base[pslot[x] as usize] + cslot[x] as usize) }
+                });
+                for (c, ofc) in of.iter().enumerate() {
+                    let row: [i32; 27] = std::array::from_fn(|o| block[ofc[o] as usize]);
+                    // SAFETY: row 8p + c < 8 * parents = rows, written once
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            row.as_ptr(),
+                            out_ptr.0.add((8 * p + c) * 27),
+                            27,
+                        )
+                    };
+                }
+                continue;
+            }
             for c in 0..8 {
                 let i = 8 * p + c;
                 let row_index = if rows_all {
