@@ -145,7 +145,16 @@ def decode(data: Any, *, max_depth: int | None = None, num_threads: int | None =
     as the full tree (voxel_size scaled to depth-k cells), no leaf payloads, and bytes
     after level k are neither read nor checked.
     """
-    raw = _core.octf_decode(_as_bytes(data), max_depth=_check_max_depth(max_depth), num_threads=default_num_threads(num_threads))
+    raw = _core.octf_decode(
+        _as_bytes(data), max_depth=_check_max_depth(max_depth), num_threads=default_num_threads(num_threads), fill_batch=False
+    )
+    if raw["batch"] is None:
+        # one sample: every batch index is 0; one calloc'd buffer (no page is touched until
+        # read), handed out as a view per depth
+        sizes = [k.shape[0] for k in raw["keys"]]
+        zeros = np.zeros(sum(sizes), dtype=np.int32)
+        ends = np.cumsum(sizes).tolist()
+        raw["batch"] = [zeros[e - s : e] for s, e in zip(sizes, ends)]
     return _octree_from_dict(raw, raw["origin"], raw["voxel_size"], raw["coords"], raw["features"], raw["normals"])
 
 

@@ -1241,9 +1241,22 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
 
 /// Decode OCTF bytes into a full octree (all 8 children of every non-empty node).
 pub fn decode_octree(data: &[u8], opts: &DecodeOptions) -> Result<OctfOctree> {
+    decode_octree_with(data, opts, true)
+}
+
+/// [`decode_octree`]; with `fill_batch = false` a single-sample file in x-MSB child order
+/// leaves every `batch[d]` empty (all its entries would be 0: a caller that can make
+/// zeros for free, e.g. from calloc'd memory, saves writing 4 bytes per node).
+pub fn decode_octree_with(
+    data: &[u8],
+    opts: &DecodeOptions,
+    fill_batch: bool,
+) -> Result<OctfOctree> {
     let lv = decode_levels(data, opts)?;
     let h = &lv.header;
     let (stop, b) = (lv.depth, h.batch_size);
+    // the x-LSB re-sort below reads batch; several samples need real indices
+    let fill_batch = fill_batch || b != 1 || h.child_order != ChildOrder::XyzMsb;
     let fd = h.full_depth.min(stop);
     let levels = stop as usize + 1;
     let mut t = Octree {
@@ -1262,11 +1275,13 @@ pub fn decode_octree(data: &[u8], opts: &DecodeOptions) -> Result<OctfOctree> {
         let size = dense_nodes(d).expect("bounded by the top chunk");
         let n = size * b;
         t.keys.push((0..b).flat_map(|_| 0..size as u64).collect());
-        t.batch.push(
+        t.batch.push(if fill_batch {
             (0..b)
                 .flat_map(|s| std::iter::repeat_n(s as i32, size))
-                .collect(),
-        );
+                .collect()
+        } else {
+            Vec::new()
+        });
         t.batch_nnum.push(vec![size; b]);
         if d < h.full_depth {
             t.children.push((0..n as i32).collect());
@@ -1292,7 +1307,7 @@ pub fn decode_octree(data: &[u8], opts: &DecodeOptions) -> Result<OctfOctree> {
         t.children.push(ch);
         t.batch_nnum_nempty.push(lv.nonempty_counts[0].clone());
         // every deeper level depends only on the streamed data: materialise them in parallel
-        let built = fill_levels(&lv, fd, stop);
+        let built = fill_levels(&lv, fd, stop, fill_batch);
         for (i, (keys, ch, batch)) in built.into_iter().enumerate() {
             t.keys.push(keys);
             t.children.push(ch);
@@ -1361,17 +1376,28 @@ struct FillTask {
 ///
 /// Every slot of every output is written exactly once, in order, by one task (no
 /// zero-fill first).
-fn fill_levels(lv: &Levels<'_>, fd: u8, stop: u8) -> Vec<(Vec<u64>, Vec<i32>, Vec<i32>)> {
+/// Without `fill_batch` (one sample only) the batch arrays stay empty.
+fn fill_levels(
+    lv: &Levels<'_>,
+    fd: u8,
+    stop: u8,
+    fill_batch: bool,
+) -> Vec<(Vec<u64>, Vec<i32>, Vec<i32>)> {
     let levels = (stop - fd) as usize;
     let mut out: Vec<(Vec<u64>, Vec<i32>, Vec<i32>)> = (0..levels)
         .map(|i| {
             let n = lv.nonempty_keys[i].len() * 8;
-            // SAFETY: the tasks below write every slot (their parent ranges cover the level)
+            // SAFETY: the tasks below write every slot (their parent ranges cover the
+            // level); batch is written only when it is filled
             unsafe {
                 (
                     vec_for_overwrite(n),
                     vec_for_overwrite(n),
-                    vec_for_overwrite(n),
+                    if fill_batch {
+                        vec_for_overwrite(n)
+                    } else {
+                        Vec::new()
+                    },
                 )
             }
         })
@@ -1421,6 +1447,9 @@ fn fill_levels(lv: &Levels<'_>, fd: u8, stop: u8) -> Vec<(Vec<u64>, Vec<i32>, Ve
                 *slot = (rank + l as i32) | (l as i32 >> 31);
             }
             rank += byte.count_ones() as i32;
+        }
+        if !fill_batch {
+            return;
         }
         // each sample's parents are contiguous, in sample order, and cover the level
         let mut start = 0usize;
@@ -1789,6 +1818,33 @@ mod tests {
                 let bytes = encode_octree(&t.view(), EncodeOptions { child_order: order }).unwrap();
                 std::fs::write(format!("{dir}/seed{n}.octf"), bytes).unwrap();
                 n += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn unfilled_batch_only_for_one_msb_sample() {
+        let pts: Vec<f32> = (0..3000)
+            .map(|i| ((i * 7919 % 2003) as f32 / 1002.0) - 1.0)
+            .collect();
+        for (splits, order) in [
+            (vec![], ChildOrder::XyzMsb),
+            (vec![400], ChildOrder::XyzMsb),
+            (vec![], ChildOrder::XyzLsb),
+        ] {
+            let t = build(&pts, &splits, 7, 2);
+            let data = encode_octree(&t.view(), EncodeOptions { child_order: order }).unwrap();
+            let full = decode_octree(&data, &DecodeOptions::default()).unwrap();
+            let lean = decode_octree_with(&data, &DecodeOptions::default(), false).unwrap();
+            let skipped = splits.is_empty() && order == ChildOrder::XyzMsb;
+            assert_eq!(lean.tree.keys, full.tree.keys);
+            assert_eq!(lean.tree.children, full.tree.children);
+            for (l, f) in lean.tree.batch.iter().zip(&full.tree.batch) {
+                if skipped {
+                    assert!(l.is_empty() && f.iter().all(|&b| b == 0));
+                } else {
+                    assert_eq!(l, f);
+                }
             }
         }
     }

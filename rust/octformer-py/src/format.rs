@@ -157,25 +157,40 @@ fn rows(v: Vec<f64>, b: usize, w: usize) -> Array2<f64> {
 }
 
 #[pyfunction]
-#[pyo3(signature = (data, max_depth=None, num_threads=None))]
+#[pyo3(signature = (data, max_depth=None, num_threads=None, fill_batch=true))]
 /// Decode OCTF bytes into a dict of numpy arrays (see octformer.format.decode).
+/// With `fill_batch=False` a tree whose batch the decoder left unwritten (one sample)
+/// comes back with `batch` None: every index is 0 and the caller makes the zeros.
 pub fn octf_decode<'py>(
     py: Python<'py>,
     data: &[u8],
     max_depth: Option<u8>,
     num_threads: Option<usize>,
+    fill_batch: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let opts = DecodeOptions {
         max_depth,
         verify_checksums: true,
     };
     let dec: OctfOctree = py.detach(|| {
-        threads::install(num_threads, || guarded(|| octf::decode_octree(data, &opts)))
+        threads::install(num_threads, || {
+            guarded(|| octf::decode_octree_with(data, &opts, fill_batch))
+        })
     })??;
     let out = PyDict::new(py);
     let b = dec.tree.batch_size;
     let m = dec.tree.nnum_nempty(dec.tree.depth as usize);
+    // the decoder fills batch unless it may skip it; an empty level then means skipped
+    let skipped = dec
+        .tree
+        .batch
+        .iter()
+        .zip(&dec.tree.keys)
+        .any(|(b, k)| b.len() != k.len());
     tree_dict(py, dec.tree, &out)?;
+    if skipped {
+        out.set_item("batch", py.None())?;
+    }
     out.set_item("origin", rows(dec.origin, b, 3).into_pyarray(py))?;
     out.set_item("voxel_size", rows(dec.scale, b, 3).into_pyarray(py))?;
     out.set_item(
