@@ -25,12 +25,16 @@ pub(crate) unsafe fn vec_for_overwrite<T: Copy>(n: usize) -> Vec<T> {
     v
 }
 
-/// [`vec_for_overwrite`] with room for `cap` ≥ n items (the rest uninitialised).
+/// [`vec_for_overwrite_huge`] with room for `cap` ≥ n items (the rest uninitialised).
 ///
 /// # Safety
 /// Every element must be written before it is read.
 pub(crate) unsafe fn vec_with_capacity_for_overwrite<T: Copy>(n: usize, cap: usize) -> Vec<T> {
     let mut v: Vec<T> = Vec::with_capacity(cap.max(n));
+    advise_huge(
+        v.as_mut_ptr() as usize,
+        cap.max(n) * std::mem::size_of::<T>(),
+    );
     // SAFETY: capacity ≥ n and T is Copy (no drop); the caller writes before reading.
     unsafe { v.set_len(n) };
     v

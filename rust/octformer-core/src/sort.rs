@@ -9,7 +9,6 @@ use crate::mem::vec_with_capacity_for_overwrite;
 use rayon::prelude::*;
 
 const DIGIT_BITS: u32 = 11;
-const BUCKETS: usize = 1 << DIGIT_BITS;
 /// Below this many items a single chunk is used (thread start-up would dominate).
 const PARALLEL_MIN: usize = 1 << 16;
 
@@ -61,9 +60,17 @@ pub fn radix_sort_spare<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) -> Opt
     if hi <= lo + 2 * DIGIT_BITS {
         return lsd_sort(data, lo, hi);
     }
-    let top = hi - TOP_BITS;
+    // keys of up to 28 bits: a wider leading digit (≤ 15 bits) leaves ≤ 13 bits per
+    // bucket, which the in-cache sort covers in one pass for buckets of ≥ 2048 items
+    // (FlatFormer window keys: 27 bits at 1M tokens, ~10% less sort time than 11 bits)
+    let top_bits = if hi - lo <= 28 {
+        (hi - lo - 13).max(TOP_BITS)
+    } else {
+        TOP_BITS
+    };
+    let top = hi - top_bits;
     let chunks = chunk_count(n);
-    let mask = (1usize << TOP_BITS) - 1;
+    let mask = (1usize << top_bits) - 1;
     // SAFETY: the scatter below writes every index 0..n exactly once
     let mut buf: Vec<T> = unsafe { vec_with_capacity_for_overwrite(n, data.capacity()) };
     let starts = scatter_pass(data, &mut buf, top, mask, chunks, false)
@@ -277,7 +284,7 @@ fn scatter_pass<T: RadixKey>(
 }
 
 fn histogram<T: RadixKey>(items: &[T], shift: u32, mask: usize) -> Vec<u32> {
-    let mut h = vec![0u32; BUCKETS.min(mask + 1)];
+    let mut h = vec![0u32; mask + 1];
     for v in items {
         h[((v.radix_key() >> shift) as usize) & mask] += 1;
     }
@@ -312,16 +319,21 @@ mod tests {
                 state & ((1 << 45) - 1)
             })
             .collect();
-        let mut expected = v.clone();
-        expected.sort_by_key(|x| x >> 5);
-        for threads in [1, 2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let mut got = v.clone();
-            pool.install(|| radix_sort(&mut got, 5, 45));
-            assert_eq!(got, expected, "threads={threads}");
+        // wide keys (11-bit leading digit), 24..28-bit keys (wider leading digit), and
+        // 18 bits (plain LSD); stable: equal keys keep their input order
+        for (lo, hi) in [(5u32, 45u32), (18, 45), (20, 44), (21, 45), (27, 45)] {
+            let mask = (1u64 << (hi - lo)) - 1;
+            let mut expected = v.clone();
+            expected.sort_by_key(|x| (x >> lo) & mask);
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut got = v.clone();
+                pool.install(|| radix_sort(&mut got, lo, hi));
+                assert_eq!(got, expected, "threads={threads}, bits {lo}..{hi}");
+            }
         }
     }
 }
