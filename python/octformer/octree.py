@@ -598,7 +598,7 @@ def build_octree(
         # one sample: every batch index is 0; one calloc'd buffer (no page is touched until
         # read), handed out as a view per depth
         sizes = [k.shape[0] for k in raw["keys"]]
-        zeros = np.zeros(sum(sizes), dtype=np.int32)
+        zeros = _lazy_zeros(sum(sizes))
         ends = np.cumsum(sizes).tolist()
         raw["batch"] = [zeros[e - s : e] for s, e in zip(sizes, ends)]
     leaf_features = None
@@ -625,6 +625,18 @@ def build_octree(
         features=leaf_features,
         normals=leaf_normals,
     )
+
+
+def _lazy_zeros(n: int) -> np.ndarray:
+    """(n,) int32 zeros; large ones on a fresh anonymous mapping, whose pages the kernel
+    zero-fills only when first touched (np.zeros may memset heap memory instead, e.g. after
+    other libraries raised malloc's mmap threshold)."""
+    nbytes = 4 * n
+    if nbytes < 1 << 20:
+        return np.zeros(n, dtype=np.int32)
+    import mmap
+
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=np.int32)
 
 
 def _install_format_methods() -> None:
