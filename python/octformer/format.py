@@ -23,7 +23,7 @@ import numpy as np
 
 from octformer import _core
 from octformer.errors import OctformerError
-from octformer.octree import MAX_DEPTH, Octree, _to_numpy, default_num_threads
+from octformer.octree import MAX_DEPTH, Octree, _to_numpy, _zero_batch_views, default_num_threads
 
 __all__ = [
     "encode",
@@ -148,13 +148,8 @@ def decode(data: Any, *, max_depth: int | None = None, num_threads: int | None =
     raw = _core.octf_decode(
         _as_bytes(data), max_depth=_check_max_depth(max_depth), num_threads=default_num_threads(num_threads), fill_batch=False
     )
-    if raw["batch"] is None:
-        # one sample: every batch index is 0; one calloc'd buffer (no page is touched until
-        # read), handed out as a view per depth
-        sizes = [k.shape[0] for k in raw["keys"]]
-        zeros = np.zeros(sum(sizes), dtype=np.int32)
-        ends = np.cumsum(sizes).tolist()
-        raw["batch"] = [zeros[e - s : e] for s, e in zip(sizes, ends)]
+    if raw["batch"] is None:  # one sample: the decoder left the all-zero batch ids to us
+        raw["batch"] = _zero_batch_views(raw["keys"])
     return _octree_from_dict(raw, raw["origin"], raw["voxel_size"], raw["coords"], raw["features"], raw["normals"])
 
 

@@ -595,12 +595,7 @@ def build_octree(
         fill_batch=batch != 1,
     )
     if raw["batch"] is None:
-        # one sample: every batch index is 0; one calloc'd buffer (no page is touched until
-        # read), handed out as a view per depth
-        sizes = [k.shape[0] for k in raw["keys"]]
-        zeros = _lazy_zeros(sum(sizes))
-        ends = np.cumsum(sizes).tolist()
-        raw["batch"] = [zeros[e - s : e] for s, e in zip(sizes, ends)]
+        raw["batch"] = _zero_batch_views(raw["keys"])
     leaf_features = None
     leaf_normals = None
     if features is not None or normals is not None:
@@ -625,6 +620,15 @@ def build_octree(
         features=leaf_features,
         normals=leaf_normals,
     )
+
+
+def _zero_batch_views(keys: list[np.ndarray]) -> list[np.ndarray]:
+    """Batch ids of a one-sample tree (all 0): one lazily zeroed buffer (no page is touched
+    until read), handed out as a view per depth."""
+    sizes = [k.shape[0] for k in keys]
+    zeros = _lazy_zeros(sum(sizes))
+    ends = np.cumsum(sizes).tolist()
+    return [zeros[e - s : e] for s, e in zip(sizes, ends)]
 
 
 def _lazy_zeros(n: int) -> np.ndarray:
