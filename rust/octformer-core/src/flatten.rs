@@ -624,6 +624,28 @@ fn batch_at(batch: &[i64], i: usize) -> u64 {
     if batch.is_empty() { 0 } else { batch[i] as u64 }
 }
 
+/// A cell moved by the window shift.
+#[inline(always)]
+fn shifted(p: &[i64], sh: &[u64; 3]) -> [u64; 3] {
+    [
+        p[0] as u64 + sh[0],
+        p[1] as u64 + sh[1],
+        p[2] as u64 + sh[2],
+    ]
+}
+
+/// Window index and in-window offset per axis of a shifted cell (any window sizes).
+#[inline(always)]
+fn split_window(q: [u64; 3], w: &[u64; 3], div: &[FastDiv; 3]) -> ([u64; 3], [u64; 3]) {
+    let win = [div[0].div(q[0]), div[1].div(q[1]), div[2].div(q[2])];
+    let off = [
+        q[0] - win[0] * w[0],
+        q[1] - win[1] * w[1],
+        q[2] - win[2] * w[2],
+    ];
+    (win, off)
+}
+
 /// The packed 64-bit window key, branch-free: a reversal is an xor with the field's
 /// all-ones mask (order-equivalent to `max − v` within the field's width).
 #[derive(Clone, Copy)]
@@ -642,11 +664,7 @@ impl FastKey {
     #[inline(always)]
     /// `POW2`: every window size is a power of two (`log2` holds the exponents).
     fn key<const AXIS_X: bool, const POW2: bool>(&self, p: &[i64], b: u64) -> u64 {
-        let q = [
-            p[0] as u64 + self.sh[0],
-            p[1] as u64 + self.sh[1],
-            p[2] as u64 + self.sh[2],
-        ];
+        let q = shifted(p, &self.sh);
         let (win, off) = if POW2 {
             let l = self.log2;
             (
@@ -658,17 +676,7 @@ impl FastKey {
                 ],
             )
         } else {
-            let win = [
-                self.div[0].div(q[0]),
-                self.div[1].div(q[1]),
-                self.div[2].div(q[2]),
-            ];
-            let off = [
-                q[0] - win[0] * self.w[0],
-                q[1] - win[1] * self.w[1],
-                q[2] - win[2] * self.w[2],
-            ];
-            (win, off)
+            split_window(q, &self.w, &self.div)
         };
         let (wa, wc, oa, oc) = if AXIS_X {
             (win[1], win[0], off[1], off[0])
@@ -708,21 +716,7 @@ impl WindowKey {
     #[inline(always)]
     fn fields(&self, p: &[i64], b: u64) -> [u64; 7] {
         let (a, c) = (self.a, self.c);
-        let q = [
-            p[0] as u64 + self.sh[0],
-            p[1] as u64 + self.sh[1],
-            p[2] as u64 + self.sh[2],
-        ];
-        let win = [
-            self.div[0].div(q[0]),
-            self.div[1].div(q[1]),
-            self.div[2].div(q[2]),
-        ];
-        let off = [
-            q[0] - win[0] * self.w[0],
-            q[1] - win[1] * self.w[1],
-            q[2] - win[2] * self.w[2],
-        ];
+        let (win, off) = split_window(shifted(p, &self.sh), &self.w, &self.div);
         let odd_row = win[a] & 1 == 1;
         let wc = if odd_row {
             self.max_wc - win[c]
