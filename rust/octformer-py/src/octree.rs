@@ -70,7 +70,7 @@ pub fn build_octree<'py>(
         Points::F32(p) => {
             let s = points_slice(p)?;
             py.detach(|| {
-                threads::install(num_threads, || {
+                threads::install_for(num_threads, s.len() / 3, || {
                     guarded(|| core_build(s, &offs, &boxes, opts, fill_batch || b != 1))
                 })
             })??
@@ -78,7 +78,7 @@ pub fn build_octree<'py>(
         Points::F64(p) => {
             let s = points_slice(p)?;
             py.detach(|| {
-                threads::install(num_threads, || {
+                threads::install_for(num_threads, s.len() / 3, || {
                     guarded(|| core_build(s, &offs, &boxes, opts, fill_batch || b != 1))
                 })
             })??
@@ -137,11 +137,19 @@ pub fn bounds<'py>(
     let res = match &points {
         Points::F32(p) => {
             let s = points_slice(p)?;
-            py.detach(|| threads::install(num_threads, || guarded(|| sample_bounds(s, &offs))))??
+            py.detach(|| {
+                threads::install_for(num_threads, s.len() / 3, || {
+                    guarded(|| sample_bounds(s, &offs))
+                })
+            })??
         }
         Points::F64(p) => {
             let s = points_slice(p)?;
-            py.detach(|| threads::install(num_threads, || guarded(|| sample_bounds(s, &offs))))??
+            py.detach(|| {
+                threads::install_for(num_threads, s.len() / 3, || {
+                    guarded(|| sample_bounds(s, &offs))
+                })
+            })??
         }
     };
     let b = res.len();
@@ -201,7 +209,7 @@ pub fn average_leaf_values<'py>(
         .as_slice()
         .map_err(|_| OctformerError::new_err("values: expected a C-contiguous array"))?;
     let out = py.detach(|| {
-        threads::install(num_threads, || {
+        threads::install_for(num_threads, leaf.len(), || {
             guarded(|| average_per_leaf(v, c, leaf, num_leaves, normalize))
         })
     })??;
@@ -287,7 +295,7 @@ pub fn neighbors_step<'py>(
     let pc = slice1(&parent_children, "parent_children")?;
     let c = slice1(&children, "children")?;
     let table = py.detach(|| {
-        threads::install(num_threads, || {
+        threads::install_for(num_threads, c.len(), || {
             guarded(|| octformer_core::neighbors::step(parent, pc, c, rows_all, entries_all))
         })
     })??;

@@ -65,6 +65,21 @@ fn pool(n: usize) -> PyResult<Arc<rayon::ThreadPool>> {
     Ok(p)
 }
 
+/// Below this many items (points) a call runs inline on the calling thread whatever the
+/// thread count: waking a second thread costs more than it saves (a 4,096-point build took
+/// 0.25 ms on 1 thread and 0.6 ms on 2). Results never depend on the thread count.
+pub const SMALL_WORK: usize = 1 << 16;
+
+/// [`install`] for a call over `items` work items: small calls run inline.
+pub fn install_for<R: Send>(
+    num_threads: Option<usize>,
+    items: usize,
+    f: impl FnOnce() -> R + Send,
+) -> PyResult<R> {
+    let n = resolve(num_threads)?;
+    install(Some(if items < SMALL_WORK { 1 } else { n }), f)
+}
+
 /// Run `f` on a pool of `num_threads` (resolved as in [`resolve`]).
 pub fn install<R: Send>(num_threads: Option<usize>, f: impl FnOnce() -> R + Send) -> PyResult<R> {
     let n = resolve(num_threads)?;
