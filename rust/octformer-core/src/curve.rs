@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use crate::error::{CoreError, Result};
-use crate::mem::SendPtr;
+use crate::mem::{SendPtr, u64_vec_as_i64, vec_for_overwrite_huge};
 use crate::morton;
 use crate::sort::radix_sort;
 
@@ -645,6 +645,12 @@ pub struct Serialized {
     pub inverse: Vec<i64>,
 }
 
+/// Codes as int64 without a copy (codes have at most 63 bits: depth ≤ 21).
+pub fn codes_as_i64(codes: Vec<u64>) -> Vec<i64> {
+    debug_assert!(codes.iter().all(|&c| c < 1 << 63));
+    u64_vec_as_i64(codes)
+}
+
 /// Serialize (N, 3) grid coordinates in every order; sorts by (batch, code) when a batch
 /// vector is given (no bit budget: batch and code are sorted as separate keys if needed).
 pub fn serialize(
@@ -673,9 +679,12 @@ pub fn serialize(
         None => None,
     };
     let o = orders.len();
-    let mut codes = vec![0u64; o * n];
-    let mut perm = vec![0i64; o * n];
-    let mut inverse = vec![0i64; o * n];
+    // SAFETY (all four): every element is written before it is read — codes by
+    // `encode_into` (all chunks), perm and inverse by `perm_and_inverse_into` (perm
+    // fully, inverse at every slot of a permutation), items by the packing loop below.
+    let mut codes: Vec<u64> = unsafe { vec_for_overwrite_huge(o * n) };
+    let mut perm: Vec<i64> = unsafe { vec_for_overwrite_huge(o * n) };
+    let mut inverse: Vec<i64> = unsafe { vec_for_overwrite_huge(o * n) };
     let mut items_buf: Vec<u64> = Vec::new();
     for (k, &order) in orders.iter().enumerate() {
         let row = &mut codes[k * n..(k + 1) * n];
@@ -692,8 +701,10 @@ pub fn serialize(
             // inverse written straight from the sorted words
             let row = &*row;
             // reused across orders: a fresh 8 MB buffer per order costs page faults
+            if items_buf.len() != n {
+                items_buf = unsafe { vec_for_overwrite_huge(n) };
+            }
             let items = &mut items_buf;
-            items.resize(n, 0);
             items
                 .par_chunks_mut(CHUNK)
                 .enumerate()

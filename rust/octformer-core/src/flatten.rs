@@ -718,7 +718,7 @@ fn f64_window_split_is_exact() {
     for w in (1u64..70).chain([1 << 21, (1 << 21) - 1, 1_000_003, 13, 9]) {
         let ws = [w; 3];
         let inv = [1.0 / w as f64; 3];
-        let mut check = |q: u64| {
+        let check = |q: u64| {
             let (win, off) = split_window_f64([q; 3], &ws, &inv);
             assert_eq!((win[0], off[0]), (q / w, q % w), "{q} / {w}");
         };

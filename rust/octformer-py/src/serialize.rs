@@ -80,7 +80,7 @@ pub fn serialize<'py>(
         })
     })??;
     let o = s.orders.len();
-    let codes: Vec<i64> = s.codes.into_iter().map(|v| v as i64).collect();
+    let codes = curve::codes_as_i64(s.codes);
     Ok((
         rows(py, codes, o, n),
         rows(py, s.perm, o, n),
