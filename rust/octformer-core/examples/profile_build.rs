@@ -1,17 +1,20 @@
-//! Phase timing of the octree build on a raw float32 (N, 3) file: `cargo run --release --example profile_build FILE DEPTH`.
+//! Timing of the octree build on a raw float32 (N, 3) file:
+//! `cargo run --release --example profile_build FILE DEPTH`; with `--once`, a single
+//! 1-thread build for instruction counts
+//! (`valgrind --tool=callgrind target/release/examples/profile_build FILE DEPTH --once`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use octformer_core::{BuildOptions, SampleBox, build_octree};
 use std::time::Instant;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{cpu_ms, read_f32_points};
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let bytes = std::fs::read(&args[1]).expect("read points file");
     let depth: u8 = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(10);
-    let pts: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let pts = read_f32_points(&args[1]);
     let n = pts.len() / 3;
     let (mut lo, mut hi) = ([f64::MAX; 3], [f64::MIN; 3]);
     for i in 0..n {
@@ -26,6 +29,20 @@ fn main() {
         origin: lo,
         cell: [cell; 3],
     };
+    let opts = BuildOptions {
+        depth,
+        full_depth: 2,
+        clip: true,
+    };
+    if args.iter().any(|a| a == "--once") {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let t = pool.install(|| build_octree(&pts, &[0, n], &[bx], opts).unwrap());
+        println!("leaves {}", t.nnum_nempty(depth as usize));
+        return;
+    }
     for threads in [1, 2] {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -36,19 +53,7 @@ fn main() {
         for _ in 0..15 {
             let t0 = Instant::now();
             let c0 = cpu_ms();
-            let t = pool.install(|| {
-                build_octree(
-                    &pts,
-                    &[0, n],
-                    &[bx],
-                    BuildOptions {
-                        depth,
-                        full_depth: 2,
-                        clip: true,
-                    },
-                )
-                .unwrap()
-            });
+            let t = pool.install(|| build_octree(&pts, &[0, n], &[bx], opts).unwrap());
             cpu.push(cpu_ms() - c0);
             times.push(t0.elapsed().as_secs_f64() * 1e3);
             std::hint::black_box(t);
@@ -62,14 +67,4 @@ fn main() {
             cpu[cpu.len() / 2]
         );
     }
-}
-
-/// Process CPU time in ms (robust to other load on a shared machine, for 1-thread runs).
-fn cpu_ms() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
 }

@@ -3,25 +3,14 @@
 //!
 //! Prints wall and process-CPU medians of the whole plan, of the window order alone
 //! (key pass + sort) and of a plain radix sort of the same number of random words, at 1
-//! and 2 threads. System allocator (as in the Python extension), so page faults count.
+//! and 2 threads. System allocator (the Python extension uses mimalloc), so page faults count.
 use octformer_core::flatten::{Axis, flatten, window_order};
 use octformer_core::sort::radix_sort;
 use std::time::Instant;
 
-fn cpu_ms() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
+#[path = "support/mod.rs"]
+mod support;
+use support::{cpu_ms, median};
 
 fn time<R>(runs: usize, mut f: impl FnMut() -> R) -> (f64, f64, f64) {
     let (mut wall, mut cpu) = (Vec::new(), Vec::new());

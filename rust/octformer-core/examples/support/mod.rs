@@ -1,0 +1,28 @@
+//! Helpers shared by the profiling examples (`#[path = "support/mod.rs"] mod support;`).
+#![allow(dead_code)]
+
+/// Process CPU time in ms (robust to other load on a shared machine, for 1-thread runs).
+pub fn cpu_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
+
+/// Median of a sample (sorts it).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// A raw little-endian float32 (N, 3) file, flattened.
+pub fn read_f32_points(path: &str) -> Vec<f32> {
+    std::fs::read(path)
+        .expect("read points file")
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
