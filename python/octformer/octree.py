@@ -475,12 +475,8 @@ def _cylindrical(pts: np.ndarray) -> np.ndarray:
 def _parse_bbox(bbox: Any, batch: int) -> tuple[np.ndarray, np.ndarray]:
     try:
         lo, hi = bbox
-        if batch == 1:  # the common single-cloud case without broadcasting machinery
-            lo = np.array(lo, dtype=np.float64).reshape(1, 3)
-            hi = np.array(hi, dtype=np.float64).reshape(1, 3)
-        else:
-            lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), (batch, 3)).copy()
-            hi = np.broadcast_to(np.asarray(hi, dtype=np.float64), (batch, 3)).copy()
+        lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), (batch, 3)).copy()
+        hi = np.broadcast_to(np.asarray(hi, dtype=np.float64), (batch, 3)).copy()
     except (TypeError, ValueError) as exc:
         raise OctformerError(f"bbox: expected 'auto' or (min_xyz, max_xyz) with 3 values each, got {bbox!r}") from exc
     if not (np.isfinite(lo).all() and np.isfinite(hi).all()) or (hi <= lo).any():
