@@ -422,3 +422,103 @@ def test_neighbor_cache_order_does_not_matter(clouds, depth, order):
         got = tt.neighbors(d, ne)
         assert type(got).__module__.startswith("torch")
         np.testing.assert_array_equal(got.numpy(), want[(d, ne)])
+
+
+# ------------------------------------------------------------------ single-cloud fast path
+
+
+def _general_path(pts: np.ndarray, depth: int, full_depth: int, bbox, clip: bool) -> octformer.Octree:
+    """The same build through the general path (offsets given, so the fast path is not taken)."""
+    return octformer.build_octree(
+        pts, depth, full_depth=full_depth, bbox=bbox, clip=clip, offsets=np.array([0, len(pts)])
+    )
+
+
+@HYP
+@given(
+    pts=cloud(min_points=0),
+    dfd=depth_pairs,
+    box=st.sampled_from(["none", "auto", "tuple", "arrays", "list-of-arrays"]),
+    clip=st.booleans(),
+)
+def test_single_cloud_fast_path_equals_general_path(pts, dfd, box, clip):
+    depth, full_depth = dfd
+    calls = []
+    real = octformer.octree._core.build_single
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(out is not None)
+        return out
+
+    if box in ("none", "auto"):
+        bbox = None if box == "none" else "auto"
+    else:
+        lo = (pts.min(axis=0) if len(pts) else np.zeros(3)) - 1.0
+        hi = (pts.max(axis=0) if len(pts) else np.zeros(3)) + 1.0
+        bbox = {"tuple": (tuple(map(float, lo)), tuple(map(float, hi))), "arrays": (lo, hi), "list-of-arrays": [lo, hi]}[box]
+    octformer.octree._core.build_single = spy
+    try:
+        fast = octformer.build_octree(pts, depth, full_depth=full_depth, bbox=bbox, clip=clip)
+    finally:
+        octformer.octree._core.build_single = real
+    assert calls == [True]  # the fast path built it
+    general = _general_path(pts, depth, full_depth, bbox, clip)
+    assert fast == general
+    for d in range(depth + 1):
+        assert fast.keys[d].dtype == np.int64 and fast.children[d].dtype == np.int32 and fast.batch[d].dtype == np.int32
+    assert fast.origin.dtype == np.float64 and fast.origin.shape == (1, 3) and fast.voxel_size.shape == (1, 3)
+    assert pickle.loads(pickle.dumps(fast)) == fast
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["float16", "strided", "big-endian", "broadcast-box", "scalar-box", "box-min-above-max", "nan-box", "bad-box-string"],
+)
+def test_single_cloud_fast_path_declines_and_the_general_path_decides(case):
+    rng = np.random.default_rng(5)
+    pts = rng.uniform(-1, 1, (200, 3))
+    bbox = ((-2.0, -2.0, -2.0), (2.0, 2.0, 2.0))
+    raises = False
+    if case == "float16":
+        pts = pts.astype(np.float16)
+    elif case == "strided":
+        pts = np.asfortranarray(pts)
+    elif case == "big-endian":
+        pts = pts.astype(">f8")
+    elif case == "broadcast-box":
+        bbox = (np.full((1, 3), -2.0), np.full((1, 3), 2.0))
+    elif case == "scalar-box":
+        bbox = (-2.0, 2.0)
+    elif case == "box-min-above-max":
+        bbox, raises = ((2.0, -2.0, -2.0), (-2.0, 2.0, 2.0)), True
+    elif case == "nan-box":
+        bbox, raises = ((np.nan, -2.0, -2.0), (2.0, 2.0, 2.0)), True
+    else:
+        bbox, raises = "tight", True
+    assert octformer.octree._core.build_single(pts, 6, 2, bbox, False, None) is None
+    if raises:
+        with pytest.raises(octformer.OctformerError, match="bbox"):
+            octformer.build_octree(pts, 6, bbox=bbox)
+        return
+    t = octformer.build_octree(pts, 6, bbox=bbox)
+    ref = octformer.build_octree(np.ascontiguousarray(pts, dtype=np.float64 if pts.dtype != np.float16 else np.float32), 6,
+                                 bbox=((-2.0, -2.0, -2.0), (2.0, 2.0, 2.0)))
+    assert t == ref
+
+
+def test_single_cloud_batch_ids_small_and_lazily_mapped_buffers():
+    """Batch ids come from a native zero buffer (small trees) or a lazily zeroed mapping (large
+    ones): zeros either way, writable, and never shared between two trees."""
+    rng = np.random.default_rng(9)
+    for n, depth in ((500, 6), (60_000, 10)):  # ~10^4 nodes (< 1 MiB of ids) and ~5·10^5 (more)
+        pts = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
+        a, b = octformer.build_octree(pts, depth), octformer.build_octree(pts, depth)
+        total = int(a.nnum.sum())
+        assert (total * 4 >= octformer.octree.LAZY_ZEROS_MIN_BYTES) == (n == 60_000)
+        for d in range(depth + 1):
+            assert a.batch[d].shape == a.keys[d].shape and not a.batch[d].any()
+            assert a.batch[d].flags.writeable
+        a.batch[depth][:] = 7
+        assert not b.batch[depth].any() and not a.batch[depth - 1].any()
+        assert b == _general_path(pts, depth, 2, None, False)

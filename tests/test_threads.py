@@ -90,7 +90,17 @@ def test_gil_probe_tells_holding_from_releasing():
 
 
 def test_build_releases_the_gil():
-    _retry(_core.build_octree, lambda n: (lambda p=cloud(n): octformer.build_octree(p, 12, num_threads=2)))
+    # one numpy cloud takes the single-call fast path (box, checks and build in one native call)
+    _retry(_core.build_single, lambda n: (lambda p=cloud(n): octformer.build_octree(p, 12, num_threads=2)))
+
+
+def test_batch_build_releases_the_gil():
+    def make(n):
+        p = cloud(n)
+        offsets = np.array([0, n // 3, n])
+        return lambda: octformer.build_octree(p, 12, offsets=offsets, num_threads=2)
+
+    _retry(_core.build_octree, make)
 
 
 def test_neighbors_release_the_gil():

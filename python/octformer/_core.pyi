@@ -21,6 +21,26 @@ def build_octree(
     num_threads: int | None = None,
     fill_batch: bool = True,
 ) -> dict[str, object]: ...
+def build_single(
+    points: object,
+    depth: int,
+    full_depth: int,
+    bbox: object,
+    clip: bool = False,
+    num_threads: int | None = None,
+) -> (
+    tuple[
+        list[npt.NDArray[np.int64]],
+        list[npt.NDArray[np.int32]],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.float64],
+        npt.NDArray[np.float64],
+        npt.NDArray[np.int32] | None,
+    ]
+    | None
+): ...
 def bounds(
     points: npt.NDArray[np.float32] | npt.NDArray[np.float64],
     offsets: npt.NDArray[np.int64],

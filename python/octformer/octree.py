@@ -516,6 +516,20 @@ def build_octree(
         num_threads: native threads (default ``OCTFORMER_NUM_THREADS`` or all cores; 1
             inside DataLoader workers).
     """
+    if (
+        type(points) is np.ndarray
+        and offsets is None
+        and features is None
+        and normals is None
+        and voxel_size is None
+        and coords == "cartesian"
+        and type(full_depth) is int
+        and full_depth >= 0
+        and (depth is None or (type(depth) is int and 1 <= depth <= MAX_DEPTH))
+    ):
+        tree = _build_single(points, DEFAULT_DEPTH if depth is None else depth, full_depth, bbox, clip, num_threads)
+        if tree is not None:
+            return tree
     pts, o3d_normals = _as_points(points)
     if normals is None:
         normals = o3d_normals
@@ -618,13 +632,37 @@ def build_octree(
     )
 
 
-def _zero_batch_views(keys: list[np.ndarray]) -> list[np.ndarray]:
-    """Batch ids of a one-sample tree (all 0): one lazily zeroed buffer (no page is touched
-    until read), handed out as a view per depth."""
+def _build_single(points: np.ndarray, depth: int, full_depth: int, bbox: Any, clip: bool, num_threads: int | None) -> Octree | None:
+    """The common call (one numpy cloud, no features/normals/offsets) in one native call that
+    makes the box, checks the points and builds; None when the native side finds the call is
+    not of that form (e.g. a non-contiguous or float16 array, a broadcast box, an invalid
+    box): the general path then builds the same tree or raises."""
+    raw = _core.build_single(points, depth, min(full_depth, depth), bbox, bool(clip), default_num_threads(num_threads))
+    if raw is None:
+        return None
+    keys, children, batch_nnum, batch_nnum_nempty, point_leaf, origin, voxel_size, zeros = raw
+    return Octree(
+        depth, min(full_depth, depth), 1, keys, children, _zero_batch_views(keys, zeros),
+        batch_nnum, batch_nnum_nempty, point_leaf, origin, voxel_size,
+    )
+
+
+def _zero_batch_views(keys: list[np.ndarray], zeros: np.ndarray | None = None) -> list[np.ndarray]:
+    """Batch ids of a one-sample tree (all 0): one zero buffer (``zeros`` when given, else
+    lazily zeroed: no page is touched until read), handed out as a view per depth."""
     sizes = [k.shape[0] for k in keys]
-    zeros = _lazy_zeros(sum(sizes))
-    ends = np.cumsum(sizes).tolist()
-    return [zeros[e - s : e] for s, e in zip(sizes, ends)]
+    if zeros is None:
+        zeros = _lazy_zeros(sum(sizes))
+    views, end = [], 0
+    for size in sizes:
+        views.append(zeros[end : end + size])
+        end += size
+    return views
+
+
+# zero buffers at least this large are fresh anonymous mappings (the native build_single
+# makes smaller ones itself; keep its LAZY_ZEROS_MIN_BYTES equal)
+LAZY_ZEROS_MIN_BYTES = 1 << 20
 
 
 def _lazy_zeros(n: int) -> np.ndarray:
@@ -632,7 +670,7 @@ def _lazy_zeros(n: int) -> np.ndarray:
     zero-fills only when first touched (np.zeros may memset heap memory instead, e.g. after
     other libraries raised malloc's mmap threshold)."""
     nbytes = 4 * n
-    if nbytes < 1 << 20:
+    if nbytes < LAZY_ZEROS_MIN_BYTES:
         return np.zeros(n, dtype=np.int32)
     import mmap
 

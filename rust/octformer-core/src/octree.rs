@@ -259,7 +259,7 @@ impl Item for u64 {
     #[inline]
     fn sort_small(v: &mut [Self]) {
         // the index sits in the low bits, so the whole value orders by (key, index)
-        v.sort_unstable();
+        sort_tiny_or(v, <[Self]>::sort_unstable);
     }
 }
 
@@ -278,7 +278,26 @@ impl Item for (u64, u32) {
     }
     #[inline]
     fn sort_small(v: &mut [Self]) {
-        v.sort_unstable();
+        sort_tiny_or(v, <[Self]>::sort_unstable);
+    }
+}
+
+/// Insertion sort inline for the few items of a typical bucket (a call into the standard
+/// sort cost more than the sorting there: ~4 items per bucket for a 4,096-point cloud),
+/// else `sort`.
+#[inline(always)]
+fn sort_tiny_or<T: Ord + Copy>(v: &mut [T], sort: impl FnOnce(&mut [T])) {
+    if v.len() > 16 {
+        return sort(v);
+    }
+    for i in 1..v.len() {
+        let x = v[i];
+        let mut j = i;
+        while j > 0 && v[j - 1] > x {
+            v[j] = v[j - 1];
+            j -= 1;
+        }
+        v[j] = x;
     }
 }
 
@@ -908,11 +927,16 @@ fn split_level(level: &[u64]) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
             .zip(c.chunks_exact_mut(8))
         {
             let parent = part[i] >> 3;
-            let mut row = [-1i32; 8];
+            let first = (a + i) as i32;
+            // which of the 8 children exist, kept in a register: the row comes from a
+            // table below (scalar stores into a stack row followed by a vector load of it
+            // stalled on store forwarding)
+            let mut mask = 0usize;
             while i < part.len() && part[i] >> 3 == parent {
-                row[(part[i] & 7) as usize] = (a + i) as i32;
+                mask |= 1 << (part[i] & 7);
                 i += 1;
             }
+            let row = child_row(mask, first);
             *pj = parent;
             let base = parent << 3;
             let keys: [u64; 8] = std::array::from_fn(|c8| base | c8 as u64);
@@ -937,6 +961,35 @@ fn split_level(level: &[u64]) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
         jobs.into_par_iter().for_each(job);
     }
     (kd, cd, parents)
+}
+
+/// `CHILD_RANKS[m][c]`: for an occupancy mask `m` of a parent's 8 children, child c's rank
+/// among the occupied ones, or -1 when c is empty.
+static CHILD_RANKS: [[i32; 8]; 256] = child_ranks();
+
+const fn child_ranks() -> [[i32; 8]; 256] {
+    let mut t = [[-1i32; 8]; 256];
+    let mut m = 0;
+    while m < 256 {
+        let (mut c, mut r) = (0, 0);
+        while c < 8 {
+            if (m >> c) & 1 == 1 {
+                t[m][c] = r;
+                r += 1;
+            }
+            c += 1;
+        }
+        m += 1;
+    }
+    t
+}
+
+/// One parent's children row: `first + rank` for occupied children, -1 for empty ones
+/// (`(rank + first) | (rank >> 31)`: the sign mask turns empty slots into -1).
+#[inline(always)]
+fn child_row(mask: usize, first: i32) -> [i32; 8] {
+    let t = &CHILD_RANKS[mask & 255];
+    std::array::from_fn(|c| t[c].wrapping_add(first) | (t[c] >> 31))
 }
 
 /// Level outputs at least this large are written with streaming (non-temporal) stores.

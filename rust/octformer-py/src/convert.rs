@@ -31,3 +31,20 @@ pub fn keys_to_numpy<'py>(py: Python<'py>, v: Vec<u64>) -> Bound<'py, numpy::PyA
     let v = unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut i64, v.len(), v.capacity()) };
     numpy::IntoPyArray::into_pyarray(v, py)
 }
+
+/// Borrow a C-contiguous (row-major) 2-D array as a flat slice or raise naming the argument.
+/// (`as_slice` alone also accepts Fortran order, whose flat order is column-major.)
+pub fn c_slice2<'a, T: numpy::Element>(
+    a: &'a numpy::PyReadonlyArray2<'_, T>,
+    name: &str,
+) -> PyResult<&'a [T]> {
+    if !a.is_c_contiguous() {
+        return Err(OctformerError::new_err(format!(
+            "{name}: expected a C-contiguous array, got strides {:?}",
+            a.strides()
+        )));
+    }
+    a.as_slice().map_err(|_| {
+        OctformerError::new_err(format!("{name}: expected an aligned C-contiguous array"))
+    })
+}

@@ -4,11 +4,11 @@ use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use octformer_core::neighbors::neighbors_from_levels;
 use octformer_core::octree::{average_per_leaf, build_octree_with as core_build, sample_bounds};
-use octformer_core::{BuildOptions, SampleBox};
+use octformer_core::{BuildOptions, Octree, SampleBox};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use crate::convert::{as_u64, keys_to_numpy, slice1};
+use crate::convert::{as_u64, c_slice2, keys_to_numpy, slice1};
 use crate::errors::{OctformerError, guarded};
 use crate::threads;
 
@@ -84,34 +84,135 @@ pub fn build_octree<'py>(
             })??
         }
     };
-    let d = tree.depth as usize;
+    let arrays = tree_arrays(py, tree, fill_batch || b != 1)?;
     let out = PyDict::new(py);
+    out.set_item("batch_nnum", arrays.batch_nnum)?;
+    out.set_item("batch_nnum_nempty", arrays.batch_nnum_nempty)?;
+    out.set_item("keys", arrays.keys)?;
+    out.set_item("children", arrays.children)?;
+    out.set_item("batch", arrays.batch)?;
+    out.set_item("point_leaf", arrays.point_leaf)?;
+    Ok(out)
+}
+
+/// A built tree's arrays as numpy (moved, not copied); `batch` is None unless `with_batch`.
+struct TreeArrays<'py> {
+    keys: Bound<'py, PyList>,
+    children: Bound<'py, PyList>,
+    batch: Bound<'py, PyAny>,
+    batch_nnum: Bound<'py, PyArray2<i64>>,
+    batch_nnum_nempty: Bound<'py, PyArray2<i64>>,
+    point_leaf: Bound<'py, numpy::PyArray1<i64>>,
+}
+
+fn tree_arrays(py: Python<'_>, tree: Octree, with_batch: bool) -> PyResult<TreeArrays<'_>> {
+    let d = tree.depth as usize;
     let nnum = Array2::from_shape_fn((d + 1, tree.batch_size), |(i, j)| {
         tree.batch_nnum[i][j] as i64
     });
     let nnum_ne = Array2::from_shape_fn((d + 1, tree.batch_size), |(i, j)| {
         tree.batch_nnum_nempty[i][j] as i64
     });
-    out.set_item("batch_nnum", nnum.into_pyarray(py))?;
-    out.set_item("batch_nnum_nempty", nnum_ne.into_pyarray(py))?;
-    out.set_item(
-        "keys",
-        PyList::new(py, tree.keys.into_iter().map(|k| keys_to_numpy(py, k)))?,
-    )?;
-    out.set_item(
-        "children",
-        PyList::new(py, tree.children.into_iter().map(|c| c.into_pyarray(py)))?,
-    )?;
-    if fill_batch || b != 1 {
-        out.set_item(
-            "batch",
-            PyList::new(py, tree.batch.into_iter().map(|c| c.into_pyarray(py)))?,
-        )?;
+    let batch = if with_batch {
+        PyList::new(py, tree.batch.into_iter().map(|c| c.into_pyarray(py)))?.into_any()
     } else {
-        out.set_item("batch", py.None())?;
-    }
-    out.set_item("point_leaf", tree.point_leaf.into_pyarray(py))?;
-    Ok(out)
+        py.None().into_bound(py)
+    };
+    Ok(TreeArrays {
+        keys: PyList::new(py, tree.keys.into_iter().map(|k| keys_to_numpy(py, k)))?,
+        children: PyList::new(py, tree.children.into_iter().map(|c| c.into_pyarray(py)))?,
+        batch,
+        batch_nnum: nnum.into_pyarray(py),
+        batch_nnum_nempty: nnum_ne.into_pyarray(py),
+        point_leaf: tree.point_leaf.into_pyarray(py),
+    })
+}
+
+/// `octformer.octree.LAZY_ZEROS_MIN_BYTES`: zero buffers this large are fresh mappings.
+const LAZY_ZEROS_MIN_BYTES: usize = 1 << 20;
+
+/// Fast path of `octformer.build_octree` for its common call: one float32/float64 C-contiguous
+/// (N, 3) numpy cloud, a box that is None/"auto" or two 3-value sequences of finite floats
+/// with min < max, no features/normals/offsets. One native call: box, checks, build.
+///
+/// Returns None when the call is not of that form (or a box would be rejected): the Python
+/// wrapper then takes its general path, which has the same results and raises the errors.
+/// Else `(keys, children, batch_nnum, batch_nnum_nempty, point_leaf, origin (1, 3),
+/// voxel_size (1, 3), zeros)`: `zeros` is an int32 zero array of the total node count for
+/// the caller to hand out as per-depth batch-id views, or None when that is at least
+/// `LAZY_ZEROS_MIN_BYTES` (the caller maps lazily zeroed pages instead).
+#[pyfunction]
+#[pyo3(signature = (points, depth, full_depth, bbox, clip=false, num_threads=None))]
+pub fn build_single<'py>(
+    py: Python<'py>,
+    points: &Bound<'py, PyAny>,
+    depth: u8,
+    full_depth: u8,
+    bbox: &Bound<'py, PyAny>,
+    clip: bool,
+    num_threads: Option<usize>,
+) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    let Ok(points) = points.extract::<Points>() else {
+        return Ok(None);
+    };
+    let explicit = if bbox.is_none() {
+        None
+    } else if let Ok(s) = bbox.cast::<PyString>() {
+        if s.to_cow()? != "auto" {
+            return Ok(None);
+        }
+        None
+    } else {
+        // (min_xyz, max_xyz) as any 2-sequence of 3-sequences (tuples, lists, arrays)
+        match bbox.extract::<Vec<[f64; 3]>>().as_deref() {
+            Ok(&[lo, hi])
+                if (0..3).all(|a| lo[a].is_finite() && hi[a].is_finite() && lo[a] < hi[a]) =>
+            {
+                Some((lo, hi))
+            }
+            _ => return Ok(None),
+        }
+    };
+    let side = (1u64 << depth.min(63)) as f64;
+    let opts = BuildOptions {
+        depth,
+        full_depth,
+        // an auto box holds every point by construction; clipping only absorbs rounding
+        clip: clip || explicit.is_none(),
+    };
+    let built = match &points {
+        Points::F32(p) => single_native(py, p, explicit, side, opts, num_threads)?,
+        Points::F64(p) => single_native(py, p, explicit, side, opts, num_threads)?,
+    };
+    // None: not C-contiguous (N, 3) points, or an auto box the general path rejects
+    let Some((tree, bx)) = built else {
+        return Ok(None);
+    };
+    let total: usize = tree.keys.iter().map(Vec::len).sum();
+    // below LAZY_ZEROS_MIN_BYTES the batch ids come from here, zeroed in memory this
+    // allocator keeps mapped (numpy's calloc of a few 100 KiB faulted fresh pages in every
+    // call); larger ones from the caller's lazily zeroed mapping
+    let zeros = if total * 4 < LAZY_ZEROS_MIN_BYTES {
+        vec![0i32; total].into_pyarray(py).into_any()
+    } else {
+        py.None().into_bound(py)
+    };
+    let a = tree_arrays(py, tree, false)?;
+    let origin = Array2::from_shape_vec((1, 3), bx.origin.to_vec()).expect("shape");
+    let cells = Array2::from_shape_vec((1, 3), bx.cell.to_vec()).expect("shape");
+    Ok(Some(PyTuple::new(
+        py,
+        [
+            a.keys.into_any(),
+            a.children.into_any(),
+            a.batch_nnum.into_any(),
+            a.batch_nnum_nempty.into_any(),
+            a.point_leaf.into_any(),
+            origin.into_pyarray(py).into_any(),
+            cells.into_pyarray(py).into_any(),
+            zeros,
+        ],
+    )?))
 }
 
 #[pyfunction]
@@ -163,6 +264,67 @@ pub fn bounds<'py>(
     ))
 }
 
+/// build_single's native work for one precision, without the GIL; None when the points are
+/// not a C-contiguous (N, 3) array (or, inner None, an auto box the general path rejects).
+fn single_native<T: octformer_core::octree::Coord + numpy::Element>(
+    py: Python<'_>,
+    p: &PyReadonlyArray2<'_, T>,
+    explicit: Option<([f64; 3], [f64; 3])>,
+    side: f64,
+    opts: BuildOptions,
+    num_threads: Option<usize>,
+) -> PyResult<Option<(Octree, SampleBox)>> {
+    let Ok(s) = points_slice(p) else {
+        return Ok(None);
+    };
+    py.detach(|| {
+        threads::install_for(num_threads, s.len() / 3, || {
+            guarded(|| single_tree(s, explicit, side, opts))
+        })
+    })?
+}
+
+/// One cloud's box (explicit, or the auto cube computed exactly as the general path does)
+/// and tree; None for an auto box of coordinates beyond f64::MAX / 4 (the general path raises).
+fn single_tree<T: octformer_core::octree::Coord>(
+    s: &[T],
+    explicit: Option<([f64; 3], [f64; 3])>,
+    side: f64,
+    opts: BuildOptions,
+) -> Result<Option<(Octree, SampleBox)>, octformer_core::CoreError> {
+    let n = s.len() / 3;
+    let (lo, hi) = match explicit {
+        Some(b) => b,
+        None => {
+            let (lo, hi) = match sample_bounds(s, &[0, n])?[0] {
+                Some((lo, hi)) => (lo, hi),
+                None => ([0.0; 3], [0.0; 3]),
+            };
+            // the same arithmetic as the general path (octformer.octree.build_octree)
+            let huge = f64::MAX / 4.0;
+            if (0..3).any(|a| lo[a].abs() >= huge || hi[a].abs() >= huge) {
+                return Ok(None);
+            }
+            let center = [0, 1, 2].map(|a| (lo[a] + hi[a]) / 2.0);
+            let mut w = (0..3)
+                .map(|a| hi[a] - lo[a])
+                .fold(f64::NEG_INFINITY, f64::max);
+            if w <= 0.0 || n == 0 {
+                w = 1.0;
+            }
+            (
+                [0, 1, 2].map(|a| center[a] - w / 2.0),
+                [0, 1, 2].map(|a| center[a] + w / 2.0),
+            )
+        }
+    };
+    let bx = SampleBox {
+        origin: lo,
+        cell: [0, 1, 2].map(|a| (hi[a] - lo[a]) / side),
+    };
+    Ok(Some((core_build(s, &[0, n], &[bx], opts, false)?, bx)))
+}
+
 fn points_slice<'a, T: numpy::Element>(p: &'a PyReadonlyArray2<'_, T>) -> PyResult<&'a [T]> {
     if p.shape()[1] != 3 {
         return Err(OctformerError::new_err(format!(
@@ -170,8 +332,7 @@ fn points_slice<'a, T: numpy::Element>(p: &'a PyReadonlyArray2<'_, T>) -> PyResu
             p.shape()
         )));
     }
-    p.as_slice()
-        .map_err(|_| OctformerError::new_err("points: expected a C-contiguous array"))
+    c_slice2(p, "points")
 }
 
 #[pyfunction]
@@ -205,9 +366,7 @@ pub fn average_leaf_values<'py>(
             "point_leaf: expected values in 0..{num_leaves}"
         )));
     }
-    let v = values
-        .as_slice()
-        .map_err(|_| OctformerError::new_err("values: expected a C-contiguous array"))?;
+    let v = c_slice2(&values, "values")?;
     let out = py.detach(|| {
         threads::install_for(num_threads, leaf.len(), || {
             guarded(|| average_per_leaf(v, c, leaf, num_leaves, normalize))
@@ -251,6 +410,7 @@ pub fn neighbors<'py>(
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(build_octree, m)?)?;
+    m.add_function(wrap_pyfunction!(build_single, m)?)?;
     m.add_function(wrap_pyfunction!(average_leaf_values, m)?)?;
     m.add_function(wrap_pyfunction!(bounds, m)?)?;
     register_steps(m)?;
@@ -289,9 +449,7 @@ pub fn neighbors_step<'py>(
     entries_all: bool,
     num_threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyArray2<i32>>> {
-    let parent = parent_table
-        .as_slice()
-        .map_err(|_| OctformerError::new_err("parent_table: expected a C-contiguous array"))?;
+    let parent = c_slice2(&parent_table, "parent_table")?;
     let pc = slice1(&parent_children, "parent_children")?;
     let c = slice1(&children, "children")?;
     let table = py.detach(|| {
