@@ -348,6 +348,11 @@ pub fn depth_for(coords: &[i64]) -> u8 {
 
 /// Check (N, 3) grid coordinates (row-major, flat) lie in [0, 2^depth).
 pub fn check_coords(coords: &[i64], depth: u8) -> Result<()> {
+    check_coords_max(coords, depth).map(|_| ())
+}
+
+/// [`check_coords`] that also returns the largest coordinate (0 when empty).
+fn check_coords_max(coords: &[i64], depth: u8) -> Result<u64> {
     check_depth(depth)?;
     if coords.len() % 3 != 0 {
         return Err(CoreError::arg(
@@ -375,7 +380,7 @@ pub fn check_coords(coords: &[i64], depth: u8) -> Result<()> {
             format!("{v} at row {}, axis {}", i / 3, i % 3),
         ));
     }
-    Ok(())
+    Ok(hi.max(0) as u64)
 }
 
 /// Check a batch vector: length `n`, values ≥ 0; returns its largest value.
@@ -653,13 +658,20 @@ pub fn codes_as_i64(codes: Vec<u64>) -> Vec<i64> {
 
 /// Serialize (N, 3) grid coordinates in every order; sorts by (batch, code) when a batch
 /// vector is given (no bit budget: batch and code are sorted as separate keys if needed).
+///
+/// When (batch, code, point index) fit one 64-bit word (any depth ≤ 14 at 1M points
+/// without a batch) every order runs as one serial pipeline ([`serialize_row`]): codes and
+/// the digit histograms in one pass over the coordinates, LSD passes whose first one packs
+/// the words and whose last one writes perm and inverse. Orders run on different threads
+/// (longest first), so the result does not depend on the thread count. Wider keys take
+/// the general path: per order, a parallel encode and a two-key sort.
 pub fn serialize(
     coords: &[i64],
     batch: Option<&[i64]>,
     orders: &[Order],
     depth: u8,
 ) -> Result<Serialized> {
-    check_coords(coords, depth)?;
+    let max_coord = check_coords_max(coords, depth)?;
     let n = coords.len() / 3;
     if orders.is_empty() {
         return Err(CoreError::arg(
@@ -679,51 +691,45 @@ pub fn serialize(
         None => None,
     };
     let o = orders.len();
-    // SAFETY (all four): every element is written before it is read — codes by
-    // `encode_into` (all chunks), perm and inverse by `perm_and_inverse_into` (perm
-    // fully, inverse at every slot of a permutation), items by the packing loop below.
+    // SAFETY (all three): every element is written before it is read — codes by the
+    // encode pass (every row, every slot), perm and inverse by the last sort pass or
+    // `perm_and_inverse_into` (perm fully, inverse at every slot of a permutation).
     let mut codes: Vec<u64> = unsafe { vec_for_overwrite_huge(o * n) };
     let mut perm: Vec<i64> = unsafe { vec_for_overwrite_huge(o * n) };
     let mut inverse: Vec<i64> = unsafe { vec_for_overwrite_huge(o * n) };
-    let mut items_buf: Vec<u64> = Vec::new();
-    for (k, &order) in orders.iter().enumerate() {
-        let row = &mut codes[k * n..(k + 1) * n];
-        encode_into(coords, order, depth, row);
-        let (perm_row, inv_row) = (
-            &mut perm[k * n..(k + 1) * n],
-            &mut inverse[k * n..(k + 1) * n],
-        );
-        let code_bits = 3 * depth as u32;
-        let batch_bits = batch_u64.map_or(0, |(_, b)| b);
-        let idx_bits = bit_length(n.saturating_sub(1) as u64);
-        if code_bits + batch_bits + idx_bits <= 64 && n <= u32::MAX as usize {
-            // (batch, code, index) packed in one word: one radix sort, then perm and
-            // inverse written straight from the sorted words
-            let row = &*row;
-            // reused across orders: a fresh 8 MB buffer per order costs page faults
-            if items_buf.len() != n {
-                items_buf = unsafe { vec_for_overwrite_huge(n) };
-            }
-            let items = &mut items_buf;
-            items
-                .par_chunks_mut(CHUNK)
-                .enumerate()
-                .for_each(|(c, dst)| {
-                    for (j, it) in dst.iter_mut().enumerate() {
-                        let i = c * CHUNK + j;
-                        let b = match batch_u64 {
-                            Some((bv, bb)) if bb > 0 => bv[i] << code_bits,
-                            _ => 0,
-                        };
-                        *it = ((b | row[i]) << idx_bits) | i as u64;
-                    }
-                });
-            radix_sort(items, idx_bits, idx_bits + code_bits + batch_bits);
-            let mask = (1u64 << idx_bits) - 1;
-            perm_and_inverse_into(|k| (items[k] & mask) as usize, perm_row, inv_row);
+    let code_bits = 3 * depth as u32;
+    let batch_bits = batch_u64.map_or(0, |(_, b)| b);
+    let idx_bits = bit_length(n.saturating_sub(1) as u64);
+    if code_bits + batch_bits + idx_bits <= 64 && n <= u32::MAX as usize {
+        let batch = batch_u64.filter(|&(_, b)| b > 0).map(|(v, _)| v);
+        // key = (batch << code_bits) | code; without a batch every code is below
+        // 2^(3·L), L the bit length of the largest coordinate (both curves map levels
+        // above L to zero bits), so fewer digits need sorting
+        let key_bits = if batch.is_some() {
+            code_bits + batch_bits
         } else {
+            3 * bit_length(max_coord)
+        };
+        serialize_rows(
+            coords,
+            batch,
+            orders,
+            depth,
+            key_bits,
+            &mut codes,
+            &mut perm,
+            &mut inverse,
+        );
+    } else {
+        for (k, &order) in orders.iter().enumerate() {
+            let row = &mut codes[k * n..(k + 1) * n];
+            encode_into(coords, order, depth, row);
             let p = argsort_pair(batch_u64, row, code_bits)?;
-            perm_and_inverse_into(|k| p[k] as usize, perm_row, inv_row);
+            perm_and_inverse_into(
+                |j| p[j] as usize,
+                &mut perm[k * n..(k + 1) * n],
+                &mut inverse[k * n..(k + 1) * n],
+            );
         }
     }
     Ok(Serialized {
@@ -733,6 +739,471 @@ pub fn serialize(
         perm,
         inverse,
     })
+}
+
+/// Points per block of the fused encode pass (its Morton words stay in L1).
+const ENCODE_BLOCK: usize = 256;
+
+/// Codes of every order, their digit counts, then [`serialize_row`] per order.
+///
+/// Phase 1 reads the coordinates once for all orders, in point ranges (one per thread):
+/// Morton words per block of points, z-trans by swapping the x and y bit of every triple,
+/// Hilbert by the automaton over either, and the digit counts of each order's LSD passes.
+/// Phase 2 sorts: workers take the orders longest first (Hilbert before z) from a shared
+/// counter, each with its own scratch buffers. Counts are sums and each order's sort runs
+/// on one thread, so nothing depends on the thread count.
+#[allow(clippy::too_many_arguments)]
+fn serialize_rows(
+    coords: &[i64],
+    batch: Option<&[u64]>,
+    orders: &[Order],
+    depth: u8,
+    key_bits: u32,
+    codes: &mut [u64],
+    perm: &mut [i64],
+    inverse: &mut [i64],
+) {
+    let n = coords.len() / 3;
+    if n == 0 {
+        return;
+    }
+    let (passes, w) = row_digits(key_bits, n);
+    let table = passes << w;
+    // phase 1: one point range per thread, each with its own counts
+    let threads = rayon::current_num_threads().max(1);
+    let ranges = if n < 1 << 16 { 1 } else { threads };
+    let range_len = n.div_ceil(ranges).next_multiple_of(ENCODE_BLOCK);
+    let ranges = n.div_ceil(range_len);
+    let mut pieces: Vec<Vec<&mut [u64]>> = (0..ranges).map(|_| Vec::new()).collect();
+    for row in codes.chunks_exact_mut(n) {
+        for (r, piece) in row.chunks_mut(range_len).enumerate() {
+            pieces[r].push(piece);
+        }
+    }
+    let count_range = |(r, mut rows): (usize, Vec<&mut [u64]>)| {
+        let lo = r * range_len;
+        let len = rows.first().map_or(0, |p| p.len());
+        let mut h = vec![0u32; orders.len() * table * COUNT_COPIES];
+        encode_counting(
+            &coords[3 * lo..3 * (lo + len)],
+            batch.map(|b| &b[lo..lo + len]),
+            orders,
+            depth,
+            &mut rows,
+            &mut h,
+            passes,
+            w,
+        );
+        h
+    };
+    let counts: Vec<Vec<u32>> = if ranges == 1 {
+        pieces.into_iter().enumerate().map(count_range).collect()
+    } else {
+        pieces
+            .into_par_iter()
+            .enumerate()
+            .map(count_range)
+            .collect()
+    };
+    // per order: the sum over ranges and copies
+    let mut hists: Vec<Vec<u32>> = vec![vec![0u32; table]; orders.len()];
+    for c in counts.iter().filter(|_| table > 0) {
+        for (k, h) in hists.iter_mut().enumerate() {
+            for copy in
+                c[k * table * COUNT_COPIES..(k + 1) * table * COUNT_COPIES].chunks_exact(table)
+            {
+                for (a, b) in h.iter_mut().zip(copy) {
+                    *a += b;
+                }
+            }
+        }
+    }
+    drop(counts);
+    // phase 2: one order per task
+    let codes = &*codes;
+    let mut tasks: Vec<RowTask> = orders
+        .iter()
+        .copied()
+        .zip(codes.chunks_exact(n).zip(hists))
+        .zip(perm.chunks_exact_mut(n).zip(inverse.chunks_exact_mut(n)))
+        .map(|((o, (c, h)), (p, i))| (o, c, h, p, i))
+        .collect();
+    // stable: equal-cost orders keep the caller's sequence
+    tasks.sort_by_key(|t| !matches!(t.0, Order::Hilbert | Order::HilbertTrans));
+    let workers = threads.min(tasks.len());
+    let queue: Vec<std::sync::Mutex<Option<RowTask>>> = tasks
+        .into_iter()
+        .map(|t| std::sync::Mutex::new(Some(t)))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        let mut scratch = RowScratch::default();
+        loop {
+            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(slot) = queue.get(k) else { break };
+            let (_, c, h, p, i) = slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .expect("each task is taken once");
+            sort_row(batch, depth, c, h, passes, w, p, i, &mut scratch);
+        }
+    };
+    if workers == 1 {
+        work();
+    } else {
+        (0..workers).into_par_iter().for_each(|_| work());
+    }
+}
+
+/// One order's sort task: (order, codes, digit counts, perm, inverse).
+type RowTask<'a> = (Order, &'a [u64], Vec<u32>, &'a mut [i64], &'a mut [i64]);
+
+/// Count tables per order in phase 1: alternate points count into separate copies, so
+/// runs of equal digits (neighbouring points share their high digits) do not chain every
+/// increment through one memory location.
+const COUNT_COPIES: usize = 2;
+
+const Z_BITS: u64 = 0x1249_2492_4924_9249;
+
+/// Morton word of (y, x, z) from that of (x, y, z): swap the x and y bit of every triple.
+#[inline(always)]
+fn swap_xy_bits(m: u64) -> u64 {
+    (m & Z_BITS) | ((m >> 1) & (Z_BITS << 1)) | ((m & (Z_BITS << 1)) << 1)
+}
+
+/// Morton words of a block of (x, y, z) rows (coordinates < 2^21).
+#[inline(always)]
+fn morton_block(rows: &[i64], out: &mut [u64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("bmi2") {
+        // SAFETY: the CPU supports BMI2 (checked just above)
+        unsafe { morton_block_bmi2(rows, out) };
+        return;
+    }
+    for (o, p) in out.iter_mut().zip(rows.chunks_exact(3)) {
+        *o = morton::encode(p[0] as u32, p[1] as u32, p[2] as u32);
+    }
+}
+
+/// [`morton_block`] by bit deposit (three `pdep` instead of six table lookups).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi2")]
+unsafe fn morton_block_bmi2(rows: &[i64], out: &mut [u64]) {
+    use std::arch::x86_64::_pdep_u64;
+    for (o, p) in out.iter_mut().zip(rows.chunks_exact(3)) {
+        *o = _pdep_u64(p[0] as u64, Z_BITS << 2)
+            | _pdep_u64(p[1] as u64, Z_BITS << 1)
+            | _pdep_u64(p[2] as u64, Z_BITS);
+    }
+}
+
+/// Hilbert codes of a block of Morton words (four automaton chains at a time).
+#[inline(always)]
+fn hilbert_block(m: &[u64], depth: u32, out: &mut [u64]) {
+    let t = tables();
+    let mut outs = out.chunks_exact_mut(4);
+    let mut ins = m.chunks_exact(4);
+    for (o4, m4) in (&mut outs).zip(&mut ins) {
+        let g = run_automaton_x4([m4[0], m4[1], m4[2], m4[3]], depth, &t.enc1, &t.enc2x);
+        for j in 0..4 {
+            o4[j] = gray_to_binary(g[j]);
+        }
+    }
+    for (o, &v) in outs.into_remainder().iter_mut().zip(ins.remainder()) {
+        *o = gray_to_binary(run_automaton(v, depth, &t.enc1, &t.enc2));
+    }
+}
+
+/// Phase 1 over one point range: codes of every order into `rows` (one slice per order)
+/// and, per order, `COUNT_COPIES` count tables of `passes` digits of `w` bits of the key
+/// `(batch << 3·depth) | code`.
+#[allow(clippy::too_many_arguments)]
+fn encode_counting(
+    coords: &[i64],
+    batch: Option<&[u64]>,
+    orders: &[Order],
+    depth: u8,
+    rows: &mut [&mut [u64]],
+    hist: &mut [u32],
+    passes: usize,
+    w: u32,
+) {
+    let d = depth as u32;
+    let table = passes << w;
+    let n = coords.len() / 3;
+    let trans = orders.iter().any(|o| o.swaps_xy());
+    let mut m = [0u64; ENCODE_BLOCK];
+    let mut mt = [0u64; ENCODE_BLOCK];
+    let mut start = 0;
+    while start < n {
+        let len = ENCODE_BLOCK.min(n - start);
+        morton_block(&coords[3 * start..3 * (start + len)], &mut m[..len]);
+        if trans {
+            for (t, &v) in mt[..len].iter_mut().zip(&m[..len]) {
+                *t = swap_xy_bits(v);
+            }
+        }
+        for (k, &order) in orders.iter().enumerate() {
+            let out = &mut rows[k][start..start + len];
+            let src = if order.swaps_xy() {
+                &mt[..len]
+            } else {
+                &m[..len]
+            };
+            match order {
+                Order::Z | Order::ZTrans => out.copy_from_slice(src),
+                Order::Hilbert | Order::HilbertTrans => hilbert_block(src, d, out),
+            }
+            let h = &mut hist[k * table * COUNT_COPIES..(k + 1) * table * COUNT_COPIES];
+            let b = batch.map(|b| &b[start..start + len]);
+            count_digits(h, out, b, 3 * d, passes, w);
+        }
+        start += len;
+    }
+}
+
+/// Add the digits of each key `(batch << code_bits) | code` to `COUNT_COPIES` tables.
+fn count_digits(
+    hist: &mut [u32],
+    codes: &[u64],
+    batch: Option<&[u64]>,
+    code_bits: u32,
+    passes: usize,
+    w: u32,
+) {
+    macro_rules! go {
+        ($np:literal) => {
+            match batch {
+                Some(b) => count_n::<$np>(
+                    hist,
+                    codes.iter().zip(b).map(|(&c, &b)| (b << code_bits) | c),
+                    w,
+                ),
+                None => count_n::<$np>(hist, codes.iter().copied(), w),
+            }
+        };
+    }
+    match passes {
+        0 => {}
+        1 => go!(1),
+        2 => go!(2),
+        3 => go!(3),
+        4 => go!(4),
+        5 => go!(5),
+        6 => go!(6),
+        7 => go!(7),
+        8 => go!(8),
+        _ => unreachable!("digits are at least 8 bits wide, so keys take at most 8 passes"),
+    }
+}
+
+#[inline(always)]
+fn count_n<const NP: usize>(hist: &mut [u32], keys: impl Iterator<Item = u64>, w: u32) {
+    let table = NP << w;
+    let mask = (1u64 << w) - 1;
+    assert!(hist.len() == table * COUNT_COPIES);
+    for (i, k) in keys.enumerate() {
+        let base = (i % COUNT_COPIES) * table;
+        for p in 0..NP {
+            let b = base + (p << w) + ((k >> (p as u32 * w)) & mask) as usize;
+            // SAFETY: b < base + (p + 1) << w ≤ hist.len() (asserted above)
+            unsafe { *hist.get_unchecked_mut(b) += 1 };
+        }
+    }
+}
+
+/// Two item buffers a worker reuses across its orders.
+#[derive(Default)]
+struct RowScratch {
+    a: Vec<u64>,
+    b: Vec<u64>,
+}
+
+impl RowScratch {
+    fn buffers(&mut self, n: usize) -> (&mut [u64], &mut [u64]) {
+        for v in [&mut self.a, &mut self.b] {
+            if v.len() != n {
+                // SAFETY: every sort pass writes all n entries of its destination before
+                // the next pass reads them
+                *v = unsafe { vec_for_overwrite_huge(n) };
+            }
+        }
+        (&mut self.a, &mut self.b)
+    }
+}
+
+/// Widest LSD digit (4096 buckets: the count table stays in L1, the write streams in L2).
+const ROW_DIGIT_MAX: u32 = 12;
+
+/// (passes, digit width) covering `key_bits` for `n` items: narrower digits for small
+/// inputs (the count tables must stay small against n), equal widths.
+fn row_digits(key_bits: u32, n: usize) -> (usize, u32) {
+    if key_bits == 0 {
+        return (0, 0);
+    }
+    let max_w = (bit_length(n as u64).saturating_sub(4)).clamp(8, ROW_DIGIT_MAX);
+    let passes = key_bits.div_ceil(max_w);
+    (passes as usize, key_bits.div_ceil(passes))
+}
+
+/// Stable (batch, code) sort of one order on the calling thread, from its codes and the
+/// counts of every LSD digit (`passes` digits of `w` bits, from phase 1).
+///
+/// Sort items are `(key << idx_bits) | point`; the first LSD pass builds them from the
+/// code row as it scatters, the last one writes `perm[pos] = point` and
+/// `inverse[point] = pos` instead of items. Passes whose digit is equal for every item
+/// are skipped. LSD passes are stable and the first reads points in index order, so ties
+/// keep index order (the sort is unique, hence thread-count independent).
+#[allow(clippy::too_many_arguments)]
+fn sort_row(
+    batch: Option<&[u64]>,
+    depth: u8,
+    codes: &[u64],
+    mut hist: Vec<u32>,
+    passes: usize,
+    w: u32,
+    perm: &mut [i64],
+    inverse: &mut [i64],
+    scratch: &mut RowScratch,
+) {
+    let n = codes.len();
+    let idx_bits = bit_length(n.saturating_sub(1) as u64);
+    let code_bits = 3 * depth as u32;
+    let digits = 1usize << w;
+    let live: Vec<usize> = (0..passes)
+        .filter(|&p| {
+            !hist[p * digits..(p + 1) * digits]
+                .iter()
+                .any(|&c| c as usize == n)
+        })
+        .collect();
+    if live.is_empty() {
+        // every key equal: the stable order is the identity
+        for (i, (p, v)) in perm.iter_mut().zip(inverse.iter_mut()).enumerate() {
+            *p = i as i64;
+            *v = i as i64;
+        }
+        return;
+    }
+    for &p in &live {
+        let mut run = 0u32;
+        for c in hist[p * digits..(p + 1) * digits].iter_mut() {
+            let t = *c;
+            *c = run;
+            run += t;
+        }
+    }
+    let mask = (digits - 1) as u64;
+    let idx_mask = (1u64 << idx_bits) - 1;
+    let (mut a, mut b) = scratch.buffers(n);
+    let last = live.len() - 1;
+    for (j, &p) in live.iter().enumerate() {
+        let shift = idx_bits + p as u32 * w;
+        let offs = &mut hist[p * digits..(p + 1) * digits];
+        match (j == 0, j == last) {
+            (true, true) => {
+                // one pass: scatter point indices straight into perm / inverse
+                let key = |i: usize| match batch {
+                    Some(bv) => (bv[i] << code_bits) | codes[i],
+                    None => codes[i],
+                };
+                for (i, inv) in inverse.iter_mut().enumerate() {
+                    let d = ((key(i) >> (p as u32 * w)) & mask) as usize;
+                    let pos = offs[d] as usize;
+                    offs[d] += 1;
+                    perm[pos] = i as i64;
+                    *inv = pos as i64;
+                }
+            }
+            (true, false) => match batch {
+                Some(bv) => scatter_first(
+                    n,
+                    |i| (bv[i] << code_bits) | codes[i],
+                    idx_bits,
+                    p as u32 * w,
+                    mask,
+                    offs,
+                    a,
+                ),
+                None => scatter_first(n, |i| codes[i], idx_bits, p as u32 * w, mask, offs, a),
+            },
+            (false, false) => {
+                scatter_items(a, b, shift, mask, offs);
+                std::mem::swap(&mut a, &mut b);
+            }
+            (false, true) => scatter_last(a, shift, mask, idx_mask, offs, perm, inverse),
+        }
+    }
+}
+
+/// First LSD pass: items `(key(i) << idx_bits) | i` scattered by digit `(key >> kshift) & mask`.
+#[inline(always)]
+fn scatter_first(
+    n: usize,
+    key: impl Fn(usize) -> u64,
+    idx_bits: u32,
+    kshift: u32,
+    mask: u64,
+    offs: &mut [u32],
+    dst: &mut [u64],
+) {
+    assert!(dst.len() == n && offs.len() > mask as usize);
+    for i in 0..n {
+        let k = key(i);
+        let d = ((k >> kshift) & mask) as usize;
+        // SAFETY: d ≤ mask < offs.len() (asserted); the prefix sums of this pass's
+        // histogram give each item a distinct position below n = dst.len()
+        unsafe {
+            let o = offs.get_unchecked_mut(d);
+            *dst.get_unchecked_mut(*o as usize) = (k << idx_bits) | i as u64;
+            *o += 1;
+        }
+    }
+}
+
+/// Middle LSD pass: `src` scattered into `dst` by digit `(item >> shift) & mask`.
+#[inline(always)]
+fn scatter_items(src: &[u64], dst: &mut [u64], shift: u32, mask: u64, offs: &mut [u32]) {
+    assert!(dst.len() == src.len() && offs.len() > mask as usize);
+    for &v in src {
+        let d = ((v >> shift) & mask) as usize;
+        // SAFETY: as in `scatter_first`
+        unsafe {
+            let o = offs.get_unchecked_mut(d);
+            *dst.get_unchecked_mut(*o as usize) = v;
+            *o += 1;
+        }
+    }
+}
+
+/// Last LSD pass: the sorted position of each item is final, so write perm and inverse.
+#[inline(always)]
+fn scatter_last(
+    src: &[u64],
+    shift: u32,
+    mask: u64,
+    idx_mask: u64,
+    offs: &mut [u32],
+    perm: &mut [i64],
+    inverse: &mut [i64],
+) {
+    let n = src.len();
+    assert!(perm.len() == n && inverse.len() == n && offs.len() > mask as usize);
+    for &v in src {
+        let d = ((v >> shift) & mask) as usize;
+        let i = (v & idx_mask) as usize;
+        assert!(i < n);
+        // SAFETY: d ≤ mask < offs.len() (asserted), pos < n by the prefix sums, i < n
+        // by the assert
+        unsafe {
+            let o = offs.get_unchecked_mut(d);
+            let pos = *o as usize;
+            *o += 1;
+            *perm.get_unchecked_mut(pos) = i as i64;
+            *inverse.get_unchecked_mut(i) = pos as i64;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -839,6 +1310,97 @@ mod tests {
                 assert_eq!(dist, 1, "depth {depth} code {c}");
                 assert_eq!(hilbert_encode(p[0], p[1], p[2], depth), c);
                 prev = p;
+            }
+        }
+    }
+
+    /// Every order's codes, perm and inverse against per-cell encoding and a comparison
+    /// sort by (batch, code, index), for 1-3 threads: small and large inputs (one or
+    /// several phase-1 ranges), depths above the coordinates' bit length (fewer key
+    /// digits), clustered coordinates with many duplicates, batches of 1 to 64 bits in
+    /// the key, all-equal keys, and every subset order of the four orders.
+    #[test]
+    fn serialize_equals_reference_sort() {
+        let mut s = 11u64;
+        let mut rnd = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let cases: [(usize, u8, u32, Option<u64>); 10] = [
+            (1, 3, 3, None),
+            (500, 4, 2, None),
+            (70, 5, 2, Some(3)),
+            (1000, 21, 4, None),
+            (1000, 10, 10, Some(1)),
+            (5000, 16, 0, None),
+            (70_000, 12, 12, None),
+            (70_000, 13, 6, Some(40)),
+            (140_001, 21, 21, Some(7)),
+            (3000, 8, 8, Some(1 << 40)),
+        ];
+        let order_sets: [&[Order]; 3] = [
+            &Order::ALL,
+            &[Order::HilbertTrans, Order::Z],
+            &[Order::ZTrans, Order::Hilbert, Order::Z],
+        ];
+        for (case, &(n, depth, bits, batch_max)) in cases.iter().enumerate() {
+            // clustered: a few centres, points near them, duplicates included
+            let centres: Vec<[u64; 3]> = (0..5)
+                .map(|_| [0, 0, 0].map(|_: u64| if bits == 0 { 0 } else { rnd() % (1 << bits) }))
+                .collect();
+            let coords: Vec<i64> = (0..n)
+                .flat_map(|_| {
+                    let c = centres[(rnd() % 5) as usize];
+                    let spread = rnd() % 4;
+                    c.map(|v| {
+                        let off = rnd() % (1 << spread);
+                        (v ^ off).min(if bits == 0 { 0 } else { (1 << bits) - 1 }) as i64
+                    })
+                })
+                .collect();
+            let batch: Option<Vec<i64>> =
+                batch_max.map(|m| (0..n).map(|_| (rnd() % (m + 1)) as i64).collect());
+            let orders = order_sets[case % 3];
+            let mut first: Option<Serialized> = None;
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let r =
+                    pool.install(|| serialize(&coords, batch.as_deref(), orders, depth).unwrap());
+                match &first {
+                    Some(f) => assert_eq!(&r, f, "case {case}: threads {threads} differ"),
+                    None => first = Some(r),
+                }
+            }
+            let r = first.unwrap();
+            for (k, &order) in orders.iter().enumerate() {
+                let codes: Vec<u64> = coords
+                    .chunks_exact(3)
+                    .map(|p| encode_one(order, p[0] as u32, p[1] as u32, p[2] as u32, depth as u32))
+                    .collect();
+                assert_eq!(
+                    &r.codes[k * n..(k + 1) * n],
+                    &codes[..],
+                    "case {case} {order:?} codes"
+                );
+                let mut want: Vec<usize> = (0..n).collect();
+                want.sort_by_key(|&i| (batch.as_ref().map_or(0, |b| b[i]), codes[i], i));
+                let perm: Vec<usize> = r.perm[k * n..(k + 1) * n]
+                    .iter()
+                    .map(|&p| p as usize)
+                    .collect();
+                assert_eq!(perm, want, "case {case} {order:?} perm");
+                for (pos, &i) in want.iter().enumerate() {
+                    assert_eq!(
+                        r.inverse[k * n + i],
+                        pos as i64,
+                        "case {case} {order:?} inverse"
+                    );
+                }
             }
         }
     }
