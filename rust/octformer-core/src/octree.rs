@@ -222,12 +222,10 @@ impl Octree {
     }
 }
 
-/// One sample's levels before concatenation.
-struct SampleTree {
-    keys: Vec<Vec<u64>>,
-    children: Vec<Vec<i32>>,
+/// One sample's sorted non-empty leaf keys and, per point, its leaf's rank among them.
+struct SampleLeaves {
+    leaves: Vec<u64>,
     point_leaf: Vec<i64>,
-    nonempty: Vec<usize>,
 }
 
 /// Packs (key, point index) either into one u64 or a pair, whichever fits.
@@ -391,15 +389,31 @@ pub fn build_octree_with<T: Coord>(
             opts,
         )
     };
-    let samples: Vec<SampleTree> = if batch_size == 1 {
-        vec![build_one(0)?]
-    } else {
-        (0..batch_size)
-            .into_par_iter()
-            .map(build_one)
-            .collect::<Result<Vec<_>>>()?
-    };
-    Ok(concat_samples(samples, opts, fill_batch))
+    if batch_size == 1 {
+        let s = build_one(0)?;
+        let (keys, children, nonempty) = grow_levels(s.leaves, opts.depth, opts.full_depth);
+        let depth = opts.depth as usize;
+        return Ok(Octree {
+            depth: opts.depth,
+            full_depth: opts.full_depth,
+            batch_size: 1,
+            batch_nnum: keys.iter().map(|k| vec![k.len()]).collect(),
+            batch_nnum_nempty: nonempty.iter().map(|&c| vec![c]).collect(),
+            batch: if fill_batch {
+                keys.iter().map(|k| vec![0; k.len()]).collect()
+            } else {
+                vec![Vec::new(); depth + 1]
+            },
+            keys,
+            children,
+            point_leaf: s.point_leaf,
+        });
+    }
+    let samples = (0..batch_size)
+        .into_par_iter()
+        .map(build_one)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(assemble_batch(samples, offsets, opts))
 }
 
 fn build_sample<T: Coord>(
@@ -407,7 +421,7 @@ fn build_sample<T: Coord>(
     first: usize,
     bx: &SampleBox,
     opts: BuildOptions,
-) -> Result<SampleTree> {
+) -> Result<SampleLeaves> {
     let n = pts.len() / 3;
     // a box whose origin or inverse cell size overflows the input precision (float32 with
     // |bounds| beyond ~3e38) is quantised in float64 instead
@@ -447,7 +461,7 @@ fn build_sample_with<T: Coord, I: Item>(
     bx: &SampleBox,
     opts: BuildOptions,
     idx_bits: u32,
-) -> Result<SampleTree> {
+) -> Result<SampleLeaves> {
     let n = pts.len() / 3;
     let depth = opts.depth as usize;
     let side = (1u64 << depth) as f64;
@@ -676,14 +690,7 @@ fn build_sample_with<T: Coord, I: Item>(
     };
     drop(buf);
 
-    let (keys, children, nonempty) = grow_levels(leaves, opts.depth, opts.full_depth);
-
-    Ok(SampleTree {
-        keys,
-        children,
-        point_leaf,
-        nonempty,
-    })
+    Ok(SampleLeaves { leaves, point_leaf })
 }
 
 /// A bucket write position (32-bit when the sample allows, to halve the table).
@@ -918,42 +925,7 @@ fn split_level(level: &[u64]) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
         (p_rest, k_rest, c_rest) = (pr, kr, cr);
     }
     let job = |(a, b, p, k, c): (usize, usize, &mut [u64], &mut [u64], &mut [i32])| {
-        // one parent at a time: its 8 children assembled in registers, each slot stored once
-        let part = &level[a..b];
-        let mut i = 0;
-        for ((pj, kj), cj) in p
-            .iter_mut()
-            .zip(k.chunks_exact_mut(8))
-            .zip(c.chunks_exact_mut(8))
-        {
-            let parent = part[i] >> 3;
-            let first = (a + i) as i32;
-            // which of the 8 children exist, kept in a register: the row comes from a
-            // table below (scalar stores into a stack row followed by a vector load of it
-            // stalled on store forwarding)
-            let mut mask = 0usize;
-            while i < part.len() && part[i] >> 3 == parent {
-                mask |= 1 << (part[i] & 7);
-                i += 1;
-            }
-            let row = child_row(mask, first);
-            *pj = parent;
-            let base = parent << 3;
-            let keys: [u64; 8] = std::array::from_fn(|c8| base | c8 as u64);
-            if stream {
-                // SAFETY: `stream` is only set when both outputs are 16-byte aligned; rows
-                // start at multiples of 64 / 32 bytes from there
-                unsafe { stream_row(kj, &keys, cj, &row) };
-            } else {
-                kj.copy_from_slice(&keys);
-                cj.copy_from_slice(&row);
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        if stream {
-            // SAFETY: SSE is part of x86_64; orders the streaming stores before the join
-            unsafe { std::arch::x86_64::_mm_sfence() };
-        }
+        split_range(&level[a..b], a as i32, p, k, c, stream)
     };
     if jobs.len() == 1 {
         jobs.into_iter().for_each(job);
@@ -961,6 +933,54 @@ fn split_level(level: &[u64]) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
         jobs.into_par_iter().for_each(job);
     }
     (kd, cd, parents)
+}
+
+/// Split sorted non-empty keys `part` (whole parents only) into their parents' keys `p`, and
+/// 8 child keys `k` and children ranks `c` per parent; `part[i]` gets rank `first_rank + i`.
+/// `stream`: store `k` and `c` with non-temporal stores (both 16-byte aligned).
+fn split_range(
+    part: &[u64],
+    first_rank: i32,
+    p: &mut [u64],
+    k: &mut [u64],
+    c: &mut [i32],
+    stream: bool,
+) {
+    // one parent at a time: its 8 children assembled in registers, each slot stored once
+    let mut i = 0;
+    for ((pj, kj), cj) in p
+        .iter_mut()
+        .zip(k.chunks_exact_mut(8))
+        .zip(c.chunks_exact_mut(8))
+    {
+        let parent = part[i] >> 3;
+        let first = first_rank + i as i32;
+        // which of the 8 children exist, kept in a register: the row comes from a table
+        // (scalar stores into a stack row followed by a vector load of it stalled on
+        // store forwarding)
+        let mut mask = 0usize;
+        while i < part.len() && part[i] >> 3 == parent {
+            mask |= 1 << (part[i] & 7);
+            i += 1;
+        }
+        let row = child_row(mask, first);
+        *pj = parent;
+        let base = parent << 3;
+        let keys: [u64; 8] = std::array::from_fn(|c8| base | c8 as u64);
+        if stream {
+            // SAFETY: `stream` is only set when both outputs are 16-byte aligned; rows
+            // start at multiples of 64 / 32 bytes from there
+            unsafe { stream_row(kj, &keys, cj, &row) };
+        } else {
+            kj.copy_from_slice(&keys);
+            cj.copy_from_slice(&row);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if stream {
+        // SAFETY: SSE is part of x86_64; orders the streaming stores before the join
+        unsafe { std::arch::x86_64::_mm_sfence() };
+    }
 }
 
 /// `CHILD_RANKS[m][c]`: for an occupancy mask `m` of a parent's 8 children, child c's rank
@@ -1025,55 +1045,151 @@ unsafe fn stream_row(k: &mut [u64], keys: &[u64; 8], c: &mut [i32], row: &[i32; 
     }
 }
 
-fn concat_samples(samples: Vec<SampleTree>, opts: BuildOptions, fill_batch: bool) -> Octree {
+/// Non-empty node counts at depths `fd..=depth` of the tree grown from sorted unique leaf
+/// keys (index d; entries below fd are 0): adjacent leaves first differ at the depth of
+/// their highest differing key bit, and every such pair adds a node from there down.
+fn level_counts(leaves: &[u64], depth: usize, fd: usize) -> Vec<usize> {
+    let mut first_diff = vec![0usize; depth + 1];
+    for w in leaves.windows(2) {
+        let bit = 63 - (w[0] ^ w[1]).leading_zeros() as usize;
+        // keys at depth d are leaf >> 3(depth - d): they differ there iff d >= depth - bit / 3
+        first_diff[depth - (bit / 3).min(depth)] += 1;
+    }
+    let mut counts = vec![0usize; depth + 1];
+    let mut run = usize::from(!leaves.is_empty());
+    for (d, c) in counts.iter_mut().enumerate() {
+        run += first_diff[d];
+        if d >= fd {
+            *c = run;
+        }
+    }
+    counts
+}
+
+/// Lay the samples' levels out straight into the batch arrays: count every sample's nodes per
+/// depth first, then each sample grows its levels into its own windows (in parallel).
+fn assemble_batch(samples: Vec<SampleLeaves>, offsets: &[usize], opts: BuildOptions) -> Octree {
     let depth = opts.depth as usize;
+    let fd = opts.full_depth as usize;
     let batch_size = samples.len();
-    let mut tree = Octree {
+    let mut batch_nnum = vec![vec![0usize; batch_size]; depth + 1];
+    let mut batch_nnum_nempty = vec![vec![0usize; batch_size]; depth + 1];
+    let counts: Vec<Vec<usize>> = samples
+        .par_iter()
+        .map(|s| level_counts(&s.leaves, depth, fd))
+        .collect();
+    for (b, ne) in counts.iter().enumerate() {
+        for d in 0..=depth {
+            let dense = 1usize << (3 * d);
+            batch_nnum[d][b] = if d <= fd { dense } else { 8 * ne[d - 1] };
+            batch_nnum_nempty[d][b] = if d < fd { dense } else { ne[d] };
+        }
+    }
+    let totals: Vec<usize> = batch_nnum.iter().map(|v| v.iter().sum()).collect();
+    // SAFETY: every sample writes all entries of its windows below (the windows partition
+    // each depth's arrays), and every point's entry of point_leaf
+    let mut keys: Vec<Vec<u64>> = totals
+        .iter()
+        .map(|&t| unsafe { crate::sort::vec_for_overwrite(t) })
+        .collect();
+    let mut children: Vec<Vec<i32>> = totals
+        .iter()
+        .map(|&t| unsafe { crate::sort::vec_for_overwrite(t) })
+        .collect();
+    let mut batch: Vec<Vec<i32>> = totals
+        .iter()
+        .map(|&t| unsafe { crate::sort::vec_for_overwrite(t) })
+        .collect();
+    let n = *offsets.last().unwrap();
+    let mut point_leaf: Vec<i64> = unsafe { crate::sort::vec_for_overwrite(n) };
+
+    // per sample: its windows of every depth's arrays, rank bases and leaf base
+    struct Job<'a> {
+        b: usize,
+        leaves: Vec<u64>,
+        local_leaf: Vec<i64>,
+        point_leaf: &'a mut [i64],
+        leaf_base: i64,
+        levels: Vec<(&'a mut [u64], &'a mut [i32], &'a mut [i32], i32)>,
+    }
+    let mut rests: Vec<(&mut [u64], &mut [i32], &mut [i32])> = keys
+        .iter_mut()
+        .zip(children.iter_mut())
+        .zip(batch.iter_mut())
+        .map(|((k, c), t)| (&mut k[..], &mut c[..], &mut t[..]))
+        .collect();
+    let mut rank_base = vec![0i32; depth + 1];
+    let mut leaf_base = 0i64;
+    let mut pl_rest = &mut point_leaf[..];
+    let mut jobs = Vec::with_capacity(batch_size);
+    for (b, s) in samples.into_iter().enumerate() {
+        let mut levels = Vec::with_capacity(depth + 1);
+        for (d, rest) in rests.iter_mut().enumerate() {
+            let m = batch_nnum[d][b];
+            let (k, kr) = std::mem::take(&mut rest.0).split_at_mut(m);
+            let (c, cr) = std::mem::take(&mut rest.1).split_at_mut(m);
+            let (t, tr) = std::mem::take(&mut rest.2).split_at_mut(m);
+            *rest = (kr, cr, tr);
+            levels.push((k, c, t, rank_base[d]));
+            rank_base[d] += batch_nnum_nempty[d][b] as i32;
+        }
+        let (pl, pr) = std::mem::take(&mut pl_rest).split_at_mut(offsets[b + 1] - offsets[b]);
+        pl_rest = pr;
+        jobs.push(Job {
+            b,
+            leaves: s.leaves,
+            local_leaf: s.point_leaf,
+            point_leaf: pl,
+            leaf_base,
+            levels,
+        });
+        leaf_base += batch_nnum_nempty[depth][b] as i64;
+    }
+    jobs.into_par_iter().for_each(|job| {
+        for (o, &l) in job.point_leaf.iter_mut().zip(&job.local_leaf) {
+            *o = l + job.leaf_base;
+        }
+        drop(job.local_leaf);
+        let mut levels = job.levels;
+        let mut level = job.leaves;
+        for d in (fd + 1..=depth).rev() {
+            let (k, c, t, base) = &mut levels[d];
+            let parents = k.len() / 8;
+            // SAFETY: split_range writes every one of the `parents` entries
+            let mut up: Vec<u64> = unsafe { crate::sort::vec_for_overwrite(parents) };
+            split_range(&level, *base, &mut up, k, c, false);
+            t.fill(job.b as i32);
+            level = up;
+        }
+        // dense top: level fd records real occupancy, levels above are all non-empty
+        for (d, (k, c, t, base)) in levels.iter_mut().enumerate().take(fd + 1) {
+            for (i, key) in k.iter_mut().enumerate() {
+                *key = i as u64;
+            }
+            if d < fd {
+                for (i, r) in c.iter_mut().enumerate() {
+                    *r = *base + i as i32;
+                }
+            } else {
+                c.fill(-1);
+                for (rank, &key) in level.iter().enumerate() {
+                    c[key as usize] = *base + rank as i32;
+                }
+            }
+            t.fill(job.b as i32);
+        }
+    });
+    Octree {
         depth: opts.depth,
         full_depth: opts.full_depth,
         batch_size,
-        keys: vec![Vec::new(); depth + 1],
-        children: vec![Vec::new(); depth + 1],
-        batch: vec![Vec::new(); depth + 1],
-        batch_nnum: vec![vec![0; batch_size]; depth + 1],
-        batch_nnum_nempty: vec![vec![0; batch_size]; depth + 1],
-        point_leaf: Vec::new(),
-    };
-    if batch_size == 1 {
-        let s = samples.into_iter().next().unwrap();
-        for d in 0..=depth {
-            tree.batch_nnum[d][0] = s.keys[d].len();
-            tree.batch_nnum_nempty[d][0] = s.nonempty[d];
-            if fill_batch {
-                tree.batch[d] = vec![0; s.keys[d].len()];
-            }
-        }
-        tree.keys = s.keys;
-        tree.children = s.children;
-        tree.point_leaf = s.point_leaf;
-        return tree;
+        keys,
+        children,
+        batch,
+        batch_nnum,
+        batch_nnum_nempty,
+        point_leaf,
     }
-    let mut leaf_base = 0i64;
-    let mut nempty_base = vec![0i32; depth + 1];
-    for (b, s) in samples.into_iter().enumerate() {
-        for d in 0..=depth {
-            tree.batch_nnum[d][b] = s.keys[d].len();
-            tree.batch_nnum_nempty[d][b] = s.nonempty[d];
-            tree.keys[d].extend_from_slice(&s.keys[d]);
-            let base = nempty_base[d];
-            tree.children[d].extend(
-                s.children[d]
-                    .iter()
-                    .map(|&c| if c < 0 { -1 } else { c + base }),
-            );
-            tree.batch[d].extend(std::iter::repeat_n(b as i32, s.keys[d].len()));
-            nempty_base[d] += s.nonempty[d] as i32;
-        }
-        tree.point_leaf
-            .extend(s.point_leaf.iter().map(|&l| l + leaf_base));
-        leaf_base += s.nonempty[depth] as i64;
-    }
-    tree
 }
 
 #[derive(Default)]
@@ -1282,6 +1398,49 @@ mod tests {
             for d in 0..=5 {
                 prop_assert_eq!(t.keys[d].clone(), [ta.keys[d].clone(), tb.keys[d].clone()].concat());
             }
+        }
+
+        #[test]
+        fn batch_laid_out_like_separate_trees(
+            clouds in proptest::collection::vec(proptest::collection::vec(-0.99f32..0.99, 0..240), 2..6),
+            depth in 1u8..8,
+            fd in 0u8..4,
+        ) {
+            // every field of a batch equals the separately built single-sample trees (built
+            // by the single-sample path), concatenated with ranks and leaves shifted
+            let o = BuildOptions { depth, full_depth: fd.min(depth), clip: false };
+            let clouds: Vec<&[f32]> = clouds.iter().map(|c| &c[..c.len() / 3 * 3]).collect();
+            let singles: Vec<Octree> = clouds
+                .iter()
+                .map(|c| build_octree(c, &[0, c.len() / 3], &[cube(depth)], o).unwrap())
+                .collect();
+            let all: Vec<f32> = clouds.concat();
+            let mut offsets = vec![0usize];
+            for c in &clouds {
+                offsets.push(offsets.last().unwrap() + c.len() / 3);
+            }
+            let boxes = vec![cube(depth); clouds.len()];
+            let t = build_octree(&all, &offsets, &boxes, o).unwrap();
+            let (mut leaf_base, mut rank_base) = (0i64, vec![0i32; depth as usize + 1]);
+            let mut want = Octree { depth, full_depth: o.full_depth, batch_size: clouds.len(), ..Default::default() };
+            want.keys = vec![Vec::new(); depth as usize + 1];
+            want.children = want.keys.iter().map(|_| Vec::new()).collect();
+            want.batch = want.children.clone();
+            want.batch_nnum = vec![Vec::new(); depth as usize + 1];
+            want.batch_nnum_nempty = want.batch_nnum.clone();
+            for (b, s) in singles.iter().enumerate() {
+                for d in 0..=depth as usize {
+                    want.keys[d].extend(&s.keys[d]);
+                    want.children[d].extend(s.children[d].iter().map(|&c| if c < 0 { -1 } else { c + rank_base[d] }));
+                    want.batch[d].extend(std::iter::repeat_n(b as i32, s.keys[d].len()));
+                    want.batch_nnum[d].push(s.batch_nnum[d][0]);
+                    want.batch_nnum_nempty[d].push(s.batch_nnum_nempty[d][0]);
+                    rank_base[d] += s.batch_nnum_nempty[d][0] as i32;
+                }
+                want.point_leaf.extend(s.point_leaf.iter().map(|&l| l + leaf_base));
+                leaf_base += s.batch_nnum_nempty[depth as usize][0] as i64;
+            }
+            prop_assert_eq!(t, want);
         }
     }
 
