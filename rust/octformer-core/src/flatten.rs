@@ -370,9 +370,101 @@ pub fn plan_from_perm(
     build_plan(&p32, &counts, group_size)
 }
 
+/// Where the window key's fields sit, for coordinates bounded by `or3` (per axis, the OR
+/// of every value or of some of them: only its bit length matters) and samples `0..=max_b`.
+struct KeyLayout {
+    /// field widths, outermost first: batch, Z, Wa, Wc', oc', oa', w
+    widths: [u32; 7],
+    total: u32,
+    /// bit position of each field (each value is < 2^width, so fields never overlap)
+    pos: [u32; 7],
+    max_win: [u64; 3],
+}
+
+/// The window-key geometry shared by every pass: shift, sizes and the (outer a, inner c)
+/// window axes (the traversal runs along c).
+#[derive(Clone, Copy)]
+struct Geometry {
+    window: [u32; 3],
+    sh: [u64; 3],
+    w64: [u64; 3],
+    a: usize,
+    c: usize,
+}
+
+impl Geometry {
+    fn new(window: [u32; 3], axis: Axis, shift: bool) -> Geometry {
+        let (a, c) = match axis {
+            Axis::X => (1usize, 0usize),
+            Axis::Y => (0, 1),
+        };
+        Geometry {
+            window,
+            sh: if shift {
+                window.map(|w| (w / 2) as u64)
+            } else {
+                [0; 3]
+            },
+            w64: window.map(|w| w as u64),
+            a,
+            c,
+        }
+    }
+
+    fn layout(&self, or3: [u64; 3], max_b: u64) -> KeyLayout {
+        let (w64, sh, a, c) = (self.w64, self.sh, self.a, self.c);
+        // largest value with the OR's bit length: an upper bound of every coordinate
+        let max_c: [u64; 3] = or3.map(|v| {
+            if v == 0 {
+                0
+            } else {
+                u64::MAX >> v.leading_zeros()
+            }
+        });
+        let max_win = [0, 1, 2].map(|k| (max_c[k] + sh[k]) / w64[k]);
+        let widths = [
+            bit_length(max_b),
+            bit_length(max_win[2]),
+            bit_length(max_win[a]),
+            bit_length(max_win[c]),
+            bit_length(w64[c] - 1),
+            bit_length(w64[a] - 1),
+            bit_length(w64[2] - 1),
+        ];
+        let total: u32 = widths.iter().sum();
+        let mut pos = [0u32; 7];
+        let mut acc = 0u32;
+        for f in (0..7).rev() {
+            pos[f] = acc;
+            acc += widths[f];
+        }
+        KeyLayout {
+            widths,
+            total,
+            pos,
+            max_win,
+        }
+    }
+
+    fn fast_key(&self, lay: &KeyLayout) -> FastKey {
+        let w = lay.widths;
+        FastKey {
+            sh: self.sh,
+            w: self.w64,
+            log2: self.window.map(|w| w.trailing_zeros()),
+            inv: self.window.map(|w| 1.0 / w as f64),
+            masks: [w[3], w[4], w[5]].map(|w| if w == 0 { 0 } else { u64::MAX >> (64 - w) }),
+            pos: lay.pos,
+        }
+    }
+}
+
+const LIMIT: i64 = 1 << 31;
+
 /// FlatFormer window order, packed when key and token index fit one word.
 /// `cap`: capacity to give the packed words (≥ N; the padded plan size when the plan
-/// will be built in them).
+/// will be built in them). With `plan` (sample counts, group size) the plan itself may
+/// come back ([`Sorted::Plan`], built by the fused path).
 fn window_sorted(
     coords: &[i64],
     batch: Option<&[i64]>,
@@ -380,6 +472,7 @@ fn window_sorted(
     axis: Axis,
     shift: bool,
     cap: usize,
+    plan: Option<(&[usize], usize)>,
 ) -> Result<Sorted> {
     if coords.len() % 3 != 0 {
         return Err(CoreError::arg(
@@ -396,7 +489,12 @@ fn window_sorted(
             format!("{window:?} (axis {i})"),
         ));
     }
-    const LIMIT: i64 = 1 << 31;
+    let geo = Geometry::new(window, axis, shift);
+    if let Some((counts, g)) = plan
+        && let Some(p) = fused_plan(coords, batch, &geo, axis, cap, counts, g)?
+    {
+        return Ok(Sorted::Plan(p));
+    }
     // OR of every value per axis: its bit length is the maximum's, so it bounds the
     // windows as tightly as the maximum does up to one bit, and any value outside
     // [0, 2^31) (negative ones set bit 63) shows in it; unlike min/max it vectorises
@@ -436,44 +534,9 @@ fn window_sorted(
         Some(b) => crate::curve::check_batch(b, n)?,
         None => 0,
     };
-    let sh: [u64; 3] = if shift {
-        window.map(|w| (w / 2) as u64)
-    } else {
-        [0; 3]
-    };
-    let w64 = window.map(|w| w as u64);
-    // outer window axis a, inner window axis c (the traversal runs along c)
-    let (a, c) = match axis {
-        Axis::X => (1usize, 0usize),
-        Axis::Y => (0, 1),
-    };
-    // largest value with the OR's bit length: an upper bound of every coordinate
-    let max_c: [u64; 3] = or3.map(|v| {
-        if v == 0 {
-            0
-        } else {
-            u64::MAX >> v.leading_zeros()
-        }
-    });
-    let max_win = [0, 1, 2].map(|k| (max_c[k] + sh[k]) / w64[k]);
-    // field widths, outermost first: batch, Z, Wa, Wc', oc', oa', w
-    let widths = [
-        bit_length(max_b),
-        bit_length(max_win[2]),
-        bit_length(max_win[a]),
-        bit_length(max_win[c]),
-        bit_length(w64[c] - 1),
-        bit_length(w64[a] - 1),
-        bit_length(w64[2] - 1),
-    ];
-    let total: u32 = widths.iter().sum();
-    // bit position of each field (each value is < 2^width, so fields never overlap)
-    let mut pos = [0u32; 7];
-    let mut acc = 0u32;
-    for f in (0..7).rev() {
-        pos[f] = acc;
-        acc += widths[f];
-    }
+    let Geometry { sh, w64, a, c, .. } = geo;
+    let lay = geo.layout(or3, max_b);
+    let (total, pos, max_win) = (lay.total, lay.pos, lay.max_win);
     let wk = WindowKey {
         sh,
         w: w64,
@@ -491,16 +554,7 @@ fn window_sorted(
         )
     };
     if total <= 64 {
-        let masks = [widths[3], widths[4], widths[5]]
-            .map(|w| if w == 0 { 0 } else { u64::MAX >> (64 - w) });
-        let fast = FastKey {
-            sh,
-            w: w64,
-            log2: window.map(|w| w.trailing_zeros()),
-            inv: window.map(|w| 1.0 / w as f64),
-            masks,
-            pos,
-        };
+        let fast = geo.fast_key(&lay);
         let idx_bits = bit_length(n.saturating_sub(1) as u64);
         if total + idx_bits <= 64 {
             // key and index in one word, filled by a loop the key computation inlines into
@@ -564,6 +618,8 @@ enum Sorted {
         mask: u64,
     },
     Perm(Vec<u32>),
+    /// the plan itself (fused path)
+    Plan(FlattenPlan),
 }
 
 /// FlatFormer window order: the stable permutation (sorted position → token).
@@ -576,13 +632,262 @@ pub fn window_order(
 ) -> Result<Vec<u32>> {
     let n = coords.len() / 3;
     Ok(
-        match window_sorted(coords, batch, window, axis, shift, n)? {
+        match window_sorted(coords, batch, window, axis, shift, n, None)? {
             Sorted::Perm(p) => p,
+            Sorted::Plan(_) => unreachable!("no plan was asked for"),
             Sorted::Packed { items, mask, .. } => {
                 items.iter().map(|&it| (it & mask) as u32).collect()
             }
         },
     )
+}
+
+/// Below this many tokens the plan takes the unfused passes.
+const FUSED_MIN: usize = 1 << 16;
+
+/// The plan in one pass over the coordinates plus one sort, when key and token index fit
+/// one word and the sort takes the hybrid (leading-digit) path; `Ok(None)` where it does
+/// not apply (the caller then runs the unfused passes, which also report bad input).
+///
+/// - Bounds: the key layout only depends on the bit length of each axis' OR, so it is
+///   taken from a sample of rows, and the key pass ORs every coordinate as it goes; if the
+///   full OR is longer on some axis the pass reruns once with it (same keys as from a
+///   separate bound pass either way).
+/// - The key pass also counts the sort's leading digit, per chunk while in cache.
+/// - After the leading-digit scatter, every bucket is sorted in cache and its words turned
+///   into gather entries (their tokens) at once; scatter goes into the sort's old buffer.
+fn fused_plan(
+    coords: &[i64],
+    batch: Option<&[i64]>,
+    geo: &Geometry,
+    axis: Axis,
+    cap: usize,
+    counts: &[usize],
+    g: usize,
+) -> Result<Option<FlattenPlan>> {
+    let n = coords.len() / 3;
+    if n < FUSED_MIN || n > u32::MAX as usize {
+        return Ok(None);
+    }
+    // every 1/4096 of the rows plus the last one
+    let mut est = [0u64; 3];
+    for i in (0..n).step_by((n / 4096).max(1)).chain([n - 1]) {
+        for (e, &v) in est.iter_mut().zip(&coords[3 * i..3 * i + 3]) {
+            *e |= v as u64;
+        }
+    }
+    if est.iter().any(|&v| v >= LIMIT as u64) {
+        return Ok(None);
+    }
+    let max_b = match batch {
+        Some(b) => match crate::curve::check_batch(b, n) {
+            Ok(m) => m,
+            // the unfused path reports coordinate errors before batch ones
+            Err(_) => return Ok(None),
+        },
+        None => 0,
+    };
+    let batch = batch.unwrap_or(&[]);
+    let idx_bits = bit_length((n - 1) as u64);
+    let pow2 = geo.window.iter().all(|w| w.is_power_of_two());
+    // SAFETY: the key pass below writes every item before anything reads it
+    let mut items: Vec<u64> = unsafe { vec_for_overwrite_cap(n, cap) };
+    for _ in 0..2 {
+        let lay = geo.layout(est, max_b);
+        let bits = idx_bits + lay.total;
+        if bits > 64 || !crate::sort::is_hybrid(idx_bits, bits) {
+            return Ok(None);
+        }
+        let top_bits = crate::sort::hybrid_top_bits(idx_bits, bits);
+        let top = bits - top_bits;
+        let mask = (1usize << top_bits) - 1;
+        let fast = geo.fast_key(&lay);
+        let chunks = crate::sort::chunk_count(n);
+        let chunk_len = n.div_ceil(chunks);
+        let f = match (axis, pow2) {
+            (Axis::X, true) => fused_fill::<true, true>,
+            (Axis::X, false) => fused_fill::<true, false>,
+            (Axis::Y, true) => fused_fill::<false, true>,
+            (Axis::Y, false) => fused_fill::<false, false>,
+        };
+        let key = FusedKey {
+            fast,
+            idx_bits,
+            top,
+            mask,
+        };
+        let parts: Vec<([u64; 3], Vec<u32>)> = if chunks == 1 {
+            vec![f(&key, coords, batch, 0, &mut items)]
+        } else {
+            items
+                .par_chunks_mut(chunk_len)
+                .enumerate()
+                .map(|(r, dst)| f(&key, coords, batch, r * chunk_len, dst))
+                .collect()
+        };
+        let or3 = parts.iter().fold([0u64; 3], |o, (p, _)| {
+            [o[0] | p[0], o[1] | p[1], o[2] | p[2]]
+        });
+        if or3.iter().any(|&v| v >= LIMIT as u64) {
+            return Ok(None);
+        }
+        if (0..3).any(|k| bit_length(or3[k]) != bit_length(est[k])) {
+            est = or3; // the sample missed a top bit: once more with the exact bounds
+            continue;
+        }
+        let hists: Vec<Vec<u32>> = parts.into_iter().map(|(_, h)| h).collect();
+        return plan_from_hists(items, &hists, chunk_len, idx_bits, top, mask, counts, g).map(Some);
+    }
+    Ok(None)
+}
+
+/// Key parameters of the fused pass.
+struct FusedKey {
+    fast: FastKey,
+    idx_bits: u32,
+    /// leading sort digit: `(word >> top) & mask`
+    top: u32,
+    mask: usize,
+}
+
+/// Packed words of the cells `base..base + dst.len()`, the OR of their coordinates per
+/// axis, and the histogram of the sort's leading digit.
+fn fused_fill<const AXIS_X: bool, const POW2: bool>(
+    key: &FusedKey,
+    coords: &[i64],
+    batch: &[i64],
+    base: usize,
+    dst: &mut [u64],
+) -> ([u64; 3], Vec<u32>) {
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::is_x86_feature_detected!("avx2");
+    // four interleaved count tables: neighbouring cells mostly share a window (and so a
+    // digit), and one table would chain every increment on the previous one's store
+    let digits = key.mask + 1;
+    let mut hist4 = vec![0u32; 4 * digits];
+    let mut or = [0u64; 3];
+    let (top, mask) = (key.top, key.mask);
+    for (j, sub) in dst.chunks_mut(CHUNK).enumerate() {
+        let b0 = base + j * CHUNK;
+        let rows = &coords[3 * b0..3 * (b0 + sub.len())];
+        let b = if batch.is_empty() {
+            batch
+        } else {
+            &batch[b0..b0 + sub.len()]
+        };
+        #[cfg(target_arch = "x86_64")]
+        let o = if avx2 {
+            // SAFETY: AVX2 is present (checked at run time above)
+            unsafe { fill_chunk_avx2::<AXIS_X, POW2>(&key.fast, rows, b, key.idx_bits, b0, sub) }
+        } else {
+            fill_chunk::<AXIS_X, POW2>(&key.fast, rows, b, key.idx_bits, b0, sub)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let o = fill_chunk::<AXIS_X, POW2>(&key.fast, rows, b, key.idx_bits, b0, sub);
+        for k in 0..3 {
+            or[k] |= o[k];
+        }
+        let (h01, h23) = hist4.split_at_mut(2 * digits);
+        let (h0, h1) = h01.split_at_mut(digits);
+        let (h2, h3) = h23.split_at_mut(digits);
+        let mut quads = sub.chunks_exact(4);
+        for q in &mut quads {
+            h0[(q[0] >> top) as usize & mask] += 1;
+            h1[(q[1] >> top) as usize & mask] += 1;
+            h2[(q[2] >> top) as usize & mask] += 1;
+            h3[(q[3] >> top) as usize & mask] += 1;
+        }
+        for &w in quads.remainder() {
+            h0[(w >> top) as usize & mask] += 1;
+        }
+    }
+    let (h0, rest) = hist4.split_at(digits);
+    let hist: Vec<u32> = (0..digits)
+        .map(|d| h0[d] + rest[d] + rest[digits + d] + rest[2 * digits + d])
+        .collect();
+    (or, hist)
+}
+
+/// Sort the packed words by the leading digit counted in `hists`, then per bucket in
+/// cache, and build the plan in the sort's two buffers (see [`fused_plan`]).
+#[allow(clippy::too_many_arguments)]
+fn plan_from_hists(
+    mut items: Vec<u64>,
+    hists: &[Vec<u32>],
+    chunk_len: usize,
+    idx_bits: u32,
+    top: u32,
+    mask: usize,
+    counts: &[usize],
+    g: usize,
+) -> Result<FlattenPlan> {
+    let n = items.len();
+    let layout = Layout::new(counts, g)?;
+    let m = layout.padded();
+    debug_assert_eq!(layout.start[counts.len()], n);
+    let (start, pad_start) = (&layout.start, &layout.pad_start);
+    let tok_mask = (1u64 << idx_bits) - 1;
+    let sort_bucket = |b: &mut [u64], scratch: &mut Vec<u64>| {
+        if b.len() <= 64 {
+            // the whole words are distinct and their low bits are the token, ascending
+            // within the bucket after the stable scatter: sorting whole words is the
+            // stable sort by key
+            b.sort_unstable();
+        } else {
+            crate::sort::small_lsd(b, idx_bits, top, scratch);
+        }
+    };
+    // gather: the token of every sorted word, written while its bucket is in cache
+    let visit = |_: usize, bucket: &mut [u64], _: SendPtr<u64>| {
+        for w in bucket.iter_mut() {
+            *w &= tok_mask;
+        }
+    };
+    // the sorted buffer gets this capacity too: room for the padded gather
+    items.reserve_exact(m - n);
+    // SAFETY: `hists` count the leading digit of exactly the `chunk_len` chunks of `items`
+    let mut scatter = unsafe {
+        crate::sort::hybrid_from_hists(&mut items, hists, chunk_len, top, mask, sort_bucket, visit)
+    };
+    // scatter: every token learns its slot, in a pass of its own (writing it from the
+    // bucket loop measured slower: its scattered stores competed with the in-cache sort)
+    let sdst = SendPtr(scatter.as_mut_ptr());
+    let sorted = &items;
+    (0..n.div_ceil(CHUNK)).into_par_iter().for_each(|c| {
+        let sdst = sdst;
+        let k0 = c * CHUNK;
+        let mut s = start.partition_point(|&o| o <= k0) - 1;
+        for k in k0..(k0 + CHUNK).min(n) {
+            while start[s + 1] <= k {
+                s += 1;
+            }
+            let t = sorted[k] as usize;
+            assert!(t < n);
+            // SAFETY: the tokens of the sorted words are a permutation of 0..n (each word
+            // was made with its own index), so all writes go to distinct elements of
+            // `scatter` (n items), in bounds by the assert
+            unsafe { *sdst.0.add(t) = (pad_start[s] + k - start[s]) as u64 };
+        }
+    });
+    assert!(items.capacity() >= m);
+    if counts.len() > 1 {
+        // SAFETY: capacity ≥ m (asserted); slots n..m are written below (real ones by the
+        // moves, padding by `pad`) before being read
+        unsafe { items.set_len(m) };
+        // samples move to their padded starts (≥ their sorted starts), the last first,
+        // so no sample overwrites one not yet moved
+        for s in (0..counts.len()).rev() {
+            if pad_start[s] != start[s] {
+                items.copy_within(start[s]..start[s + 1], pad_start[s]);
+            }
+        }
+    } else {
+        // SAFETY: capacity ≥ m (asserted); slots n..m are padding, written by `pad`
+        unsafe { items.set_len(m) };
+    }
+    let mut gather = u64_vec_as_i64(items);
+    layout.pad(counts, g, &mut gather);
+    Ok(layout.into_plan(gather, u64_vec_as_i64(scatter), g))
 }
 
 /// `key << idx_bits | index` for every cell, in parallel chunks.
@@ -627,11 +932,12 @@ unsafe fn fill_chunk_avx2<const AXIS_X: bool, const POW2: bool>(
     idx_bits: u32,
     base: usize,
     dst: &mut [u64],
-) {
+) -> [u64; 3] {
     fill_chunk::<AXIS_X, POW2>(fast, rows, batch, idx_bits, base, dst)
 }
 
-/// Packed words of one chunk of cells (`batch` empty: one sample).
+/// Packed words of one chunk of cells (`batch` empty: one sample); returns the OR of
+/// the chunk's coordinates per axis.
 #[inline(always)]
 fn fill_chunk<const AXIS_X: bool, const POW2: bool>(
     fast: &FastKey,
@@ -640,22 +946,30 @@ fn fill_chunk<const AXIS_X: bool, const POW2: bool>(
     idx_bits: u32,
     base: usize,
     dst: &mut [u64],
-) {
+) -> [u64; 3] {
     // a local copy: through the reference the loop compiled to a slow 2-lane SIMD form
     // (~14 ns per point instead of ~6)
     let fk = *fast;
     let mut idx = base as u64;
+    let mut or = [0u64; 3];
     if batch.is_empty() {
         for (it, p) in dst.iter_mut().zip(rows.chunks_exact(3)) {
             *it = (fk.key::<AXIS_X, POW2>(p, 0) << idx_bits) | idx;
             idx += 1;
+            or[0] |= p[0] as u64;
+            or[1] |= p[1] as u64;
+            or[2] |= p[2] as u64;
         }
     } else {
         for ((it, p), &bv) in dst.iter_mut().zip(rows.chunks_exact(3)).zip(batch) {
             *it = (fk.key::<AXIS_X, POW2>(p, bv as u64) << idx_bits) | idx;
             idx += 1;
+            or[0] |= p[0] as u64;
+            or[1] |= p[1] as u64;
+            or[2] |= p[2] as u64;
         }
     }
+    or
 }
 
 #[inline(always)]
@@ -858,9 +1172,11 @@ pub fn flatten(
             .map(|&c| if c <= g { c } else { c.div_ceil(g) * g })
             .sum()
     });
-    let sorted = window_sorted(coords, batch, window, axis, shift, cap)?;
+    let want = counts.as_ref().ok().map(|c| (&c[..], g));
+    let sorted = window_sorted(coords, batch, window, axis, shift, cap, want)?;
     let counts = counts?;
     match sorted {
+        Sorted::Plan(p) => Ok(p),
         Sorted::Perm(perm) => build_plan(&perm, &counts, group_size),
         Sorted::Packed { items, spare, mask } => {
             plan_from_packed(items, spare, mask, &counts, group_size)
@@ -946,6 +1262,41 @@ mod tests {
                 slots.iter().map(|&s| plans[0].gather[s as usize]).collect()
             };
             assert!(real.iter().zip(&order).all(|(&a, &b)| a == b as i64));
+        }
+    }
+
+    #[test]
+    fn fused_plan_equals_unfused() {
+        // the fused path (sampled bounds, key pass with histograms, per-bucket plan) must
+        // give the plan built from the unfused window order; an odd N leaves a tail for the
+        // 4-wide key loop, and one far cell on an unsampled row (the sample takes every
+        // (N / 4096)-th row and the last) forces the rerun with the exact bounds
+        let mut r = lcg(5);
+        let n = 150_001;
+        let mut coords: Vec<i64> = (0..3 * n).map(|_| (r() % 700) as i64).collect();
+        let batch: Vec<i64> = (0..n).map(|i| (i * 3 / n) as i64).collect();
+        for far in [false, true] {
+            if far {
+                coords[3 + 1] = 40_000; // row 1, y
+            }
+            for (window, b, axis, shift) in [
+                ([16, 16, 16], None, Axis::X, false),
+                ([16, 8, 4], Some(&batch[..]), Axis::Y, true),
+                ([32, 16, 8], Some(&batch[..]), Axis::X, true),
+                ([13, 13, 32], None, Axis::Y, true),
+                ([13, 9, 5], Some(&batch[..]), Axis::X, false),
+            ] {
+                let counts = sample_counts(b, n).unwrap();
+                for g in [64usize, 100] {
+                    let order = window_order(&coords, b, window, axis, shift).unwrap();
+                    let want = build_plan(&order, &counts, g).unwrap();
+                    let got = flatten(&coords, b, window, g, axis, shift).unwrap();
+                    assert_eq!(
+                        got, want,
+                        "{window:?} {axis:?} shift={shift} g={g} far={far}"
+                    );
+                }
+            }
         }
     }
 

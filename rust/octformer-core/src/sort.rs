@@ -57,47 +57,106 @@ pub fn radix_sort_spare<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) -> Opt
         small_lsd(data, lo, hi, &mut Vec::new());
         return None;
     }
-    if hi <= lo + 2 * DIGIT_BITS {
+    if !is_hybrid(lo, hi) {
         return lsd_sort(data, lo, hi);
     }
-    // keys of up to 28 bits: a wider leading digit (≤ 15 bits) leaves ≤ 13 bits per
-    // bucket, which the in-cache sort covers in one pass for buckets of ≥ 2048 items
-    // (FlatFormer window keys: 27 bits at 1M tokens, ~10% less sort time than 11 bits)
-    let top_bits = if hi - lo <= 28 {
-        (hi - lo - 13).max(TOP_BITS)
-    } else {
-        TOP_BITS
-    };
+    let top_bits = hybrid_top_bits(lo, hi);
     let top = hi - top_bits;
     let chunks = chunk_count(n);
     let mask = (1usize << top_bits) - 1;
+    let chunk_len = n.div_ceil(chunks).max(1);
+    let hists: Vec<Vec<u32>> = if chunks == 1 {
+        vec![histogram(data, top, mask)]
+    } else {
+        data.par_chunks(chunk_len)
+            .map(|c| histogram(c, top, mask))
+            .collect()
+    };
+    // SAFETY: `hists` are the histograms of exactly those chunks of `data`
+    Some(unsafe {
+        hybrid_from_hists(
+            data,
+            &hists,
+            chunk_len,
+            top,
+            mask,
+            |b, scratch| small_lsd(b, lo, top, scratch),
+            |_, _, _| {},
+        )
+    })
+}
+
+/// Whether keys in bits `lo..hi` of ≥ 2^14 items take the hybrid (leading digit, then
+/// buckets in cache) path rather than plain LSD passes.
+pub(crate) fn is_hybrid(lo: u32, hi: u32) -> bool {
+    hi > lo + 2 * DIGIT_BITS
+}
+
+/// Bits of the hybrid sort's leading digit for keys in bits `lo..hi` (`hi − lo` > 22).
+///
+/// Keys of up to 28 bits get a wider leading digit (≤ 15 bits), leaving ≤ 13 bits per
+/// bucket, which the in-cache sort covers in one pass for buckets of ≥ 2048 items
+/// (FlatFormer window keys: 27 bits at 1M tokens, ~10% less sort time than 11 bits).
+pub(crate) fn hybrid_top_bits(lo: u32, hi: u32) -> u32 {
+    if hi - lo <= 28 {
+        (hi - lo - 13).max(TOP_BITS)
+    } else {
+        TOP_BITS
+    }
+}
+
+/// The hybrid sort after its leading-digit histograms: `hists[c]` counts the digit
+/// `(key >> top) & mask` of items `c·chunk_len..` of `data` (one histogram per
+/// contiguous chunk, in order). Scatters by that digit into a new buffer (capacity
+/// `data.capacity()`), sorts every bucket in cache with `sort_bucket(bucket, scratch)`,
+/// then calls `visit(first position, sorted bucket, old buffer)` on every bucket (empty
+/// ones skipped) while it is still in cache; the old buffer (`data.len()` items) is free
+/// scratch by then and buckets are visited concurrently, so `visit` may only write
+/// elements of it that no other bucket writes. `data` ends up sorted; the old buffer is
+/// returned.
+///
+/// # Safety
+/// `hists` must be exactly those histograms (the scatter writes where they say).
+pub(crate) unsafe fn hybrid_from_hists<T: RadixKey>(
+    data: &mut Vec<T>,
+    hists: &[Vec<u32>],
+    chunk_len: usize,
+    top: u32,
+    mask: usize,
+    sort_bucket: impl Fn(&mut [T], &mut Vec<T>) + Sync,
+    visit: impl Fn(usize, &mut [T], SendPtr<T>) + Sync,
+) -> Vec<T> {
+    let n = data.len();
     // SAFETY: the scatter below writes every index 0..n exactly once
     let mut buf: Vec<T> = unsafe { vec_with_capacity_for_overwrite(n, data.capacity()) };
-    let starts = scatter_pass(data, &mut buf, top, mask, chunks, false)
+    let starts = scatter_with_hists(data, &mut buf, hists, chunk_len, top, mask, false)
         .expect("a scatter that may not skip always runs");
     // split the scattered array into its buckets and sort each in cache
-    let mut buckets: Vec<&mut [T]> = Vec::with_capacity(mask + 1);
+    let mut buckets: Vec<(usize, &mut [T])> = Vec::with_capacity(mask + 1);
     let mut rest: &mut [T] = &mut buf[..];
     for b in 0..=mask {
         let (head, tail) = rest.split_at_mut(starts[b + 1] - starts[b]);
-        if head.len() > 1 {
-            buckets.push(head);
+        if !head.is_empty() {
+            buckets.push((starts[b], head));
         }
         rest = tail;
     }
-    let sort_bucket =
-        |bucket: &mut &mut [T], scratch: &mut Vec<T>| small_lsd(bucket, lo, top, scratch);
-    if chunks == 1 {
+    let old = SendPtr(data.as_mut_ptr());
+    let run = |(k0, bucket): &mut (usize, &mut [T]), scratch: &mut Vec<T>| {
+        if bucket.len() > 1 {
+            sort_bucket(bucket, scratch);
+        }
+        visit(*k0, bucket, old);
+    };
+    if hists.len() == 1 {
         let mut scratch = Vec::new();
-        buckets
-            .iter_mut()
-            .for_each(|b| sort_bucket(b, &mut scratch));
+        buckets.iter_mut().for_each(|b| run(b, &mut scratch));
     } else {
         buckets
             .par_iter_mut()
-            .for_each_init(Vec::new, |scratch, b| sort_bucket(b, scratch));
+            .for_each_init(Vec::new, |scratch, b| run(b, scratch));
     }
-    Some(std::mem::replace(data, buf))
+    std::mem::replace(data, buf)
 }
 
 /// Serial LSD sort of a cache-resident slice by bits `lo..hi`, digits of ≤ 10 to 16 bits.
@@ -219,7 +278,7 @@ fn lsd_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) -> Option<Vec<T>> 
 }
 
 /// How many chunks to split `n` items into for the parallel passes.
-fn chunk_count(n: usize) -> usize {
+pub(crate) fn chunk_count(n: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
     if n < PARALLEL_MIN || threads == 1 {
         1
@@ -240,8 +299,7 @@ fn scatter_pass<T: RadixKey>(
     chunks: usize,
     skip_trivial: bool,
 ) -> Option<Vec<usize>> {
-    let n = src.len();
-    let chunk_len = n.div_ceil(chunks).max(1);
+    let chunk_len = src.len().div_ceil(chunks).max(1);
     let hists: Vec<Vec<u32>> = if chunks == 1 {
         vec![histogram(src, shift, mask)]
     } else {
@@ -249,6 +307,20 @@ fn scatter_pass<T: RadixKey>(
             .map(|c| histogram(c, shift, mask))
             .collect()
     };
+    scatter_with_hists(src, dst, &hists, chunk_len, shift, mask, skip_trivial)
+}
+
+/// [`scatter_pass`] given the histogram of every `chunk_len` chunk of `src`.
+fn scatter_with_hists<T: RadixKey>(
+    src: &[T],
+    dst: &mut [T],
+    hists: &[Vec<u32>],
+    chunk_len: usize,
+    shift: u32,
+    mask: usize,
+    skip_trivial: bool,
+) -> Option<Vec<usize>> {
+    let n = src.len();
     let mut offsets = vec![vec![0usize; mask + 1]; hists.len()];
     let mut starts = vec![0usize; mask + 2];
     let mut run = 0usize;
@@ -262,18 +334,20 @@ fn scatter_pass<T: RadixKey>(
             return None; // every item has this digit: the pass would change nothing
         }
     }
+    assert_eq!(run, n, "histograms must count every item once");
     starts[mask + 1] = n;
     let out = SendPtr(dst.as_mut_ptr());
     let scatter = |(chunk, mut off): (&[T], Vec<usize>)| {
         let out = out;
         for v in chunk {
             let b = ((v.radix_key() >> shift) as usize) & mask;
-            // SAFETY: offsets partition 0..n disjointly across chunks and buckets.
+            // SAFETY: offsets partition 0..n disjointly across chunks and buckets (the
+            // histograms count exactly these items, asserted above).
             unsafe { *out.0.add(off[b]) = *v };
             off[b] += 1;
         }
     };
-    if chunks == 1 {
+    if hists.len() == 1 {
         scatter((src, offsets.pop().unwrap()));
     } else {
         src.par_chunks(chunk_len)
@@ -283,7 +357,7 @@ fn scatter_pass<T: RadixKey>(
     Some(starts)
 }
 
-fn histogram<T: RadixKey>(items: &[T], shift: u32, mask: usize) -> Vec<u32> {
+pub(crate) fn histogram<T: RadixKey>(items: &[T], shift: u32, mask: usize) -> Vec<u32> {
     let mut h = vec![0u32; mask + 1];
     for v in items {
         h[((v.radix_key() >> shift) as usize) & mask] += 1;
