@@ -1177,6 +1177,24 @@ fn scatter_items(src: &[u64], dst: &mut [u64], shift: u32, mask: u64, offs: &mut
     }
 }
 
+/// How many items ahead the last pass prefetches its inverse write.
+const AHEAD: usize = 16;
+
+/// Hint the cache line of `v[i]` (clamped into `v`) into L1 before a store to it (random
+/// destinations, which the hardware prefetcher does not follow).
+#[inline(always)]
+fn prefetch_at<T>(v: &[T], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(last) = v.len().checked_sub(1) {
+        // SAFETY: the address lies inside `v`; a prefetch has no architectural effect
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                v.as_ptr().add(i.min(last)) as *const i8,
+            )
+        };
+    }
+}
+
 /// Last LSD pass: the sorted position of each item is final, so write perm and inverse.
 #[inline(always)]
 fn scatter_last(
@@ -1190,7 +1208,13 @@ fn scatter_last(
 ) {
     let n = src.len();
     assert!(perm.len() == n && inverse.len() == n && offs.len() > mask as usize);
-    for &v in src {
+    for (k, &v) in src.iter().enumerate() {
+        // the inverse writes land anywhere in an n-entry array: fetch the line of the
+        // item AHEAD places later now, so its store does not wait for memory (~8% of a
+        // 4-order call on lidar1M; prefetching the bucket streams too measured no gain)
+        if let Some(&u) = src.get(k + AHEAD) {
+            prefetch_at(inverse, (u & idx_mask) as usize);
+        }
         let d = ((v >> shift) & mask) as usize;
         let i = (v & idx_mask) as usize;
         assert!(i < n);
