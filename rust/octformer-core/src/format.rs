@@ -1013,8 +1013,65 @@ fn popcount_bytes(bytes: &[u8]) -> (usize, bool) {
 
 /// Non-empty keys of the next level from occupancy bytes of the current one.
 /// `out` must have room for `count + 8` keys; returns the number written.
-#[inline]
 fn expand_keys(parents: &[u64], occ: &[u8], out: &mut [u64]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present (checked just above)
+        return unsafe { expand_keys_avx2(parents, occ, out) };
+    }
+    expand_keys_plain(parents, occ, out)
+}
+
+/// [`CHILD_LISTS`] widened to u64 lanes.
+static CHILD_LISTS64: [[u64; 8]; 256] = {
+    let mut t = [[0u64; 8]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut c = 0;
+        while c < 8 {
+            t[b][c] = CHILD_LISTS[b][c] as u64;
+            c += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// [`expand_keys_plain`] with two 4-lane stores per parent (the compiler's version
+/// stored the 8 slots one by one).
+///
+/// # Safety
+/// AVX2 must be present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn expand_keys_avx2(parents: &[u64], occ: &[u8], out: &mut [u64]) -> usize {
+    use std::arch::x86_64::*;
+    let mut pos = 0usize;
+    let len = out.len();
+    let dst = out.as_mut_ptr();
+    for (&k, &byte) in parents.iter().zip(occ) {
+        assert!(pos + 8 <= len, "expand_keys: out too short");
+        let base = _mm256_set1_epi64x((k << 3) as i64);
+        let list = CHILD_LISTS64[byte as usize].as_ptr() as *const __m256i;
+        // SAFETY: out[pos..pos + 8] is in bounds (asserted); the table row is 8 u64
+        unsafe {
+            _mm256_storeu_si256(
+                dst.add(pos) as *mut __m256i,
+                _mm256_or_si256(base, _mm256_loadu_si256(list)),
+            );
+            _mm256_storeu_si256(
+                dst.add(pos + 4) as *mut __m256i,
+                _mm256_or_si256(base, _mm256_loadu_si256(list.add(1))),
+            );
+        }
+        pos += byte.count_ones() as usize;
+    }
+    pos
+}
+
+/// [`expand_keys`] with plain stores.
+#[inline]
+fn expand_keys_plain(parents: &[u64], occ: &[u8], out: &mut [u64]) -> usize {
     let mut pos = 0usize;
     for (&k, &byte) in parents.iter().zip(occ) {
         let list = &CHILD_LISTS[byte as usize];
@@ -1454,7 +1511,7 @@ fn fill_levels(
                 // SAFETY: lo..hi lies inside this task's parents (see above)
                 let b =
                     unsafe { std::slice::from_raw_parts_mut(t.batch.0.add(8 * lo), 8 * (hi - lo)) };
-                b.fill(s as i32);
+                fill_batch_slots(b, s as i32);
             }
             start += c;
         }
@@ -1489,6 +1546,34 @@ fn nt_ok(keys: &[u64], ch: &[i32]) -> bool {
     std::is_x86_feature_detected!("avx2")
         && (keys.as_ptr() as usize) % 32 == 0
         && (ch.as_ptr() as usize) % 32 == 0
+}
+
+/// `b.fill(s)`, streamed (non-temporal 8-lane stores) when AVX2 is present and `b` is
+/// 32-byte aligned (see [`fill_task_nt`]).
+fn fill_batch_slots(b: &mut [i32], s: i32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && (b.as_ptr() as usize) % 32 == 0 {
+        // SAFETY: AVX2 present and `b` aligned (checked just above)
+        unsafe { fill_i32_nt(b, s) };
+        return;
+    }
+    b.fill(s);
+}
+
+/// # Safety
+/// AVX2 must be present and `b` 32-byte aligned.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn fill_i32_nt(b: &mut [i32], s: i32) {
+    use std::arch::x86_64::*;
+    let v = _mm256_set1_epi32(s);
+    let mut chunks = b.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: c is 8 i32 (one vector), aligned because b is and chunks are 32 bytes
+        unsafe { _mm256_stream_si256(c.as_mut_ptr() as *mut __m256i, v) };
+    }
+    chunks.into_remainder().fill(s);
+    _mm_sfence();
 }
 
 /// [`LOCAL_RANK`] widened to i32 lanes.
@@ -1902,6 +1987,25 @@ mod tests {
 
     #[cfg(target_arch = "x86_64")]
     #[test]
+    fn vector_expand_equals_plain_expand() {
+        if !std::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let occ: Vec<u8> = (1..=255u8).chain([1, 128, 255, 3]).collect();
+        let parents: Vec<u64> = (0..occ.len() as u64).map(|j| j * 977 + (1 << 57)).collect();
+        let n: usize = occ.iter().map(|b| b.count_ones() as usize).sum();
+        let (mut a, mut b) = (vec![0u64; n + 8], vec![1u64; n + 8]);
+        let wa = expand_keys_plain(&parents, &occ, &mut a);
+        // SAFETY: AVX2 present (checked above)
+        let wb = unsafe { expand_keys_avx2(&parents, &occ, &mut b) };
+        assert_eq!((wa, &a[..wa]), (wb, &b[..wb]));
+        assert_eq!(wa, n);
+        // first parent, byte 1: only child 0
+        assert_eq!(a[0], parents[0] << 3);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
     fn streamed_fill_equals_plain_fill() {
         if !std::is_x86_feature_detected!("avx2") {
             return;
@@ -1930,6 +2034,13 @@ mod tests {
         assert_eq!(k1[8 * 3 + 5], parents[3] << 3 | 5);
         let ranks: Vec<i32> = c1[..8 * 4].iter().copied().filter(|&r| r >= 0).collect();
         assert_eq!(ranks, (1000..1000 + ranks.len() as i32).collect::<Vec<_>>());
+        // streamed batch fill, with a tail shorter than a vector
+        let mut bb = vec![0i32; 8 * 40 + 16];
+        let bo = bb.as_ptr().align_offset(32);
+        fill_batch_slots(&mut bb[bo..bo + 8 * 37 + 3], 9);
+        assert!(bb[..bo].iter().all(|&x| x == 0));
+        assert!(bb[bo..bo + 8 * 37 + 3].iter().all(|&x| x == 9));
+        assert!(bb[bo + 8 * 37 + 3..].iter().all(|&x| x == 0));
     }
 
     #[test]
