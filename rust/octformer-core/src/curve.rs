@@ -351,7 +351,27 @@ pub fn check_coords(coords: &[i64], depth: u8) -> Result<()> {
     check_coords_max(coords, depth).map(|_| ())
 }
 
-/// [`check_coords`] that also returns the largest coordinate (0 when empty).
+/// Bitwise OR of all values (0 when empty), in parallel chunks: negative iff a value is,
+/// else of the same bit length as the largest value. One vectorised pass (SSE2 has no
+/// 64-bit min/max, so a min/max scan runs scalar).
+fn or_all(v: &[i64]) -> i64 {
+    v.par_chunks(CHUNK * 4)
+        .map(|c| c.iter().fold(0, |a, &x| a | x))
+        .reduce(|| 0, |a, b| a | b)
+}
+
+/// Bit length of the largest batch value, with the checks of [`check_batch`] (one OR
+/// pass; `check_batch` itself names any error).
+fn batch_bits(batch: &[i64], n: usize) -> Result<u32> {
+    let or = if batch.len() == n { or_all(batch) } else { -1 };
+    if or < 0 {
+        return check_batch(batch, n).map(bit_length);
+    }
+    Ok(bit_length(or as u64))
+}
+
+/// [`check_coords`] that also returns the OR of all coordinates (same bit length as the
+/// largest one; 0 when empty).
 fn check_coords_max(coords: &[i64], depth: u8) -> Result<u64> {
     check_depth(depth)?;
     if coords.len() % 3 != 0 {
@@ -362,8 +382,9 @@ fn check_coords_max(coords: &[i64], depth: u8) -> Result<u64> {
         ));
     }
     let limit = 1i64 << depth;
-    let (lo, hi) = min_max(coords);
-    if lo < 0 || hi >= limit {
+    // every value in [0, 2^depth) iff their OR is (the limit is a power of two)
+    let or = or_all(coords);
+    if !(0..limit).contains(&or) {
         let i = coords
             .iter()
             .position(|&v| v < 0 || v >= limit)
@@ -380,7 +401,7 @@ fn check_coords_max(coords: &[i64], depth: u8) -> Result<u64> {
             format!("{v} at row {}, axis {}", i / 3, i % 3),
         ));
     }
-    Ok(hi.max(0) as u64)
+    Ok(or as u64)
 }
 
 /// Check a batch vector: length `n`, values ≥ 0; returns its largest value.
@@ -671,7 +692,7 @@ pub fn serialize(
     orders: &[Order],
     depth: u8,
 ) -> Result<Serialized> {
-    let max_coord = check_coords_max(coords, depth)?;
+    let coord_or = check_coords_max(coords, depth)?;
     let n = coords.len() / 3;
     if orders.is_empty() {
         return Err(CoreError::arg(
@@ -682,11 +703,11 @@ pub fn serialize(
     }
     let batch_u64: Option<(&[u64], u32)> = match batch {
         Some(b) => {
-            let max = check_batch(b, n)?;
+            let bits = batch_bits(b, n)?;
             // SAFETY: checked non-negative above; i64 and u64 share size and alignment.
             let v: &[u64] =
                 unsafe { std::slice::from_raw_parts(b.as_ptr() as *const u64, b.len()) };
-            Some((v, bit_length(max)))
+            Some((v, bits))
         }
         None => None,
     };
@@ -708,7 +729,7 @@ pub fn serialize(
         let key_bits = if batch.is_some() {
             code_bits + batch_bits
         } else {
-            3 * bit_length(max_coord)
+            3 * bit_length(coord_or)
         };
         serialize_rows(
             coords,
@@ -1490,6 +1511,17 @@ mod tests {
         assert!(matches!(
             serialize(&[0, 0, 0], Some(&[0, 1]), &Order::ALL, 4),
             Err(CoreError::InvalidArgument { name: "batch", .. })
+        ));
+        assert!(matches!(
+            serialize(&[0, 0, 0, 1, 1, 1], Some(&[0, -1]), &Order::ALL, 4),
+            Err(CoreError::InvalidArgument { name: "batch", .. })
+        ));
+        assert!(matches!(
+            serialize(&[0, 0, 0, 1, 16, 1], None, &Order::ALL, 4),
+            Err(CoreError::InvalidArgument {
+                name: "grid_coords",
+                ..
+            })
         ));
         assert!(matches!(
             decode(&[1 << 12], Order::Hilbert, 4),
