@@ -9,24 +9,10 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use octformer_core::format::{DecodeOptions, decode_levels, decode_octree_with};
-use std::time::Instant;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{cpu_ms, median};
-
-fn time<R>(runs: usize, mut f: impl FnMut() -> R) -> (f64, f64) {
-    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
-    drop(f());
-    for _ in 0..runs {
-        let (t0, c0) = (Instant::now(), cpu_ms());
-        let r = f();
-        wall.push(t0.elapsed().as_secs_f64() * 1e3);
-        cpu.push(cpu_ms() - c0);
-        drop(r);
-    }
-    (median(wall), median(cpu))
-}
+use support::time;
 
 /// keys[i] = i, children[i] = i with plain stores.
 fn write_plain(keys: &mut [u64], ch: &mut [i32]) {
@@ -109,7 +95,7 @@ fn main() {
             "{occ} occupancy bytes, {nodes} nodes, {:.1} MB keys + children; {runs} runs, 1 thread; median wall / CPU ms, M occupancy B/s (wall)",
             nodes as f64 * 12.0 / 1e6
         );
-        let show = |name: &str, (w, c): (f64, f64)| {
+        let show = |name: &str, (w, _, c): (f64, f64, f64)| {
             println!("{name:<46} {w:7.2} / {c:7.2}  {:6.0} M/s", occ as f64 / w / 1e3);
         };
         show("structure decode (decode_levels)", time(runs, || decode_levels(&data, &opts).unwrap()));

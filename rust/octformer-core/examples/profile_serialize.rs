@@ -7,28 +7,13 @@
 //! to match its 10 s purge delay, so outputs reuse pages faulted by the previous run).
 use octformer_core::curve::{Order, encode, serialize};
 use octformer_core::sort::radix_sort;
-use std::time::Instant;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{cpu_ms, median};
-
-fn time<R>(runs: usize, mut f: impl FnMut() -> R) -> (f64, f64, f64) {
-    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
-    f();
-    for _ in 0..runs {
-        let (t0, c0) = (Instant::now(), cpu_ms());
-        let r = f();
-        wall.push(t0.elapsed().as_secs_f64() * 1e3);
-        cpu.push(cpu_ms() - c0);
-        drop(r);
-    }
-    let min = wall.iter().cloned().fold(f64::MAX, f64::min);
-    (median(wall), min, median(cpu))
-}
+use support::time;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

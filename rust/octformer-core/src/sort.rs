@@ -64,14 +64,7 @@ pub fn radix_sort_spare<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) -> Opt
     let top = hi - top_bits;
     let chunks = chunk_count(n);
     let mask = (1usize << top_bits) - 1;
-    let chunk_len = n.div_ceil(chunks).max(1);
-    let hists: Vec<Vec<u32>> = if chunks == 1 {
-        vec![histogram(data, top, mask)]
-    } else {
-        data.par_chunks(chunk_len)
-            .map(|c| histogram(c, top, mask))
-            .collect()
-    };
+    let (chunk_len, hists) = chunk_histograms(data, chunks, top, mask);
     // SAFETY: `hists` are the histograms of exactly those chunks of `data`
     Some(unsafe {
         hybrid_from_hists(
@@ -299,15 +292,27 @@ fn scatter_pass<T: RadixKey>(
     chunks: usize,
     skip_trivial: bool,
 ) -> Option<Vec<usize>> {
+    let (chunk_len, hists) = chunk_histograms(src, chunks, shift, mask);
+    scatter_with_hists(src, dst, &hists, chunk_len, shift, mask, skip_trivial)
+}
+
+/// The chunk length for `chunks` parallel chunks of `src`, and the histogram of the digit
+/// `(key >> shift) & mask` of every chunk, in order.
+fn chunk_histograms<T: RadixKey>(
+    src: &[T],
+    chunks: usize,
+    shift: u32,
+    mask: usize,
+) -> (usize, Vec<Vec<u32>>) {
     let chunk_len = src.len().div_ceil(chunks).max(1);
-    let hists: Vec<Vec<u32>> = if chunks == 1 {
+    let hists = if chunks == 1 {
         vec![histogram(src, shift, mask)]
     } else {
         src.par_chunks(chunk_len)
             .map(|c| histogram(c, shift, mask))
             .collect()
     };
-    scatter_with_hists(src, dst, &hists, chunk_len, shift, mask, skip_trivial)
+    (chunk_len, hists)
 }
 
 /// [`scatter_pass`] given the histogram of every `chunk_len` chunk of `src`.

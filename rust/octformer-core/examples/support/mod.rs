@@ -12,6 +12,22 @@ pub fn cpu_ms() -> f64 {
     ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
 }
 
+/// `runs` timed calls of `f` after one warm-up: (median wall ms, min wall ms, median
+/// process-CPU ms); each result is dropped outside the timed region.
+pub fn time<R>(runs: usize, mut f: impl FnMut() -> R) -> (f64, f64, f64) {
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    drop(f());
+    for _ in 0..runs {
+        let (t0, c0) = (std::time::Instant::now(), cpu_ms());
+        let r = f();
+        wall.push(t0.elapsed().as_secs_f64() * 1e3);
+        cpu.push(cpu_ms() - c0);
+        drop(r);
+    }
+    let min = wall.iter().cloned().fold(f64::MAX, f64::min);
+    (median(wall), min, median(cpu))
+}
+
 /// Median of a sample (sorts it).
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
