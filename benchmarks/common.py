@@ -392,8 +392,12 @@ def batch_offsets(name: str) -> np.ndarray | None:
 
 
 def morton_keys(points: np.ndarray, depth: int) -> np.ndarray:
-    """(N,) uint64 Morton keys (x bit most significant per triple) of points in [-1, 1] at ``depth``."""
-    cells = np.floor((points.astype(np.float64) + 1.0) * (0.5 * (1 << depth))).astype(np.uint64)
+    """(N,) uint64 Morton keys (x bit most significant per triple) of points in [-1, 1] at ``depth``.
+
+    Cells are computed in the points' own float type, (p + 1) * 2^(depth-1) as the builders do,
+    so float32 clouds land in exactly the cells our build and ocnn's give them."""
+    ftype = points.dtype.type if points.dtype in (np.float32, np.float64) else np.float64
+    cells = np.floor((points.astype(ftype) + ftype(1.0)) * ftype(0.5 * (1 << depth))).astype(np.uint64)
     cells = np.clip(cells, 0, (1 << depth) - 1).astype(np.uint64)
     keys = np.zeros(points.shape[0], dtype=np.uint64)
     for i in range(depth):
