@@ -9,7 +9,7 @@ use octformer_core::sort::radix_sort;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::time;
+use support::{pool, show, time};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -35,14 +35,8 @@ fn main() {
         .collect();
     println!("N = {n}, window {w}³, group {g}, {runs} runs; median (min) wall ms / median CPU ms");
     for threads in [1, 2] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            let show = |name: &str, (m, lo, c): (f64, f64, f64)| {
-                println!("T{threads} {name:<28} {m:7.2} ({lo:6.2}) / {c:7.2}");
-            };
+        pool(threads).install(|| {
+            let show = |name: &str, t| show(threads, name, t);
             show(
                 "flatten plan",
                 time(runs, || {

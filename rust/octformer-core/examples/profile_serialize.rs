@@ -13,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::time;
+use support::{pool, show, time};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -42,14 +42,8 @@ fn main() {
         .collect();
     println!("N = {n}, depth {depth}, {runs} runs; median (min) wall ms / median CPU ms");
     for threads in threads_list {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            let show = |name: &str, (m, lo, c): (f64, f64, f64)| {
-                println!("T{threads} {name:<28} {m:7.2} ({lo:6.2}) / {c:7.2}");
-            };
+        pool(threads).install(|| {
+            let show = |name: &str, t| show(threads, name, t);
             let want = |k: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == k));
             if want("all") {
                 show(

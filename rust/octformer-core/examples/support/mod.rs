@@ -42,3 +42,16 @@ pub fn read_f32_points(path: &str) -> Vec<f32> {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
 }
+
+/// A rayon pool of `threads` threads for one timing round.
+pub fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a rayon pool")
+}
+
+/// Print one [`time`] result: `T{threads} name median (min) / cpu`.
+pub fn show(threads: usize, name: &str, (m, lo, c): (f64, f64, f64)) {
+    println!("T{threads} {name:<28} {m:7.2} ({lo:6.2}) / {c:7.2}");
+}
