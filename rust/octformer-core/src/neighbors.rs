@@ -191,6 +191,12 @@ static BLOCK: ([u8; 64], [u8; 64], [[u8; 27]; 8]) = block_luts();
 /// parent). Returns the table at d: rows for all nodes (`rows_all`) or the non-empty ones,
 /// entries as all-node indices (`entries_all`) or non-empty ranks. No search: a child's
 /// neighbours are children of its parent's neighbours.
+///
+/// Checks are fused into the pass that uses the data: the parent table's entries are
+/// range-checked as they are turned into child-block addresses (out-of-range ones are
+/// clamped so nothing is read out of bounds, then reported), and each non-empty child's
+/// rank is compared with the row it is written to (rows are numbered by counting, so
+/// writes stay disjoint and in bounds whatever the input holds).
 pub fn step(
     parent: &[i32],
     parent_children: &[i32],
@@ -206,17 +212,6 @@ pub fn step(
             format!("{} values", parent.len()),
         ));
     }
-    // min / max as plain reductions (they vectorise, unlike an early-exit search)
-    let (lo, hi) = parent
-        .iter()
-        .fold((0i32, -1i32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    if hi >= parents as i32 || lo < -1 {
-        return Err(CoreError::arg(
-            "parent_table",
-            format!("-1 or non-empty ranks below {parents}"),
-            format!("entries from {lo} to {hi}"),
-        ));
-    }
     if children.len() != 8 * parents {
         return Err(CoreError::arg(
             "children",
@@ -224,43 +219,81 @@ pub fn step(
             children.len(),
         ));
     }
-    let rows = if rows_all {
-        children.len()
-    } else {
-        count_nonempty(children, "children")?
-    };
-    // SAFETY: every row index below `rows` is produced by exactly one (parent, slot) pair
-    // (all slots, or the non-empty ones whose ranks run 0..rows), and each row is written
-    // whole, absent entries included
-    let mut out: Vec<i32> = unsafe { crate::sort::vec_for_overwrite(rows * 27) };
-    let (lut_parent, lut_child) = &LUTS;
-    // entry value of child slot n of parent-level rank r, looked up at (r + 1) * 8 + slot so
-    // an absent neighbour (r = -1) reads the leading -1s: no branch per entry
-    let mut ext: Vec<i32> = Vec::with_capacity(8 + children.len());
-    ext.extend_from_slice(&[-1; 8]);
-    if entries_all {
-        ext.extend(0..children.len() as i32);
-    } else {
-        ext.extend_from_slice(children);
-    }
-    let ext = &ext[..];
-    let out_ptr = SendPtr(out.as_mut_ptr());
     const PARENTS_PER_TASK: usize = 1024;
-    let task = |task: usize| {
+    let tasks = parents.div_ceil(PARENTS_PER_TASK);
+    let parallel = tasks > 1 && rayon::current_num_threads() > 1;
+    // first row of each task: all children, or a count of the non-empty ones before it
+    // (a plain count vectorises; the ranks themselves are checked in the main pass)
+    let first_row: Vec<usize> = if rows_all {
+        (0..=tasks).map(|t| (t * PARENTS_PER_TASK).min(parents) * 8).collect()
+    } else {
+        let count = |t: usize| {
+            let lo = t * PARENTS_PER_TASK * 8;
+            let hi = ((t + 1) * PARENTS_PER_TASK).min(parents) * 8;
+            children[lo..hi].iter().filter(|&&c| c >= 0).count()
+        };
+        let counts: Vec<usize> = if parallel {
+            (0..tasks).into_par_iter().map(count).collect()
+        } else {
+            (0..tasks).map(count).collect()
+        };
+        let mut acc = 0usize;
+        std::iter::once(0)
+            .chain(counts.iter().map(|&c| {
+                acc += c;
+                acc
+            }))
+            .collect()
+    };
+    let rows = first_row[tasks.min(first_row.len() - 1)];
+    // SAFETY: every row index below `rows` is written exactly once, absent entries
+    // included: row 8p + c for all children, or for non-empty ones the running count of
+    // non-empty children, which starts each task at `first_row[task]` and reaches
+    // `first_row[task + 1]` at its end
+    let mut out: Vec<i32> = unsafe { crate::sort::vec_for_overwrite(rows * 27) };
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    // a neighbour that is absent at the parent level reads its 8 child entries from here
+    static ABSENT: [i32; 8] = [-1; 8];
+    let limit = parents as u32; // entries + 1 must lie in 0..=parents
+    // Ok(()) or the first bad value seen: (parent table entry) or (rank, row it was due)
+    let task = |task: usize| -> std::result::Result<(), (Option<i32>, Option<(i32, usize)>)> {
         let out_ptr = out_ptr;
         let lo = task * PARENTS_PER_TASK;
+        let mut row_index = first_row[task];
+        let mut bad_entry = false;
+        let mut bad_rank = false;
         for p in lo..(lo + PARENTS_PER_TASK).min(parents) {
             let prow: &[i32; 27] = parent[p * 27..p * 27 + 27].try_into().unwrap();
-            // validated above: every entry is in -1..parents, so base + 7 < ext.len()
-            let base: [usize; 27] = std::array::from_fn(|o| (prow[o] + 1) as usize * 8);
+            // neighbour o's 8 children start at src[o]; rank r -> children[8r..], absent ->
+            // ABSENT; with entries_all the entry is computed (8r + slot) from r instead
+            let mut r = [0i32; 27];
+            for o in 0..27 {
+                let v = prow[o];
+                bad_entry |= (v as u32).wrapping_add(1) > limit;
+                // clamp to -1..parents: no out-of-bounds read whatever the input
+                r[o] = if (v as u32).wrapping_add(1) > limit { -1 } else { v };
+            }
+            let entry = |o: usize, slot: usize| -> i32 {
+                let v = r[o];
+                if entries_all {
+                    if v < 0 { -1 } else { 8 * v + slot as i32 }
+                } else {
+                    let src: *const i32 = if v < 0 {
+                        ABSENT.as_ptr()
+                    } else {
+                        // SAFETY: 0 <= v < parents, so 8v + 7 < children.len()
+                        unsafe { children.as_ptr().add(8 * v as usize) }
+                    };
+                    // SAFETY: src points at 8 readable entries and slot < 8
+                    unsafe { *src.add(slot) }
+                }
+            };
             if rows_all {
                 // every child gets a row: gather the 64 surrounding cells once, then each
                 // row is 27 copies out of that block
                 let (pslot, cslot, of) = &BLOCK;
-                let block: [i32; 64] = std::array::from_fn(|x| {
-                    // SAFETY: as for the per-row lookups below
-                    unsafe { *ext.get_unchecked(base[pslot[x] as usize] + cslot[x] as usize) }
-                });
+                let block: [i32; 64] =
+                    std::array::from_fn(|x| entry(pslot[x] as usize, cslot[x] as usize));
                 for (c, ofc) in of.iter().enumerate() {
                     let row: [i32; 27] = std::array::from_fn(|o| block[ofc[o] as usize]);
                     // SAFETY: row 8p + c < 8 * parents = rows, written once
@@ -274,32 +307,69 @@ pub fn step(
                 }
                 continue;
             }
+            let (lut_parent, lut_child) = &LUTS;
             for c in 0..8 {
-                let i = 8 * p + c;
-                let row_index = if rows_all {
-                    i
-                } else if children[i] >= 0 {
-                    children[i] as usize
-                } else {
+                let rank = children[8 * p + c];
+                if rank < 0 {
                     continue;
-                };
+                }
+                bad_rank |= rank as usize != row_index;
                 let (lp, lc) = (&lut_parent[c], &lut_child[c]);
-                let row: [i32; 27] = std::array::from_fn(|o| {
-                    // SAFETY: base[_] <= 8 * parents and lc[o] < 8, so the index < ext.len()
-                    unsafe { *ext.get_unchecked(base[lp[o] as usize] + lc[o] as usize) }
-                });
-                // SAFETY: see above; row_index < rows
+                let row: [i32; 27] = std::array::from_fn(|o| entry(lp[o] as usize, lc[o] as usize));
+                // SAFETY: row_index < first_row[task + 1] <= rows (counted above), and no
+                // other task writes rows in this task's range
                 unsafe {
                     std::ptr::copy_nonoverlapping(row.as_ptr(), out_ptr.0.add(row_index * 27), 27)
                 };
+                row_index += 1;
             }
         }
+        if !(bad_entry || bad_rank) {
+            return Ok(());
+        }
+        // the error path re-scans this task's share for the first offender
+        let hi = (lo + PARENTS_PER_TASK).min(parents);
+        if bad_entry {
+            let v = parent[lo * 27..hi * 27]
+                .iter()
+                .copied()
+                .find(|&v| (v as u32).wrapping_add(1) > limit);
+            return Err((v, None));
+        }
+        let mut due = first_row[task];
+        for &c in &children[lo * 8..hi * 8] {
+            if c >= 0 {
+                if c as usize != due {
+                    return Err((None, Some((c, due))));
+                }
+                due += 1;
+            }
+        }
+        Err((None, None))
     };
-    let tasks = parents.div_ceil(PARENTS_PER_TASK);
-    if tasks <= 1 || rayon::current_num_threads() <= 1 {
-        (0..tasks).for_each(task);
+    let results: Vec<_> = if parallel {
+        (0..tasks).into_par_iter().map(task).collect()
     } else {
-        (0..tasks).into_par_iter().for_each(task);
+        (0..tasks).map(task).collect()
+    };
+    // the first failing task in order reports (deterministic for any thread count)
+    if let Some(Err((entry, rank))) = results.into_iter().find(|r| r.is_err()) {
+        if let Some(v) = entry {
+            return Err(CoreError::arg(
+                "parent_table",
+                format!("-1 or non-empty ranks below {parents}"),
+                format!("entry {v}"),
+            ));
+        }
+        let got = rank.map_or_else(
+            || "ranks out of order".to_string(),
+            |(c, due)| format!("rank {c} where {due} was due"),
+        );
+        return Err(CoreError::arg(
+            "children",
+            "non-empty ranks 0, 1, 2, ... in key order",
+            got,
+        ));
     }
     Ok(out)
 }
@@ -415,6 +485,57 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn step_rejects_bad_entries_and_ranks_in_any_task() {
+        // 3000 non-empty parents (3 tasks), each with children 0 and 5 non-empty
+        let parents = 3000usize;
+        let pc: Vec<i32> = (0..parents as i32).collect();
+        let mut children = vec![-1i32; 8 * parents];
+        for p in 0..parents {
+            children[8 * p] = 2 * p as i32;
+            children[8 * p + 5] = 2 * p as i32 + 1;
+        }
+        let mut table = vec![-1i32; 27 * parents];
+        for p in 0..parents {
+            table[27 * p + slot(0, 0, 0)] = p as i32;
+            if p + 1 < parents {
+                table[27 * p + slot(0, 0, 1)] = p as i32 + 1;
+            }
+        }
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let ok = step(&table, &pc, &children, false, false).unwrap();
+                assert_eq!(ok.len(), 2 * parents * 27);
+                // child 0 of parent p (row 2p): its +z neighbour is child 1 of parent p, empty,
+                // its centre is itself
+                assert_eq!(ok[2 * 27 * 7 + slot(0, 0, 0)], 14);
+                for rows_all in [false, true] {
+                    for entries_all in [false, true] {
+                        for bad in [-2, parents as i32, i32::MAX, i32::MIN] {
+                            let mut t = table.clone();
+                            t[27 * 2500 + 4] = bad;
+                            let e = step(&t, &pc, &children, rows_all, entries_all).unwrap_err();
+                            assert!(e.to_string().contains("parent_table"), "{e}");
+                        }
+                        if !rows_all {
+                            for (at, v) in [(8 * 2100, 7), (8 * 10 + 5, 22), (8 * 2999 + 5, 2 * 3000)] {
+                                let mut c = children.clone();
+                                c[at] = v;
+                                let e = step(&table, &pc, &c, rows_all, entries_all).unwrap_err();
+                                assert!(e.to_string().contains("children"), "{e}");
+                            }
+                            // a rank moved to an empty slot: the count is unchanged, the order is not
+                            let mut c = children.clone();
+                            c.swap(8 * 1500, 8 * 1500 + 6);
+                            assert!(step(&table, &pc, &c, rows_all, entries_all).is_err());
+                        }
+                    }
+                }
+            });
         }
     }
 }
