@@ -3,7 +3,8 @@
 //!
 //! Prints wall and process-CPU medians of the whole plan, of the window order alone
 //! (key pass + sort) and of a plain radix sort of the same number of random words, at 1
-//! and 2 threads. System allocator (the Python extension uses mimalloc), so page faults count.
+//! and 2 threads (`THREADS=1` for one of them; `PLAN_ONLY=1` times the plan alone, e.g.
+//! under a profiler). System allocator (the Python extension uses mimalloc), so page faults count.
 use octformer_core::flatten::{Axis, flatten, window_order};
 use octformer_core::sort::radix_sort;
 
@@ -34,7 +35,11 @@ fn main() {
         })
         .collect();
     println!("N = {n}, window {w}³, group {g}, {runs} runs; median (min) wall ms / median CPU ms");
-    for threads in [1, 2] {
+    let thread_counts: Vec<usize> = std::env::var("THREADS")
+        .map(|s| s.split(',').map(|t| t.parse().unwrap()).collect())
+        .unwrap_or(vec![1, 2]);
+    let plan_only = std::env::var("PLAN_ONLY").is_ok_and(|v| v == "1");
+    for threads in thread_counts {
         pool(threads).install(|| {
             let show = |name: &str, t| show(threads, name, t);
             show(
@@ -43,6 +48,9 @@ fn main() {
                     flatten(&coords, None, [w; 3], g, Axis::X, false).unwrap()
                 }),
             );
+            if plan_only {
+                return;
+            }
             show(
                 "flatten plan, shift, axis y",
                 time(runs, || {

@@ -855,18 +855,24 @@ fn plan_from_hists(
     let sorted = &items;
     (0..n.div_ceil(CHUNK)).into_par_iter().for_each(|c| {
         let sdst = sdst;
-        let k0 = c * CHUNK;
+        let (k0, k1) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
+        // one run per sample in the chunk: slot = sorted position + the sample's padding
+        // so far, so the inner loop has no per-item sample bookkeeping
         let mut s = start.partition_point(|&o| o <= k0) - 1;
-        for k in k0..(k0 + CHUNK).min(n) {
-            while start[s + 1] <= k {
-                s += 1;
+        let mut a = k0;
+        while a < k1 {
+            let b = start[s + 1].min(k1);
+            let shift = pad_start[s] - start[s];
+            for (k, &w) in (a..b).zip(&sorted[a..b]) {
+                let t = w as usize;
+                assert!(t < n);
+                // SAFETY: the tokens of the sorted words are a permutation of 0..n (each
+                // word was made with its own index), so all writes go to distinct
+                // elements of `scatter` (n items), in bounds by the assert
+                unsafe { *sdst.0.add(t) = (k + shift) as u64 };
             }
-            let t = sorted[k] as usize;
-            assert!(t < n);
-            // SAFETY: the tokens of the sorted words are a permutation of 0..n (each word
-            // was made with its own index), so all writes go to distinct elements of
-            // `scatter` (n items), in bounds by the assert
-            unsafe { *sdst.0.add(t) = (pad_start[s] + k - start[s]) as u64 };
+            a = b;
+            s += 1;
         }
     });
     assert!(items.capacity() >= m);
@@ -1275,6 +1281,8 @@ mod tests {
         let n = 150_001;
         let mut coords: Vec<i64> = (0..3 * n).map(|_| (r() % 700) as i64).collect();
         let batch: Vec<i64> = (0..n).map(|i| (i * 3 / n) as i64).collect();
+        // samples 0, 2, 4: the empty samples 1 and 3 sit inside a chunk of the scatter pass
+        let gapped: Vec<i64> = batch.iter().map(|&b| 2 * b).collect();
         for far in [false, true] {
             if far {
                 coords[3 + 1] = 40_000; // row 1, y
@@ -1285,6 +1293,7 @@ mod tests {
                 ([32, 16, 8], Some(&batch[..]), Axis::X, true),
                 ([13, 13, 32], None, Axis::Y, true),
                 ([13, 9, 5], Some(&batch[..]), Axis::X, false),
+                ([16, 16, 16], Some(&gapped[..]), Axis::X, false),
             ] {
                 let counts = sample_counts(b, n).unwrap();
                 for g in [64usize, 100] {

@@ -191,7 +191,14 @@ pub(crate) fn small_lsd<T: RadixKey>(data: &mut [T], lo: u32, hi: u32, scratch: 
     for (p, m) in masks[..passes].iter_mut().enumerate() {
         *m = (1usize << width.min(hi - lo - p as u32 * width)) - 1;
     }
-    if passes == 2 {
+    if passes == 1 {
+        // the common case in the hybrid sort's buckets (≥ 2048 items, ≤ 13 bits left):
+        // the count slice in registers (the generic loop reloads it through `counts`)
+        let (c0, m0) = (&mut *counts[0], masks[0]);
+        for v in data.iter() {
+            c0[(v.radix_key() >> lo) as usize & m0] += 1;
+        }
+    } else if passes == 2 {
         let (c0, c1) = counts.split_at_mut(1);
         let (c0, c1) = (&mut *c0[0], &mut *c1[0]);
         let (m0, m1) = (masks[0], masks[1]);
@@ -210,6 +217,9 @@ pub(crate) fn small_lsd<T: RadixKey>(data: &mut [T], lo: u32, hi: u32, scratch: 
     }
     let mut src_is_data = true;
     for (p, count) in counts[..passes].iter_mut().enumerate() {
+        // a local slice: stores into `dst` could alias `counts` for all the compiler
+        // knows, so through `count: &mut &mut [u32]` every item reloaded its pointer
+        let count: &mut [u32] = count;
         let shift = lo + p as u32 * width;
         let mask = masks[p];
         if count[..=mask].iter().any(|&c| c as usize == n) {
@@ -228,9 +238,13 @@ pub(crate) fn small_lsd<T: RadixKey>(data: &mut [T], lo: u32, hi: u32, scratch: 
         };
         for v in src {
             let b = ((v.radix_key() >> shift) as usize) & mask;
-            // SAFETY: the prefix sums keep every position below n
-            unsafe { *dst.get_unchecked_mut(*count.get_unchecked(b) as usize) = *v };
-            count[b] += 1;
+            // SAFETY: b ≤ mask < count.len() (digits entries), and the prefix sums keep
+            // every position below n = dst.len()
+            unsafe {
+                let at = count.get_unchecked_mut(b);
+                *dst.get_unchecked_mut(*at as usize) = *v;
+                *at += 1;
+            }
         }
         src_is_data = !src_is_data;
     }
