@@ -18,6 +18,8 @@ const HUGE_MIN_BYTES: usize = 4 << 20;
 ///
 /// # Safety
 /// Every element must be written before it is read.
+// the uninitialised items are the point: the caller's single write pass replaces a memset
+#[allow(clippy::uninit_vec)]
 pub(crate) unsafe fn vec_for_overwrite<T: Copy>(n: usize) -> Vec<T> {
     let mut v: Vec<T> = Vec::with_capacity(n);
     // SAFETY: capacity is n and T is Copy (no drop); the caller writes before reading.

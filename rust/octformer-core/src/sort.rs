@@ -167,6 +167,8 @@ pub(crate) fn small_lsd<T: RadixKey>(data: &mut [T], lo: u32, hi: u32, scratch: 
         data.sort_by_key(|v| (v.radix_key() >> lo) & mask);
         return;
     }
+    // uninitialised on purpose: every pass writes the whole destination before reading it
+    #[allow(clippy::uninit_vec)]
     if scratch.len() < n {
         scratch.reserve(n - scratch.len());
         // SAFETY: T is Copy (no drop); every pass below writes all n entries of the
