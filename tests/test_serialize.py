@@ -234,3 +234,20 @@ def test_decode_rejects_codes_beyond_depth():
         S.decode(np.array([-1]), "z", 4)
     with pytest.raises(OctformerError, match="^order: expected"):
         S.decode(np.array([1]), "zz", 4)
+
+
+def test_native_calls_reject_fortran_order_coordinates() -> None:
+    """A Fortran-order (N, 3) array is contiguous but column-major: the native module must
+    refuse it (reading it flat would silently mix x, y and z), while the wrappers copy it."""
+    from octformer import _core
+
+    rng = np.random.default_rng(3)
+    c_order = rng.integers(0, 64, size=(50, 3), dtype=np.int64)
+    f_order = np.asfortranarray(c_order)
+    with pytest.raises(OctformerError, match="grid_coords"):
+        _core.serialize(f_order, ["z"], 6, None, 1)
+    with pytest.raises(OctformerError, match="grid_coords"):
+        _core.flatten_windows(f_order, (4, 4, 4), 8)
+    # the public wrappers accept either layout and give the same answer
+    a, b = S.serialize(c_order, depth=6), S.serialize(f_order, depth=6)
+    assert np.array_equal(a.codes, b.codes) and np.array_equal(a.perm, b.perm)

@@ -11,7 +11,7 @@ use octformer_core::omnitree::{Omnitree, Rule};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
-use crate::convert::{as_u64, keys_to_numpy, slice1};
+use crate::convert::{as_u64, c_slice2 as contiguous, keys_to_numpy, slice1};
 use crate::errors::{OctformerError, guarded};
 use crate::threads;
 
@@ -33,13 +33,6 @@ pub struct TreeArrays<'py> {
     normals: Option<PyReadonlyArray2<'py, f32>>,
 }
 
-fn contiguous<'a, T: numpy::Element>(
-    a: &'a PyReadonlyArray2<'_, T>,
-    name: &str,
-) -> PyResult<&'a [T]> {
-    a.as_slice()
-        .map_err(|_| OctformerError::new_err(format!("{name}: expected a C-contiguous array")))
-}
 
 impl<'py> TreeArrays<'py> {
     fn view(&self) -> PyResult<TreeView<'_>> {

@@ -8,7 +8,7 @@ use octformer_core::flatten::{self, Axis, FlattenPlan};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::convert::{as_u64, slice1};
+use crate::convert::{as_u64, c_slice2, slice1};
 use crate::errors::{OctformerError, guarded};
 use crate::threads;
 
@@ -20,8 +20,7 @@ fn coords_slice<'a>(a: &'a PyReadonlyArray2<'_, i64>) -> PyResult<&'a [i64]> {
             a.shape()
         )));
     }
-    a.as_slice()
-        .map_err(|_| OctformerError::new_err("grid_coords: expected a C-contiguous array"))
+    c_slice2(a, "grid_coords")
 }
 
 fn depth_u8(depth: i64) -> Result<u8, CoreError> {
