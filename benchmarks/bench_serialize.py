@@ -206,9 +206,10 @@ def main() -> None:
         for _ in range(0 if args.flatten_only else args.runs):
             res["ptv3_z"] += timed(lambda: ptv3_serialization(torch, tables, grid_t, batch_t, depth, ["z"]), 1)
             res["ours_z"] += timed(lambda: S.serialize(grid05, batch=batch0, depth=depth, orders="z", num_threads=t), 1)
-        # flattening: the four calls in rounds whose order rotates (common.time_interleaved), so
-        # each one runs as often right after the 300 ms NumPy peer, with its cold caches, as
-        # the others do (a fixed order always put G=64 there)
+        # flattening: the four calls in rounds of seeded random order (common.time_interleaved),
+        # so none always runs right after the same neighbour: a fixed order (and a rotation,
+        # which keeps who follows whom) always put G=64 right after np.sort, whose 16 MB of
+        # fresh cache lines cost the next call ~2.4 ms on this VM
         flat_calls = {
             "ours_flat64": lambda _: S.flatten(grid10, window=(16, 16, 16), group_size=64, num_threads=t),
             "ours_flat256": lambda _: S.flatten(grid10, window=(16, 16, 16), group_size=256, num_threads=t),
@@ -219,7 +220,7 @@ def main() -> None:
             del flat_calls["np_flat64"]  # the NumPy version is single-threaded: timed once
         fl = common.time_interleaved(
             {k: (lambda: None, fn) for k, fn in flat_calls.items()},
-            min_runs=args.runs, max_runs=args.runs, budget_s=0.0,
+            min_runs=args.runs, max_runs=args.runs, budget_s=0.0, shuffle_seed=t,
         )
         load = max(load, common.busy_cores(0.5))
         med = {k: float(np.median(v)) * 1e3 for k, v in {**res, **fl}.items() if v}

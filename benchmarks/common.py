@@ -416,21 +416,28 @@ def time_interleaved(
     max_runs: int = 7,
     budget_s: float = 20.0,
     numbers: dict[str, int] | None = None,
+    shuffle_seed: int | None = None,
 ) -> dict[str, list[float]]:
     """Time several (setup, fn) pairs in alternating rounds; returns seconds per call of fn(setup()).
 
     Setup is untimed and runs before every call (fresh inputs, no caching between repeats).
     With ``numbers[name] = k`` one sample is the mean of k back-to-back calls (k setups made
     first), so sub-millisecond calls are not lost in timer and scheduler noise. The order
-    rotates each round so drift hits every side alike. Stops after ``max_runs`` rounds, or
-    after ``min_runs`` once the timed total passes ``budget_s``.
+    rotates each round so drift hits every side alike; with ``shuffle_seed`` it is a seeded
+    random permutation instead, so no call always runs right after the same neighbour (a
+    rotation keeps who follows whom, and a call after one that fills the caches pays for
+    it). Stops after ``max_runs`` rounds, or after ``min_runs`` once the timed total passes
+    ``budget_s``.
     """
     names = list(calls)
     numbers = numbers or {}
     times: dict[str, list[float]] = {k: [] for k in names}
     spent = 0.0
     for r in range(max_runs):
-        order = names[r % len(names):] + names[: r % len(names)]
+        if shuffle_seed is None:
+            order = names[r % len(names):] + names[: r % len(names)]
+        else:
+            order = [names[i] for i in np.random.default_rng([shuffle_seed, r]).permutation(len(names))]
         for name in order:
             setup, fn = calls[name]
             k = max(1, int(numbers.get(name, 1)))
