@@ -225,7 +225,9 @@ pub fn step(
     // first row of each task: all children, or a count of the non-empty ones before it
     // (a plain count vectorises; the ranks themselves are checked in the main pass)
     let first_row: Vec<usize> = if rows_all {
-        (0..=tasks).map(|t| (t * PARENTS_PER_TASK).min(parents) * 8).collect()
+        (0..=tasks)
+            .map(|t| (t * PARENTS_PER_TASK).min(parents) * 8)
+            .collect()
     } else {
         let count = |t: usize| {
             let lo = t * PARENTS_PER_TASK * 8;
@@ -271,7 +273,11 @@ pub fn step(
                 let v = prow[o];
                 bad_entry |= (v as u32).wrapping_add(1) > limit;
                 // clamp to -1..parents: no out-of-bounds read whatever the input
-                r[o] = if (v as u32).wrapping_add(1) > limit { -1 } else { v };
+                r[o] = if (v as u32).wrapping_add(1) > limit {
+                    -1
+                } else {
+                    v
+                };
             }
             let entry = |o: usize, slot: usize| -> i32 {
                 let v = r[o];
@@ -506,7 +512,10 @@ mod tests {
             }
         }
         for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             pool.install(|| {
                 let ok = step(&table, &pc, &children, false, false).unwrap();
                 assert_eq!(ok.len(), 2 * parents * 27);
@@ -522,7 +531,9 @@ mod tests {
                             assert!(e.to_string().contains("parent_table"), "{e}");
                         }
                         if !rows_all {
-                            for (at, v) in [(8 * 2100, 7), (8 * 10 + 5, 22), (8 * 2999 + 5, 2 * 3000)] {
+                            for (at, v) in
+                                [(8 * 2100, 7), (8 * 10 + 5, 22), (8 * 2999 + 5, 2 * 3000)]
+                            {
                                 let mut c = children.clone();
                                 c[at] = v;
                                 let e = step(&table, &pc, &c, rows_all, entries_all).unwrap_err();

@@ -33,7 +33,6 @@ pub struct TreeArrays<'py> {
     normals: Option<PyReadonlyArray2<'py, f32>>,
 }
 
-
 impl<'py> TreeArrays<'py> {
     fn view(&self) -> PyResult<TreeView<'_>> {
         let coords = match self.coords.as_str() {
