@@ -759,8 +759,7 @@ fn fused_fill<const AXIS_X: bool, const POW2: bool>(
     base: usize,
     dst: &mut [u64],
 ) -> ([u64; 3], Vec<u32>) {
-    #[cfg(target_arch = "x86_64")]
-    let avx2 = std::is_x86_feature_detected!("avx2");
+    let avx2 = has_avx2();
     // four interleaved count tables: neighbouring cells mostly share a window (and so a
     // digit), and one table would chain every increment on the previous one's store
     let digits = key.mask + 1;
@@ -768,22 +767,15 @@ fn fused_fill<const AXIS_X: bool, const POW2: bool>(
     let mut or = [0u64; 3];
     let (top, mask) = (key.top, key.mask);
     for (j, sub) in dst.chunks_mut(CHUNK).enumerate() {
-        let b0 = base + j * CHUNK;
-        let rows = &coords[3 * b0..3 * (b0 + sub.len())];
-        let b = if batch.is_empty() {
-            batch
-        } else {
-            &batch[b0..b0 + sub.len()]
-        };
-        #[cfg(target_arch = "x86_64")]
-        let o = if avx2 {
-            // SAFETY: AVX2 is present (checked at run time above)
-            unsafe { fill_chunk_avx2::<AXIS_X, POW2>(&key.fast, rows, b, key.idx_bits, b0, sub) }
-        } else {
-            fill_chunk::<AXIS_X, POW2>(&key.fast, rows, b, key.idx_bits, b0, sub)
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let o = fill_chunk::<AXIS_X, POW2>(&key.fast, rows, b, key.idx_bits, b0, sub);
+        let o = fill_rows::<AXIS_X, POW2>(
+            &key.fast,
+            coords,
+            batch,
+            key.idx_bits,
+            base + j * CHUNK,
+            sub,
+            avx2,
+        );
         for k in 0..3 {
             or[k] |= o[k];
         }
@@ -904,27 +896,52 @@ fn fill_packed<const AXIS_X: bool, const POW2: bool>(
     idx_bits: u32,
     items: &mut [u64],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    let avx2 = std::is_x86_feature_detected!("avx2");
+    let avx2 = has_avx2();
     items
         .par_chunks_mut(CHUNK)
         .enumerate()
         .for_each(|(c, dst)| {
-            let base = c * CHUNK;
-            let rows = &coords[3 * base..3 * (base + dst.len())];
-            let b = if batch.is_empty() {
-                batch
-            } else {
-                &batch[base..base + dst.len()]
-            };
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                // SAFETY: AVX2 is present (checked at run time just above)
-                unsafe { fill_chunk_avx2::<AXIS_X, POW2>(fast, rows, b, idx_bits, base, dst) };
-                return;
-            }
-            fill_chunk::<AXIS_X, POW2>(fast, rows, b, idx_bits, base, dst);
+            fill_rows::<AXIS_X, POW2>(fast, coords, batch, idx_bits, c * CHUNK, dst, avx2);
         });
+}
+
+/// Whether the AVX2 build of [`fill_chunk`] may run (checked once per call).
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`fill_chunk`] for the cells `base..base + dst.len()`: slices their rows and batch ids
+/// and takes the AVX2 build when `avx2` (from [`has_avx2`]).
+#[inline(always)]
+fn fill_rows<const AXIS_X: bool, const POW2: bool>(
+    fast: &FastKey,
+    coords: &[i64],
+    batch: &[i64],
+    idx_bits: u32,
+    base: usize,
+    dst: &mut [u64],
+    avx2: bool,
+) -> [u64; 3] {
+    let rows = &coords[3 * base..3 * (base + dst.len())];
+    let b = if batch.is_empty() {
+        batch
+    } else {
+        &batch[base..base + dst.len()]
+    };
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` comes from `has_avx2`, a run-time check of the CPU
+        return unsafe { fill_chunk_avx2::<AXIS_X, POW2>(fast, rows, b, idx_bits, base, dst) };
+    }
+    let _ = avx2;
+    fill_chunk::<AXIS_X, POW2>(fast, rows, b, idx_bits, base, dst)
 }
 
 /// [`fill_chunk`] compiled for AVX2 (16 vector registers of 4 lanes: the general
