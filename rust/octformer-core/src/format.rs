@@ -1022,20 +1022,25 @@ fn expand_keys(parents: &[u64], occ: &[u8], out: &mut [u64]) -> usize {
     expand_keys_plain(parents, occ, out)
 }
 
-/// [`CHILD_LISTS`] widened to u64 lanes.
-static CHILD_LISTS64: [[u64; 8]; 256] = {
-    let mut t = [[0u64; 8]; 256];
-    let mut b = 0;
-    while b < 256 {
-        let mut c = 0;
-        while c < 8 {
-            t[b][c] = CHILD_LISTS[b][c] as u64;
-            c += 1;
+/// A 256 × 8 lookup table with every entry cast to `$t` (vector lanes of that width).
+macro_rules! widened_table {
+    ($src:expr, $t:ty) => {{
+        let mut t = [[0 as $t; 8]; 256];
+        let mut b = 0;
+        while b < 256 {
+            let mut c = 0;
+            while c < 8 {
+                t[b][c] = $src[b][c] as $t;
+                c += 1;
+            }
+            b += 1;
         }
-        b += 1;
-    }
-    t
-};
+        t
+    }};
+}
+
+/// [`CHILD_LISTS`] widened to u64 lanes.
+static CHILD_LISTS64: [[u64; 8]; 256] = widened_table!(CHILD_LISTS, u64);
 
 /// [`expand_keys_plain`] with two 4-lane stores per parent (the compiler's version
 /// stored the 8 slots one by one).
@@ -1577,19 +1582,7 @@ unsafe fn fill_i32_nt(b: &mut [i32], s: i32) {
 }
 
 /// [`LOCAL_RANK`] widened to i32 lanes.
-static LOCAL_RANK32: [[i32; 8]; 256] = {
-    let mut t = [[0i32; 8]; 256];
-    let mut b = 0;
-    while b < 256 {
-        let mut c = 0;
-        while c < 8 {
-            t[b][c] = LOCAL_RANK[b][c] as i32;
-            c += 1;
-        }
-        b += 1;
-    }
-    t
-};
+static LOCAL_RANK32: [[i32; 8]; 256] = widened_table!(LOCAL_RANK, i32);
 
 /// [`fill_task`] with non-temporal stores: the full decode writes 12 bytes per node that
 /// nothing reads back soon, and plain stores first read every output line from memory
