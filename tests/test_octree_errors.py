@@ -88,9 +88,20 @@ def test_other_float_layouts_work(pts):
     assert half == octformer.build_octree(pts.astype(np.float16).astype(np.float32), 6, bbox=CUBE)
 
 
-def test_huge_coordinates_with_auto_box():
-    with raises(OctformerError, "points"):
-        octformer.build_octree(np.array([[1e308, 0, 0], [-1e308, 0, 0]]))
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"offsets": np.array([0, 1, 3])}, {"coords": "cylindrical"}, {"features": np.ones((3, 2))}],
+    ids=["single", "batch", "cylindrical", "general"],
+)
+def test_huge_coordinates_with_auto_box(kwargs):
+    # the auto cube's centre and side would overflow float64: every path refuses it, naming the point
+    pts = np.array([[0.0, 0, 0], [0, 1e308, 0], [0, -1e308, 0]])
+    with raises(OctformerError, "points") as info:
+        octformer.build_octree(pts, **kwargs)
+    assert "1e308 at point" in str(info.value) and "automatic bbox" in str(info.value)
+    # an explicit box does no such arithmetic: the same points are only out of bounds there
+    with raises(OutOfBoundsError, "points"):
+        octformer.build_octree(pts, bbox=CUBE, **kwargs)
 
 
 # ------------------------------------------------------------------ depth / voxel_size

@@ -41,9 +41,10 @@ def build_single(
     ]
     | None
 ): ...
-def bounds(
+def auto_boxes(
     points: npt.NDArray[np.float32] | npt.NDArray[np.float64],
     offsets: npt.NDArray[np.int64],
+    cube: bool = True,
     num_threads: int | None = None,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_]]: ...
 def average_leaf_values(

@@ -458,11 +458,6 @@ def _as_values(values: Any, n: int, name: str, channels: int | None = None) -> n
     return np.ascontiguousarray(values, dtype=np.float32)
 
 
-def _segment_minmax(pts: np.ndarray, offsets: np.ndarray, num_threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-sample (B, 3) min and max, and a (B,) mask of non-empty samples (one native pass; raises on NaN/Inf)."""
-    return _core.bounds(pts, offsets, num_threads=num_threads)
-
-
 def _cylindrical(pts: np.ndarray) -> np.ndarray:
     """(x, y, z) → (rho, phi, z) with phi = atan2(y, x) in [-pi, pi]."""
     out = np.empty_like(pts)
@@ -552,25 +547,16 @@ def build_octree(
     auto_box = bbox is None or (isinstance(bbox, str) and bbox == "auto")
     threads = default_num_threads(num_threads)
     if auto_box:
-        lo, hi, nonempty = _segment_minmax(pts, offs, threads)
-    else:
-        lo = hi = None  # explicit box: the native build checks finiteness and bounds itself
-    huge = np.finfo(np.float64).max / 4  # beyond this the box arithmetic below overflows
-    if auto_box and lo.size and (np.abs(lo).max(initial=0) >= huge or np.abs(hi).max(initial=0) >= huge):
-        raise OctformerError(f"points: expected |coordinates| < {huge:.3g}, got min {lo.min(axis=0).tolist()} max {hi.max(axis=0).tolist()}")
-    if auto_box:
-        if coords == "cylindrical":
+        # one native pass per sample: checks the points, then the box rule (the single-cloud
+        # fast path applies the same native rule)
+        cylindrical = coords == "cylindrical"
+        lo, hi, _ = _core.auto_boxes(pts, offs, cube=not cylindrical, num_threads=threads)
+        if cylindrical:
             lo[:, 0] = 0.0
             lo[:, 1], hi[:, 1] = -math.pi, math.pi
             span = hi - lo
             span[span <= 0] = 1.0
             hi = lo + span
-        else:
-            center = (lo + hi) / 2
-            side = (hi - lo).max(axis=1)
-            side[(side <= 0) | ~nonempty] = 1.0
-            lo = center - side[:, None] / 2
-            hi = center + side[:, None] / 2
     elif isinstance(bbox, str):
         raise OctformerError(f"bbox: expected 'auto' or (min_xyz, max_xyz), got {bbox!r}")
     else:

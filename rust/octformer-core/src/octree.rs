@@ -1266,12 +1266,33 @@ impl ChunkReport {
     }
 }
 
-/// Per-sample axis-aligned bounds `(min, max)` of (N, 3) points; empty samples give `None`.
-/// Fails on the first non-finite coordinate (in point order).
-pub fn sample_bounds<T: Coord>(
-    points: &[T],
-    offsets: &[usize],
-) -> Result<Vec<Option<([f64; 3], [f64; 3])>>> {
+/// Coordinates this large or larger are refused when the box is automatic: the cube
+/// arithmetic (centre, side) would overflow f64.
+pub const AUTO_BOX_MAX_COORD: f64 = f64::MAX / 4.0;
+
+/// An axis-aligned box or bounds as `(min_xyz, max_xyz)`.
+pub type Bounds = ([f64; 3], [f64; 3]);
+
+/// The automatic box of one sample: the tight cube around its bounds (centred on them, side
+/// the largest extent; side 1 for an empty or single-point sample). The one implementation
+/// of that rule: the single-cloud fast path and the batch path both call it.
+pub fn auto_cube(bounds: Option<Bounds>) -> Bounds {
+    let (lo, hi) = bounds.unwrap_or(([0.0; 3], [0.0; 3]));
+    let center = [0, 1, 2].map(|a| (lo[a] + hi[a]) / 2.0);
+    let mut side = (0..3).map(|a| hi[a] - lo[a]).fold(0.0, f64::max);
+    if side <= 0.0 {
+        side = 1.0;
+    }
+    (
+        center.map(|c| c - side / 2.0),
+        center.map(|c| c + side / 2.0),
+    )
+}
+
+/// Per-sample axis-aligned bounds `(min, max)` of (N, 3) points, the input of an automatic box;
+/// empty samples give `None`. Fails on the first (in point order) coordinate that is not finite
+/// or whose magnitude is at least [`AUTO_BOX_MAX_COORD`].
+pub fn sample_bounds<T: Coord>(points: &[T], offsets: &[usize]) -> Result<Vec<Option<Bounds>>> {
     let n = points.len() / 3;
     if offsets.is_empty()
         || offsets[0] != 0
@@ -1292,7 +1313,7 @@ pub fn sample_bounds<T: Coord>(
             out.push(None);
             continue;
         }
-        let partial: Vec<std::result::Result<([f64; 3], [f64; 3]), (usize, usize, f64)>> = pts
+        let partial: Vec<std::result::Result<Bounds, (usize, usize, f64)>> = pts
             .par_chunks(CHUNK * 3)
             .enumerate()
             .map(|(c, part)| {
@@ -1300,7 +1321,7 @@ pub fn sample_bounds<T: Coord>(
                 for (j, p) in part.chunks_exact(3).enumerate() {
                     for a in 0..3 {
                         let v = p[a].to_f64();
-                        if !v.is_finite() {
+                        if !v.is_finite() || v.abs() >= AUTO_BOX_MAX_COORD {
                             return Err((w[0] + c * CHUNK + j, a, v));
                         }
                         lo[a] = lo[a].min(v);
@@ -1312,8 +1333,17 @@ pub fn sample_bounds<T: Coord>(
             .collect();
         let (mut lo, mut hi) = ([f64::INFINITY; 3], [f64::NEG_INFINITY; 3]);
         for r in partial {
-            let (l, h) =
-                r.map_err(|(index, axis, value)| CoreError::NonFinite { index, axis, value })?;
+            let (l, h) = r.map_err(|(index, axis, value)| {
+                if value.is_finite() {
+                    CoreError::arg(
+                        "points",
+                        format!("|coordinates| < {AUTO_BOX_MAX_COORD:.3e} for an automatic bbox"),
+                        format!("{value:e} at point {index}, axis {axis}"),
+                    )
+                } else {
+                    CoreError::NonFinite { index, axis, value }
+                }
+            })?;
             for a in 0..3 {
                 lo[a] = lo[a].min(l[a]);
                 hi[a] = hi[a].max(h[a]);
@@ -1539,6 +1569,39 @@ mod tests {
                 assert_eq!(leaf_keys[t.point_leaf[i] as usize], key_of(i));
             }
         }
+    }
+
+    #[test]
+    fn auto_cube_is_the_tight_cube() {
+        // centred on the bounds, side the largest extent, every bound inside
+        let (lo, hi) = auto_cube(Some(([-1.0, 2.0, 0.5], [3.0, 2.5, 0.5])));
+        assert_eq!((lo, hi), ([-1.0, 0.25, -1.5], [3.0, 4.25, 2.5]));
+        // no extent (one point) or no points: side 1
+        assert_eq!(auto_cube(Some(([1.0; 3], [1.0; 3]))), ([0.5; 3], [1.5; 3]));
+        assert_eq!(auto_cube(None), ([-0.5; 3], [0.5; 3]));
+    }
+
+    #[test]
+    fn sample_bounds_refuses_what_an_auto_box_cannot_hold() {
+        let pts = [0.0f64, 0.0, 0.0, 0.0, -1e308, 0.0, f64::NAN, 0.0, 0.0];
+        match sample_bounds(&pts, &[0, 3]) {
+            Err(CoreError::InvalidArgument { name, actual, .. }) => {
+                assert_eq!(name, "points");
+                assert!(actual.contains("at point 1, axis 1"), "{actual}");
+            }
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+        // the first bad coordinate in point order decides
+        assert!(matches!(
+            sample_bounds(&pts[6..], &[0, 1]),
+            Err(CoreError::NonFinite {
+                index: 0,
+                axis: 0,
+                ..
+            })
+        ));
+        let ok = sample_bounds(&pts[..3], &[0, 1, 1]).unwrap();
+        assert_eq!(ok, vec![Some(([0.0; 3], [0.0; 3])), None]);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use octformer_core::neighbors::neighbors_from_levels;
-use octformer_core::octree::{average_per_leaf, build_octree_with as core_build, sample_bounds};
+use octformer_core::octree::{
+    Bounds, auto_cube, average_per_leaf, build_octree_with as core_build, sample_bounds,
+};
 use octformer_core::{BuildOptions, Octree, SampleBox};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
@@ -17,6 +19,23 @@ use crate::threads;
 pub enum Points<'py> {
     F32(PyReadonlyArray2<'py, f32>),
     F64(PyReadonlyArray2<'py, f64>),
+}
+
+/// Run `$body` (native work over `$s`, the points as a flat `&[T]` of either precision)
+/// without the GIL, in the pool for `$threads`, with core errors and panics mapped.
+macro_rules! on_points {
+    ($py:expr, $points:expr, $threads:expr, |$s:ident| $body:expr) => {
+        match &$points {
+            Points::F32(p) => {
+                let $s = points_slice(p)?;
+                $py.detach(|| threads::install_for($threads, $s.len() / 3, || guarded(|| $body)))??
+            }
+            Points::F64(p) => {
+                let $s = points_slice(p)?;
+                $py.detach(|| threads::install_for($threads, $s.len() / 3, || guarded(|| $body)))??
+            }
+        }
+    };
 }
 
 #[pyfunction]
@@ -66,24 +85,13 @@ pub fn build_octree<'py>(
         full_depth,
         clip,
     };
-    let tree = match &points {
-        Points::F32(p) => {
-            let s = points_slice(p)?;
-            py.detach(|| {
-                threads::install_for(num_threads, s.len() / 3, || {
-                    guarded(|| core_build(s, &offs, &boxes, opts, fill_batch || b != 1))
-                })
-            })??
-        }
-        Points::F64(p) => {
-            let s = points_slice(p)?;
-            py.detach(|| {
-                threads::install_for(num_threads, s.len() / 3, || {
-                    guarded(|| core_build(s, &offs, &boxes, opts, fill_batch || b != 1))
-                })
-            })??
-        }
-    };
+    let tree = on_points!(py, points, num_threads, |s| core_build(
+        s,
+        &offs,
+        &boxes,
+        opts,
+        fill_batch || b != 1
+    ));
     let arrays = tree_arrays(py, tree, fill_batch || b != 1)?;
     let out = PyDict::new(py);
     out.set_item("batch_nnum", arrays.batch_nnum)?;
@@ -184,7 +192,7 @@ pub fn build_single<'py>(
         Points::F32(p) => single_native(py, p, explicit, side, opts, num_threads)?,
         Points::F64(p) => single_native(py, p, explicit, side, opts, num_threads)?,
     };
-    // None: not C-contiguous (N, 3) points, or an auto box the general path rejects
+    // None: not C-contiguous (N, 3) points
     let Some((tree, bx)) = built else {
         return Ok(None);
     };
@@ -216,12 +224,15 @@ pub fn build_single<'py>(
 }
 
 #[pyfunction]
-#[pyo3(signature = (points, offsets, num_threads=None))]
-/// Per-sample (B, 3) float64 min and max and a (B,) non-empty mask; raises on NaN/Inf.
-pub fn bounds<'py>(
+#[pyo3(signature = (points, offsets, cube=true, num_threads=None))]
+/// Per-sample (B, 3) float64 box corners of an automatic bbox: with `cube`, the tight cube
+/// (`octformer_core::octree::auto_cube`); without, the tight axis-aligned bounds (zeros for
+/// an empty sample) and a (B,) non-empty mask. Raises on NaN/Inf or |coordinates| too large.
+pub fn auto_boxes<'py>(
     py: Python<'py>,
     points: Points<'py>,
     offsets: PyReadonlyArray1<'py, i64>,
+    cube: bool,
     num_threads: Option<usize>,
 ) -> PyResult<(
     Bound<'py, PyArray2<f64>>,
@@ -235,28 +246,19 @@ pub fn bounds<'py>(
         )));
     }
     let offs: Vec<usize> = offs.iter().map(|&o| o as usize).collect();
-    let res = match &points {
-        Points::F32(p) => {
-            let s = points_slice(p)?;
-            py.detach(|| {
-                threads::install_for(num_threads, s.len() / 3, || {
-                    guarded(|| sample_bounds(s, &offs))
-                })
-            })??
-        }
-        Points::F64(p) => {
-            let s = points_slice(p)?;
-            py.detach(|| {
-                threads::install_for(num_threads, s.len() / 3, || {
-                    guarded(|| sample_bounds(s, &offs))
-                })
-            })??
-        }
+    let bounds = on_points!(py, points, num_threads, |s| sample_bounds(s, &offs));
+    let nonempty: Vec<bool> = bounds.iter().map(Option::is_some).collect();
+    let boxes: Vec<Bounds> = if cube {
+        bounds.into_iter().map(auto_cube).collect()
+    } else {
+        bounds
+            .into_iter()
+            .map(|b| b.unwrap_or(([0.0; 3], [0.0; 3])))
+            .collect()
     };
-    let b = res.len();
-    let lo = Array2::from_shape_fn((b, 3), |(i, a)| res[i].map_or(0.0, |r| r.0[a]));
-    let hi = Array2::from_shape_fn((b, 3), |(i, a)| res[i].map_or(0.0, |r| r.1[a]));
-    let nonempty: Vec<bool> = res.iter().map(|r| r.is_some()).collect();
+    let b = boxes.len();
+    let lo = Array2::from_shape_fn((b, 3), |(i, a)| boxes[i].0[a]);
+    let hi = Array2::from_shape_fn((b, 3), |(i, a)| boxes[i].1[a]);
     Ok((
         lo.into_pyarray(py),
         hi.into_pyarray(py),
@@ -265,11 +267,11 @@ pub fn bounds<'py>(
 }
 
 /// build_single's native work for one precision, without the GIL; None when the points are
-/// not a C-contiguous (N, 3) array (or, inner None, an auto box the general path rejects).
+/// not a C-contiguous (N, 3) array (the general path copies or rejects them).
 fn single_native<T: octformer_core::octree::Coord + numpy::Element>(
     py: Python<'_>,
     p: &PyReadonlyArray2<'_, T>,
-    explicit: Option<([f64; 3], [f64; 3])>,
+    explicit: Option<Bounds>,
     side: f64,
     opts: BuildOptions,
     num_threads: Option<usize>,
@@ -282,47 +284,27 @@ fn single_native<T: octformer_core::octree::Coord + numpy::Element>(
             guarded(|| single_tree(s, explicit, side, opts))
         })
     })?
+    .map(Some)
 }
 
-/// One cloud's box (explicit, or the auto cube computed exactly as the general path does)
-/// and tree; None for an auto box of coordinates beyond f64::MAX / 4 (the general path raises).
+/// One cloud's box (explicit, or the automatic cube by the same rule as the batch path) and tree.
 fn single_tree<T: octformer_core::octree::Coord>(
     s: &[T],
-    explicit: Option<([f64; 3], [f64; 3])>,
+    explicit: Option<Bounds>,
     side: f64,
     opts: BuildOptions,
-) -> Result<Option<(Octree, SampleBox)>, octformer_core::CoreError> {
+) -> Result<(Octree, SampleBox), octformer_core::CoreError> {
     let n = s.len() / 3;
     let (lo, hi) = match explicit {
         Some(b) => b,
-        None => {
-            let (lo, hi) = match sample_bounds(s, &[0, n])?[0] {
-                Some((lo, hi)) => (lo, hi),
-                None => ([0.0; 3], [0.0; 3]),
-            };
-            // the same arithmetic as the general path (octformer.octree.build_octree)
-            let huge = f64::MAX / 4.0;
-            if (0..3).any(|a| lo[a].abs() >= huge || hi[a].abs() >= huge) {
-                return Ok(None);
-            }
-            let center = [0, 1, 2].map(|a| (lo[a] + hi[a]) / 2.0);
-            let mut w = (0..3)
-                .map(|a| hi[a] - lo[a])
-                .fold(f64::NEG_INFINITY, f64::max);
-            if w <= 0.0 || n == 0 {
-                w = 1.0;
-            }
-            (
-                [0, 1, 2].map(|a| center[a] - w / 2.0),
-                [0, 1, 2].map(|a| center[a] + w / 2.0),
-            )
-        }
+        // the general path's rule (auto_boxes with cube=True)
+        None => auto_cube(sample_bounds(s, &[0, n])?[0]),
     };
     let bx = SampleBox {
         origin: lo,
         cell: [0, 1, 2].map(|a| (hi[a] - lo[a]) / side),
     };
-    Ok(Some((core_build(s, &[0, n], &[bx], opts, false)?, bx)))
+    Ok((core_build(s, &[0, n], &[bx], opts, false)?, bx))
 }
 
 fn points_slice<'a, T: numpy::Element>(p: &'a PyReadonlyArray2<'_, T>) -> PyResult<&'a [T]> {
@@ -412,7 +394,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(build_octree, m)?)?;
     m.add_function(wrap_pyfunction!(build_single, m)?)?;
     m.add_function(wrap_pyfunction!(average_leaf_values, m)?)?;
-    m.add_function(wrap_pyfunction!(bounds, m)?)?;
+    m.add_function(wrap_pyfunction!(auto_boxes, m)?)?;
     register_steps(m)?;
     m.add_function(wrap_pyfunction!(neighbors, m)?)?;
     Ok(())
