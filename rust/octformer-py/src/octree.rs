@@ -56,13 +56,7 @@ pub fn build_octree<'py>(
     num_threads: Option<usize>,
     fill_batch: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let offs = slice1(&offsets, "offsets")?;
-    if offs.iter().any(|&o| o < 0) {
-        return Err(OctformerError::new_err(format!(
-            "offsets: expected non-negative values, got {offs:?}"
-        )));
-    }
-    let offs: Vec<usize> = offs.iter().map(|&o| o as usize).collect();
+    let offs = offsets_usize(&offsets)?;
     let b = offs.len().saturating_sub(1);
     for (name, a) in [("origins", &origins), ("cells", &cells)] {
         if a.shape() != [b, 3] {
@@ -239,13 +233,7 @@ pub fn auto_boxes<'py>(
     Bound<'py, PyArray2<f64>>,
     Bound<'py, numpy::PyArray1<bool>>,
 )> {
-    let offs = slice1(&offsets, "offsets")?;
-    if offs.iter().any(|&o| o < 0) {
-        return Err(OctformerError::new_err(format!(
-            "offsets: expected non-negative values, got {offs:?}"
-        )));
-    }
-    let offs: Vec<usize> = offs.iter().map(|&o| o as usize).collect();
+    let offs = offsets_usize(&offsets)?;
     let bounds = on_points!(py, points, num_threads, |s| sample_bounds(s, &offs));
     let nonempty: Vec<bool> = bounds.iter().map(Option::is_some).collect();
     let boxes: Vec<Bounds> = if cube {
@@ -305,6 +293,17 @@ fn single_tree<T: octformer_core::octree::Coord>(
         cell: [0, 1, 2].map(|a| (hi[a] - lo[a]) / side),
     };
     Ok((core_build(s, &[0, n], &[bx], opts, false)?, bx))
+}
+
+/// (B+1,) sample offsets as indices, refusing negative ones (the core checks the rest).
+fn offsets_usize(offsets: &PyReadonlyArray1<'_, i64>) -> PyResult<Vec<usize>> {
+    let offs = slice1(offsets, "offsets")?;
+    if offs.iter().any(|&o| o < 0) {
+        return Err(OctformerError::new_err(format!(
+            "offsets: expected non-negative values, got {offs:?}"
+        )));
+    }
+    Ok(offs.iter().map(|&o| o as usize).collect())
 }
 
 fn points_slice<'a, T: numpy::Element>(p: &'a PyReadonlyArray2<'_, T>) -> PyResult<&'a [T]> {
