@@ -479,8 +479,18 @@ fn build_sample_with<T: Coord, I: Item>(
     let top_shift = hi - tb;
     let nb = 1usize << tb;
     let serial = n <= SERIAL_MAX || rayon::current_num_threads() <= 1;
+    // one thread, packed items, keys of 3 digits: the whole sample is sorted by 3 LSD passes
+    // (the histograms of every digit come from the quantise pass) instead of a top-digit
+    // scatter followed by sorts of tiny buckets (2^15 buckets of ~6 items for 200k points):
+    // at 1 thread, depth 10, 7.2 vs 9.0 ms CPU for indoor200k and 16.2 vs 21.8 ms for lidar1M
+    let lsd = serial
+        && std::mem::size_of::<I>() == 8
+        && n >= LSD_MIN
+        && key_bits <= 3 * LSD_DIGIT_MAX
+        && key_bits > 2 * LSD_DIGIT_MAX;
+    let lsd_width = key_bits.div_ceil(3);
 
-    // 1. quantise + encode + histogram of the top digit, per chunk
+    // 1. quantise + encode + histogram of the top digit (or every LSD digit), per chunk
     // SAFETY: the quantise loop below writes every item
     let mut items: Vec<I> = unsafe { crate::sort::vec_for_overwrite(n) };
     // serial: one chunk (one histogram); parallel: one chunk per thread
@@ -490,7 +500,7 @@ fn build_sample_with<T: Coord, I: Item>(
         n.div_ceil(rayon::current_num_threads()).max(1)
     };
     let quant = |c: usize, out: &mut [I]| {
-        quantise_chunk(
+        quantise_chunk::<T, I, 1>(
             pts,
             c * chunk,
             out,
@@ -499,12 +509,24 @@ fn build_sample_with<T: Coord, I: Item>(
             depth,
             idx_bits,
             top_shift,
-            nb,
+            tb,
         )
     };
     let parts: Vec<(ChunkReport, Vec<u32>)> = if serial {
         if n == 0 {
             Vec::new()
+        } else if lsd {
+            vec![quantise_chunk::<T, I, 3>(
+                pts,
+                0,
+                &mut items[..],
+                first,
+                bx,
+                depth,
+                idx_bits,
+                lo,
+                lsd_width,
+            )]
         } else {
             vec![quant(0, &mut items[..])]
         }
@@ -539,7 +561,11 @@ fn build_sample_with<T: Coord, I: Item>(
     let mut starts = vec![0usize; nb + 1];
     // SAFETY: the scatter writes every index 0..n exactly once (offsets partition 0..n)
     let mut buf: Vec<I> = unsafe { crate::sort::vec_for_overwrite(n) };
-    if n <= u32::MAX as usize {
+    if lsd {
+        // the whole sample sorted: one bucket, nothing left to sort in it
+        lsd_sort_items(&mut items, &mut buf, &mut hists[0], lo, lsd_width);
+        starts = vec![0, n];
+    } else if n <= u32::MAX as usize {
         // 32-bit offsets: half the cache footprint of the (up to 2^16-entry) table
         let mut run = 0u32;
         for b in 0..nb {
@@ -563,6 +589,7 @@ fn build_sample_with<T: Coord, I: Item>(
         }
         scatter_top(&items, &mut buf, chunk, offsets, top_shift, nb, serial);
     }
+    let nb = starts.len() - 1;
     starts[nb] = n;
 
     // 3. sort every bucket in cache and collapse runs of equal keys into leaves
@@ -579,7 +606,7 @@ fn build_sample_with<T: Coord, I: Item>(
             unsafe { crate::sort::vec_for_overwrite(n) }
         };
     let sort_bucket = |bucket: &mut [I], scratch: &mut Vec<I>| {
-        if bucket.len() <= 1 || top_shift <= lo {
+        if bucket.len() <= 1 || top_shift <= lo || lsd {
             return;
         }
         if bucket.len() <= CMP_SORT_MAX {
@@ -712,6 +739,61 @@ fn build_sample_with<T: Coord, I: Item>(
     Ok(SampleLeaves { leaves, point_leaf })
 }
 
+/// Samples of at least this many points (on one thread) are sorted by LSD passes.
+const LSD_MIN: usize = 1 << 14;
+/// Widest LSD digit (a 2^11-entry count table stays in L1).
+const LSD_DIGIT_MAX: u32 = 11;
+
+/// Stable LSD sort of `items` by 3 digits of `width` bits from bit `shift0` of the radix key
+/// (bits above `shift0 + 3·width` must be zero), given the histograms of the 3 digits
+/// (`hist[d << width..]`, consumed). Ends with the sorted items in `buf` and `items` as
+/// scratch of the same length. Passes whose digit is the same for every item are skipped.
+fn lsd_sort_items<I: Item>(
+    items: &mut Vec<I>,
+    buf: &mut Vec<I>,
+    hist: &mut [u32],
+    shift0: u32,
+    width: u32,
+) {
+    let n = items.len();
+    debug_assert_eq!(buf.len(), n);
+    let digits = 1usize << width;
+    let mask = digits - 1;
+    // the sorted data is in `items` until a pass moves it
+    let mut in_items = true;
+    for d in 0..3 {
+        let count = &mut hist[d * digits..(d + 1) * digits];
+        if count.iter().any(|&c| c as usize == n) {
+            continue;
+        }
+        let mut run = 0u32;
+        for c in count.iter_mut() {
+            let t = *c;
+            *c = run;
+            run += t;
+        }
+        let shift = shift0 + d as u32 * width;
+        let (src, dst): (&[I], &mut [I]) = if in_items {
+            (&items[..], &mut buf[..])
+        } else {
+            (&buf[..], &mut items[..])
+        };
+        for v in src {
+            let b = (v.radix_key() >> shift) as usize & mask;
+            // SAFETY: b ≤ mask < count.len(); the prefix sums keep every position below n
+            unsafe {
+                let at = count.get_unchecked_mut(b);
+                *dst.get_unchecked_mut(*at as usize) = *v;
+                *at += 1;
+            }
+        }
+        in_items = !in_items;
+    }
+    if in_items {
+        std::mem::swap(items, buf);
+    }
+}
+
 /// How many items ahead the serial collapse prefetches its point_leaf write.
 const PREFETCH_AHEAD: usize = 16;
 
@@ -789,10 +871,11 @@ fn scatter_top<I: Item, O: Offset>(
 }
 
 /// Quantise + encode points `base..base + out.len()` of the sample into `out`; returns the
-/// chunk's report and the histogram of the top digit `(key >> top_shift) & (nb - 1)`.
+/// chunk's report and the histograms of the `P` digits `(key >> (shift0 + d·width)) & mask`
+/// (`width` bits each), histogram d at `d << width..(d + 1) << width`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn quantise_chunk<T: Coord, I: Item>(
+fn quantise_chunk<T: Coord, I: Item, const P: usize>(
     pts: &[T],
     base: usize,
     out: &mut [I],
@@ -800,8 +883,8 @@ fn quantise_chunk<T: Coord, I: Item>(
     bx: &SampleBox,
     depth: usize,
     idx_bits: u32,
-    top_shift: u32,
-    nb: usize,
+    shift0: u32,
+    width: u32,
 ) -> (ChunkReport, Vec<u32>) {
     let side = (1u64 << depth) as f64;
     let top = T::from_f64(side);
@@ -810,7 +893,8 @@ fn quantise_chunk<T: Coord, I: Item>(
     let origin = bx.origin.map(T::from_f64);
     let inv = bx.cell.map(|c| T::from_f64(1.0 / c));
     let mut rep = ChunkReport::default();
-    let mut hist = vec![0u32; nb];
+    let digit_mask = (1usize << width) - 1;
+    let mut hist = vec![0u32; P << width];
     let chunk_pts = &pts[base * 3..(base + out.len()) * 3];
     let small = depth <= 11;
     // the per-axis constants repeated to 12 lanes (4 points), so stage 1 vectorises
@@ -865,7 +949,12 @@ fn quantise_chunk<T: Coord, I: Item>(
                 morton::encode(c[0], c[1], c[2])
             };
             let item = I::make(key, b0 + j, idx_bits);
-            hist[(item.radix_key() >> top_shift) as usize & (nb - 1)] += 1;
+            let r = item.radix_key() >> shift0;
+            for d in 0..P {
+                let at = (d << width) + ((r >> (d as u32 * width)) as usize & digit_mask);
+                // SAFETY: at < (d + 1) << width ≤ P << width = hist.len()
+                unsafe { *hist.get_unchecked_mut(at) += 1 };
+            }
             *slot = item;
         }
     }
@@ -1530,7 +1619,8 @@ mod tests {
                 (rnd() * 1.98 - 0.99) as f32
             });
         }
-        for depth in [6u8, 10, 13] {
+        // 8..=11: 3 LSD digits of 8..11 bits at 1 thread; 6 and 13: top digit + buckets
+        for depth in [6u8, 8, 9, 10, 11, 13] {
             let trees: Vec<Octree> = [1, 2, 3]
                 .iter()
                 .map(|&threads| {
@@ -1565,7 +1655,7 @@ mod tests {
                 .map(|(k, _)| *k)
                 .collect();
             assert_eq!(leaf_keys, keys, "depth {depth}");
-            for i in (0..n).step_by(97) {
+            for i in 0..n {
                 assert_eq!(leaf_keys[t.point_leaf[i] as usize], key_of(i));
             }
         }
@@ -1602,6 +1692,48 @@ mod tests {
         ));
         let ok = sample_bounds(&pts[..3], &[0, 1, 1]).unwrap();
         assert_eq!(ok, vec![Some(([0.0; 3], [0.0; 3])), None]);
+    }
+
+    #[test]
+    fn lsd_sort_items_is_a_stable_sort() {
+        let mut state = 0x2545f4914f6cdd1du64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let idx_bits = 17;
+        let n = 100_000;
+        // 30-bit keys with many duplicates; in the second case the top digit is the same for
+        // every item (its pass is skipped), in the third the low two are
+        for (and, or) in [
+            ((1u64 << 30) - 1, 0u64),
+            ((1u64 << 20) - 1, 5 << 20),
+            ((1u64 << 30) - (1 << 20), 0),
+        ] {
+            let items: Vec<u64> = (0..n)
+                .map(|i| {
+                    let key = (rnd() % 40_000 * 26_843) & and | or;
+                    <u64 as Item>::make(key, i, idx_bits)
+                })
+                .collect();
+            let width = 10;
+            let mut hist = vec![0u32; 3 << width];
+            for v in &items {
+                for d in 0..3 {
+                    hist[(d << width) + ((v >> (idx_bits + d as u32 * width)) as usize & 1023)] +=
+                        1;
+                }
+            }
+            let mut expected = items.clone();
+            expected.sort_by_key(|v| v >> idx_bits); // stable: ties keep the index order
+            let mut got = items.clone();
+            let mut buf = vec![0u64; n];
+            lsd_sort_items(&mut got, &mut buf, &mut hist, idx_bits, width);
+            assert_eq!(buf, expected);
+            assert_eq!(got.len(), n);
+        }
     }
 
     #[test]
