@@ -204,6 +204,26 @@ pub fn step(
     rows_all: bool,
     entries_all: bool,
 ) -> Result<Vec<i32>> {
+    step_with(
+        parent,
+        parent_children,
+        children,
+        rows_all,
+        entries_all,
+        simd::available(),
+    )
+}
+
+/// [`step`], with the AVX-512 rows (`simd`, which must only be set where the CPU has
+/// them) or the portable ones; both give the same table and the same errors.
+fn step_with(
+    parent: &[i32],
+    parent_children: &[i32],
+    children: &[i32],
+    rows_all: bool,
+    entries_all: bool,
+    simd: bool,
+) -> Result<Vec<i32>> {
     let parents = count_nonempty(parent_children, "parent_children")?;
     if parent.len() != parents * 27 {
         return Err(CoreError::arg(
@@ -264,7 +284,24 @@ pub fn step(
         let mut row_index = first_row[task];
         let mut bad_entry = false;
         let mut bad_rank = false;
-        for p in lo..(lo + PARENTS_PER_TASK).min(parents) {
+        #[cfg(target_arch = "x86_64")]
+        if simd && !rows_all && !entries_all {
+            let hi = (lo + PARENTS_PER_TASK).min(parents);
+            // SAFETY: `simd` is only set when the CPU has AVX-512F; rows first_row[task]..
+            // first_row[task + 1] belong to this task (as in the portable loop below)
+            (bad_entry, bad_rank) = unsafe {
+                simd::nonempty_rows(
+                    &parent[lo * 27..hi * 27],
+                    &children[lo * 8..hi * 8],
+                    children,
+                    limit,
+                    row_index,
+                    out_ptr.0,
+                )
+            };
+        }
+        let portable = !simd || rows_all || entries_all || !cfg!(target_arch = "x86_64");
+        for p in (lo..(lo + PARENTS_PER_TASK).min(parents)).filter(|_| portable) {
             let prow: &[i32; 27] = parent[p * 27..p * 27 + 27].try_into().unwrap();
             // neighbour o's 8 children start at src[o]; rank r -> children[8r..], absent ->
             // ABSENT; with entries_all the entry is computed (8r + slot) from r instead
@@ -380,6 +417,128 @@ pub fn step(
     Ok(out)
 }
 
+/// AVX-512 rows of [`step`] for non-empty tables: a parent's 27 neighbour ranks sit in two
+/// vector registers, each child's 27 entries are a permutation of them (the LUTs) turned
+/// into addresses and gathered from `children` in two masked 16-lane gathers.
+mod simd {
+    /// Whether this CPU runs [`nonempty_rows`] (AVX-512F).
+    pub fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    pub use x86::nonempty_rows;
+
+    #[cfg(target_arch = "x86_64")]
+    mod x86 {
+        use super::super::LUTS;
+        use std::arch::x86_64::*;
+
+        /// LUTS widened to two 16-lane halves per child slot (slots 0..16 and 16..27, the
+        /// last 5 lanes unused): parent-level neighbour slot and child slot per entry.
+        static WIDE: ([[i32; 32]; 8], [[i32; 32]; 8]) = widen();
+
+        const fn widen() -> ([[i32; 32]; 8], [[i32; 32]; 8]) {
+            let mut p = [[0i32; 32]; 8];
+            let mut c = [[0i32; 32]; 8];
+            let mut s = 0;
+            while s < 8 {
+                let mut o = 0;
+                while o < 27 {
+                    p[s][o] = LUTS.0[s][o] as i32;
+                    c[s][o] = LUTS.1[s][o] as i32;
+                    o += 1;
+                }
+                s += 1;
+            }
+            (p, c)
+        }
+
+        /// Rows for the non-empty children of the parents whose table rows are `prows`
+        /// (27 each) and child entries `pchildren` (8 each), the first written at row
+        /// `first_row` of `out`; `children` is the whole level (gather source). Returns
+        /// (a parent entry was outside -1..limit-1, a child rank differed from its row):
+        /// the caller reports either. Bad entries read as -1, so nothing is read out of
+        /// bounds.
+        ///
+        /// # Safety
+        /// The CPU has AVX-512F; `out` holds the rows first_row.. first_row + (non-empty
+        /// entries of `pchildren`) × 27 values; `children.len() >= 8 * limit`.
+        #[target_feature(enable = "avx512f")]
+        pub unsafe fn nonempty_rows(
+            prows: &[i32],
+            pchildren: &[i32],
+            children: &[i32],
+            limit: u32,
+            first_row: usize,
+            out: *mut i32,
+        ) -> (bool, bool) {
+            let tail: __mmask16 = (1 << 11) - 1;
+            let minus1 = _mm512_set1_epi32(-1);
+            let lim = _mm512_set1_epi32(limit as i32);
+            let one = _mm512_set1_epi32(1);
+            let (lut_p, lut_c) = &WIDE;
+            let mut bad_entries: __mmask16 = 0;
+            let mut bad_rank = false;
+            let mut row = first_row;
+            for (prow, pc) in prows.chunks_exact(27).zip(pchildren.chunks_exact(8)) {
+                // SAFETY (all loads/stores below): prow has 27 values (lanes 0..16 and the
+                // 11 of the tail mask), out has room for this task's rows (caller)
+                let (a, b) = unsafe {
+                    (
+                        _mm512_loadu_si512(prow.as_ptr() as *const __m512i),
+                        _mm512_maskz_loadu_epi32(tail, prow.as_ptr().add(16)),
+                    )
+                };
+                // entries + 1 must lie in 0..=limit (unsigned): others are bad, read as -1
+                let bad_a = _mm512_cmpgt_epu32_mask(_mm512_add_epi32(a, one), lim);
+                let bad_b = _mm512_cmpgt_epu32_mask(_mm512_add_epi32(b, one), lim) & tail;
+                bad_entries |= bad_a | bad_b;
+                let a = _mm512_mask_mov_epi32(a, bad_a, minus1);
+                let b = _mm512_mask_mov_epi32(b, bad_b, minus1);
+                for (c, &rank) in pc.iter().enumerate() {
+                    if rank < 0 {
+                        continue;
+                    }
+                    bad_rank |= rank as usize != row;
+                    let dst = unsafe { out.add(row * 27) };
+                    for half in 0..2 {
+                        let lanes: __mmask16 = if half == 0 { 0xffff } else { tail };
+                        let (ip, ic) = unsafe {
+                            (
+                                _mm512_loadu_si512(
+                                    lut_p[c].as_ptr().add(16 * half) as *const __m512i
+                                ),
+                                _mm512_loadu_si512(
+                                    lut_c[c].as_ptr().add(16 * half) as *const __m512i
+                                ),
+                            )
+                        };
+                        // neighbour rank per entry (-1 absent), then its child's address
+                        let v = _mm512_permutex2var_epi32(a, ip, b);
+                        let present = _mm512_cmpge_epi32_mask(v, _mm512_setzero_si512()) & lanes;
+                        let at = _mm512_add_epi32(_mm512_slli_epi32::<3>(v), ic);
+                        // SAFETY: gathered lanes have 0 <= v < limit, so 8v + slot < children.len()
+                        let e = unsafe {
+                            _mm512_mask_i32gather_epi32::<4>(minus1, present, at, children.as_ptr())
+                        };
+                        unsafe { _mm512_mask_storeu_epi32(dst.add(16 * half), lanes, e) };
+                    }
+                    row += 1;
+                }
+            }
+            (bad_entries != 0, bad_rank)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,6 +649,50 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// The AVX-512 rows equal the portable ones: same table on trees of random clouds
+        /// (several tasks), and the same error once an entry or a rank is corrupted.
+        #[test]
+        fn simd_rows_equal_portable_rows(
+            seed in 0u64..u64::MAX,
+            n in 1usize..6000,
+            depth in 2u8..8,
+            corrupt in 0usize..3,
+            at in 0usize..usize::MAX,
+            value in proptest::prelude::any::<i32>(),
+        ) {
+            proptest::prop_assume!(simd::available());
+            let mut state = seed | 1;
+            let pts: Vec<f64> = (0..3 * n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    // clustered: a third of the points near a plane, so parents have few children
+                    let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+                    if state % 3 == 0 { u * 0.01 } else { u * 1.98 - 0.99 }
+                })
+                .collect();
+            let bx = SampleBox { origin: [-1.0; 3], cell: [2.0 / (1u64 << depth) as f64; 3] };
+            let t = build_octree(&pts, &[0, n], &[bx], BuildOptions { depth, full_depth: 1, clip: false }).unwrap();
+            let mut table = root_table(&t.children[0], false, false, false).unwrap();
+            for d in 1..=depth as usize {
+                let (pc, mut c) = (&t.children[d - 1], t.children[d].clone());
+                let mut parent = table.clone();
+                match corrupt {
+                    1 => { let i = at % parent.len(); parent[i] = value; }
+                    2 => { let i = at % c.len(); c[i] = value; }
+                    _ => {}
+                }
+                let fast = step_with(&parent, pc, &c, false, false, true);
+                let portable = step_with(&parent, pc, &c, false, false, false);
+                proptest::prop_assert_eq!(&fast, &portable, "depth {}", d);
+                table = step_with(&table, pc, &t.children[d], false, false, true).unwrap();
             }
         }
     }
