@@ -666,7 +666,9 @@ mod tests {
             at in 0usize..usize::MAX,
             value in proptest::prelude::any::<i32>(),
         ) {
-            proptest::prop_assume!(simd::available());
+            if !simd::available() {
+                return Ok(()); // nothing to compare on this CPU
+            }
             let mut state = seed | 1;
             let pts: Vec<f64> = (0..3 * n)
                 .map(|_| {
