@@ -1000,6 +1000,10 @@ pub fn grow_levels(
 
 /// One level up: from sorted non-empty keys, every parent's 8 child keys, their children
 /// ranks (-1 empty) and the parents' keys. Chunks cut at parent boundaries run in parallel.
+///
+/// Two passes per chunk: the parents and their children's occupancy masks are collected
+/// into cache-resident scratch (branch-free, which also counts them), then the rows are
+/// written from those without data-dependent loops.
 fn split_level(level: &[u64]) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
     let n = level.len();
     let threads = rayon::current_num_threads().max(1);
@@ -1018,18 +1022,28 @@ fn split_level(level: &[u64]) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
     starts.push(n);
     starts.dedup();
     let ranges: Vec<(usize, usize)> = starts.windows(2).map(|w| (w[0], w[1])).collect();
-    let count = |&(a, b): &(usize, usize)| {
-        let part = &level[a..b];
-        1 + part.windows(2).filter(|w| w[0] >> 3 != w[1] >> 3).count()
+    // pass 1: chunk [a, b) has at most b - a parents, kept at a.. of the scratch arrays
+    // SAFETY: collect_parents writes entries a..a + count before anything reads them
+    let mut pbuf: Vec<u64> = unsafe { crate::sort::vec_for_overwrite(n) };
+    let mut mbuf: Vec<u8> = unsafe { crate::sort::vec_for_overwrite(n) };
+    let mut scratch = Vec::with_capacity(ranges.len());
+    let (mut p_rest, mut m_rest) = (&mut pbuf[..], &mut mbuf[..]);
+    for &(a, b) in &ranges {
+        let (p, pr) = p_rest.split_at_mut(b - a);
+        let (m, mr) = m_rest.split_at_mut(b - a);
+        scratch.push((a, b, p, m));
+        (p_rest, m_rest) = (pr, mr);
+    }
+    let collect = |(a, b, p, m): &mut (usize, usize, &mut [u64], &mut [u8])| {
+        collect_parents(&level[*a..*b], p, m)
     };
-    let counts: Vec<usize> = if ranges.len() <= 1 {
-        ranges.iter().map(count).collect()
+    let counts: Vec<usize> = if scratch.len() <= 1 {
+        scratch.iter_mut().map(collect).collect()
     } else {
-        ranges.par_iter().map(count).collect()
+        scratch.par_iter_mut().map(collect).collect()
     };
     let total: usize = counts.iter().sum();
-    // SAFETY: the jobs below write every parent, and all 8 key / child slots of each
-    let mut parents: Vec<u64> = unsafe { crate::sort::vec_for_overwrite(total) };
+    // SAFETY: the jobs below write all 8 key / child slots of every parent
     let mut kd: Vec<u64> = unsafe { crate::sort::vec_for_overwrite(total * 8) };
     let mut cd: Vec<i32> = unsafe { crate::sort::vec_for_overwrite(total * 8) };
     // large outputs bypass the caches (no read-for-ownership of lines that are written whole)
@@ -1037,57 +1051,87 @@ fn split_level(level: &[u64]) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
         && total * 8 * 12 >= STREAM_MIN_BYTES
         && (kd.as_ptr() as usize) % 16 == 0
         && (cd.as_ptr() as usize) % 16 == 0;
-    // hand each range its own disjoint output windows
+    // several chunks: their parents gathered into one array (one chunk: the scratch is it)
+    let gathered: Option<Vec<u64>> = (scratch.len() > 1).then(|| {
+        let mut parents = Vec::with_capacity(total);
+        for ((_, _, p, _), &cnt) in scratch.iter().zip(&counts) {
+            parents.extend_from_slice(&p[..cnt]);
+        }
+        parents
+    });
+    // hand each chunk its own disjoint output windows
     let mut jobs = Vec::with_capacity(ranges.len());
-    let (mut p_rest, mut k_rest, mut c_rest) = (&mut parents[..], &mut kd[..], &mut cd[..]);
-    for (&(a, b), &m) in ranges.iter().zip(&counts) {
-        let (p, pr) = p_rest.split_at_mut(m);
-        let (k, kr) = k_rest.split_at_mut(8 * m);
-        let (c, cr) = c_rest.split_at_mut(8 * m);
-        jobs.push((a, b, p, k, c));
-        (p_rest, k_rest, c_rest) = (pr, kr, cr);
+    let (mut k_rest, mut c_rest) = (&mut kd[..], &mut cd[..]);
+    for ((a, _, p, m), &cnt) in scratch.into_iter().zip(&counts) {
+        let (k, kr) = k_rest.split_at_mut(8 * cnt);
+        let (c, cr) = c_rest.split_at_mut(8 * cnt);
+        jobs.push((a, &p[..cnt], &m[..cnt], k, c));
+        (k_rest, c_rest) = (kr, cr);
     }
-    let job = |(a, b, p, k, c): (usize, usize, &mut [u64], &mut [u64], &mut [i32])| {
-        split_range(&level[a..b], a as i32, p, k, c, stream)
+    let job = |(a, p, m, k, c): (usize, &[u64], &[u8], &mut [u64], &mut [i32])| {
+        write_rows(p, m, a as i32, k, c, stream)
     };
     if jobs.len() == 1 {
         jobs.into_iter().for_each(job);
     } else {
         jobs.into_par_iter().for_each(job);
     }
+    let parents = gathered.unwrap_or_else(|| {
+        // the only chunk's parents sit at the start of the scratch
+        pbuf.truncate(total);
+        pbuf
+    });
     (kd, cd, parents)
 }
 
-/// Split sorted non-empty keys `part` (whole parents only) into their parents' keys `p`, and
-/// 8 child keys `k` and children ranks `c` per parent; `part[i]` gets rank `first_rank + i`.
-/// `stream`: store `k` and `c` with non-temporal stores (both 16-byte aligned).
-fn split_range(
-    part: &[u64],
-    first_rank: i32,
-    p: &mut [u64],
-    k: &mut [u64],
-    c: &mut [i32],
-    stream: bool,
-) {
-    // one parent at a time: its 8 children assembled in registers, each slot stored once
-    let mut i = 0;
-    for ((pj, kj), cj) in p
-        .iter_mut()
+/// Parents (`key >> 3`) of sorted keys `part` into `p` and, per parent, the mask of its
+/// occupied children into `m`; returns the number of parents. Branch-free: every key
+/// stores its parent's entry, the last store per parent holds the complete mask.
+fn collect_parents(part: &[u64], p: &mut [u64], m: &mut [u8]) -> usize {
+    assert!(p.len() >= part.len() && m.len() >= part.len());
+    let mut j = usize::MAX; // wraps to 0 at the first key
+    let mut prev = u64::MAX; // no parent (keys < 2^63 have parents < 2^60)
+    let mut mask = 0u8;
+    for &key in part {
+        let parent = key >> 3;
+        let new = parent != prev;
+        j = j.wrapping_add(new as usize);
+        let bit = 1u8 << (key & 7);
+        mask = if new { bit } else { mask | bit };
+        prev = parent;
+        // SAFETY: j ≤ index of this key < part.len() ≤ p.len(), m.len()
+        unsafe {
+            *p.get_unchecked_mut(j) = parent;
+            *m.get_unchecked_mut(j) = mask;
+        }
+    }
+    j.wrapping_add(1)
+}
+
+/// Every parent's 8 child keys into `k` and children ranks into `c` (8 per parent), from the
+/// parents `p` and their occupancy masks `m`; the first occupied child gets `first_rank`.
+/// `stream`: store with non-temporal stores (both outputs 16-byte aligned).
+fn write_rows(p: &[u64], m: &[u8], first_rank: i32, k: &mut [u64], c: &mut [i32], stream: bool) {
+    assert!(m.len() == p.len() && k.len() == 8 * p.len() && c.len() == 8 * p.len());
+    #[cfg(target_arch = "x86_64")]
+    if stream
+        && std::is_x86_feature_detected!("avx2")
+        && (k.as_ptr() as usize) % 32 == 0
+        && (c.as_ptr() as usize) % 32 == 0
+    {
+        // SAFETY: AVX2 detected; lengths asserted above, alignment checked here
+        unsafe { write_rows_avx2(p, m, first_rank, k, c) };
+        return;
+    }
+    let mut first = first_rank;
+    for (((&parent, &mask), kj), cj) in p
+        .iter()
+        .zip(m)
         .zip(k.chunks_exact_mut(8))
         .zip(c.chunks_exact_mut(8))
     {
-        let parent = part[i] >> 3;
-        let first = first_rank + i as i32;
-        // which of the 8 children exist, kept in a register: the row comes from a table
-        // (scalar stores into a stack row followed by a vector load of it stalled on
-        // store forwarding)
-        let mut mask = 0usize;
-        while i < part.len() && part[i] >> 3 == parent {
-            mask |= 1 << (part[i] & 7);
-            i += 1;
-        }
-        let row = child_row(mask, first);
-        *pj = parent;
+        let row = child_row(mask as usize, first);
+        first += mask.count_ones() as i32;
         let base = parent << 3;
         let keys: [u64; 8] = std::array::from_fn(|c8| base | c8 as u64);
         if stream {
@@ -1104,6 +1148,42 @@ fn split_range(
         // SAFETY: SSE is part of x86_64; orders the streaming stores before the join
         unsafe { std::arch::x86_64::_mm_sfence() };
     }
+}
+
+/// [`write_rows`] with 32-byte non-temporal stores (2 per parent's keys, 1 for its ranks).
+///
+/// # Safety
+/// AVX2 must be available; `k` (8 per parent) and `c` (8 per parent) 32-byte aligned, of
+/// lengths `8 * p.len()`, and `m.len() == p.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt")]
+unsafe fn write_rows_avx2(p: &[u64], m: &[u8], first_rank: i32, k: &mut [u64], c: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let kp = k.as_mut_ptr() as *mut __m256i;
+    let cp = c.as_mut_ptr() as *mut __m256i;
+    let iota_lo = _mm256_set_epi64x(3, 2, 1, 0);
+    let iota_hi = _mm256_set_epi64x(7, 6, 5, 4);
+    let mut first = first_rank;
+    for (j, (&parent, &mask)) in p.iter().zip(m).enumerate() {
+        // SAFETY: a row of CHILD_RANKS is 8 i32 (32 bytes); unaligned load
+        let t =
+            unsafe { _mm256_loadu_si256(CHILD_RANKS[mask as usize].as_ptr() as *const __m256i) };
+        // occupied: rank + first; empty (-1): the sign mask keeps -1
+        let row = _mm256_or_si256(
+            _mm256_add_epi32(t, _mm256_set1_epi32(first)),
+            _mm256_srai_epi32::<31>(t),
+        );
+        first += mask.count_ones() as i32;
+        let base = _mm256_set1_epi64x((parent << 3) as i64);
+        // SAFETY: j < p.len(); rows j of k (64 B) and c (32 B) are in bounds and 32-byte
+        // aligned per the caller
+        unsafe {
+            _mm256_stream_si256(kp.add(2 * j), _mm256_or_si256(base, iota_lo));
+            _mm256_stream_si256(kp.add(2 * j + 1), _mm256_or_si256(base, iota_hi));
+            _mm256_stream_si256(cp.add(j), row);
+        }
+    }
+    _mm_sfence();
 }
 
 /// `CHILD_RANKS[m][c]`: for an occupancy mask `m` of a parent's 8 children, child c's rank
@@ -1277,10 +1357,13 @@ fn assemble_batch(samples: Vec<SampleLeaves>, offsets: &[usize], opts: BuildOpti
         let mut level = job.leaves;
         for d in (fd + 1..=depth).rev() {
             let (k, c, t, base) = &mut levels[d];
-            let parents = k.len() / 8;
-            // SAFETY: split_range writes every one of the `parents` entries
-            let mut up: Vec<u64> = unsafe { crate::sort::vec_for_overwrite(parents) };
-            split_range(&level, *base, &mut up, k, c, false);
+            // SAFETY: collect_parents writes entries 0..count before they are read
+            let mut up: Vec<u64> = unsafe { crate::sort::vec_for_overwrite(level.len()) };
+            let mut masks: Vec<u8> = unsafe { crate::sort::vec_for_overwrite(level.len()) };
+            let count = collect_parents(&level, &mut up, &mut masks);
+            up.truncate(count);
+            // (asserts that the precounted window holds exactly these parents' rows)
+            write_rows(&up, &masks[..count], *base, k, c, false);
             t.fill(job.b as i32);
             level = up;
         }
@@ -1692,6 +1775,85 @@ mod tests {
         ));
         let ok = sample_bounds(&pts[..3], &[0, 1, 1]).unwrap();
         assert_eq!(ok, vec![Some(([0.0; 3], [0.0; 3])), None]);
+    }
+
+    #[test]
+    fn split_passes_match_a_naive_split() {
+        let mut state = 0x853c49e6748fea9bu64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // sorted unique keys with 1..8 children per parent
+        let mut keys: Vec<u64> = (0..20_000).map(|_| rnd() % 60_000).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let n = keys.len();
+        // oracle: parents by dedup, rows by a per-parent scan
+        let mut parents: Vec<u64> = keys.iter().map(|k| k >> 3).collect();
+        parents.dedup();
+        let first_rank = 7;
+        let mut want_k = Vec::new();
+        let mut want_c = Vec::new();
+        for &p in &parents {
+            for c in 0..8u64 {
+                want_k.push(p << 3 | c);
+                want_c.push(match keys.binary_search(&(p << 3 | c)) {
+                    Ok(r) => first_rank + r as i32,
+                    Err(_) => -1,
+                });
+            }
+        }
+        let (mut p, mut m) = (vec![0u64; n], vec![0u8; n]);
+        let count = collect_parents(&keys, &mut p, &mut m);
+        assert_eq!(&p[..count], &parents[..]);
+        let m = &m[..count];
+        // every store path: plain, 16-byte streaming, and (where there is AVX2) 32-byte
+        // streaming; outputs placed at 32-byte aligned offsets of larger buffers
+        let mut paths: Vec<(&str, bool, bool)> = vec![("plain", false, false)];
+        paths.push(("sse2 stream", true, false));
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            paths.push(("avx2 stream", true, true));
+        }
+        for (name, stream, avx2) in paths {
+            let mut kb = vec![0u64; 8 * count + 4];
+            let mut cb = vec![0i32; 8 * count + 8];
+            let ko = (kb.as_ptr() as usize / 8).wrapping_neg() % 4;
+            let co = (cb.as_ptr() as usize / 4).wrapping_neg() % 8;
+            let k = &mut kb[ko..ko + 8 * count];
+            let c = &mut cb[co..co + 8 * count];
+            if avx2 {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX2 detected above; both outputs 32-byte aligned, lengths 8·count
+                unsafe {
+                    write_rows_avx2(&p[..count], m, first_rank, k, c)
+                };
+            } else if stream {
+                // the 16-byte path: write_rows without the AVX2 dispatch
+                let mut first = first_rank;
+                for (j, (&par, &mask)) in p[..count].iter().zip(m).enumerate() {
+                    let row = child_row(mask as usize, first);
+                    first += mask.count_ones() as i32;
+                    let keys8: [u64; 8] = std::array::from_fn(|c8| par << 3 | c8 as u64);
+                    // SAFETY: both outputs 32-byte aligned (so 16), rows of 8 entries
+                    unsafe {
+                        stream_row(
+                            &mut k[8 * j..8 * j + 8],
+                            &keys8,
+                            &mut c[8 * j..8 * j + 8],
+                            &row,
+                        )
+                    };
+                }
+            } else {
+                write_rows(&p[..count], m, first_rank, k, c, false);
+            }
+            assert_eq!(k, &want_k[..], "{name}");
+            assert_eq!(c, &want_c[..], "{name}");
+        }
     }
 
     #[test]
