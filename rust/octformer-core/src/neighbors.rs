@@ -284,23 +284,33 @@ fn step_with(
         let mut row_index = first_row[task];
         let mut bad_entry = false;
         let mut bad_rank = false;
+        // the AVX-512 rows cover the two kinds of table the API asks for: non-empty rows
+        // and entries, or all-node rows and entries
+        let fast = simd && rows_all == entries_all && cfg!(target_arch = "x86_64");
         #[cfg(target_arch = "x86_64")]
-        if simd && !rows_all && !entries_all {
+        if fast {
             let hi = (lo + PARENTS_PER_TASK).min(parents);
             // SAFETY: `simd` is only set when the CPU has AVX-512F; rows first_row[task]..
             // first_row[task + 1] belong to this task (as in the portable loop below)
             (bad_entry, bad_rank) = unsafe {
-                simd::nonempty_rows(
-                    &parent[lo * 27..hi * 27],
-                    &children[lo * 8..hi * 8],
-                    children,
-                    limit,
-                    row_index,
-                    out_ptr.0,
-                )
+                if rows_all {
+                    (
+                        simd::all_rows(&parent[lo * 27..hi * 27], limit, lo, out_ptr.0),
+                        false,
+                    )
+                } else {
+                    simd::nonempty_rows(
+                        &parent[lo * 27..hi * 27],
+                        &children[lo * 8..hi * 8],
+                        children,
+                        limit,
+                        row_index,
+                        out_ptr.0,
+                    )
+                }
             };
         }
-        let portable = !simd || rows_all || entries_all || !cfg!(target_arch = "x86_64");
+        let portable = !fast;
         for p in (lo..(lo + PARENTS_PER_TASK).min(parents)).filter(|_| portable) {
             let prow: &[i32; 27] = parent[p * 27..p * 27 + 27].try_into().unwrap();
             // neighbour o's 8 children start at src[o]; rank r -> children[8r..], absent ->
@@ -434,7 +444,7 @@ mod simd {
     }
 
     #[cfg(target_arch = "x86_64")]
-    pub use x86::nonempty_rows;
+    pub use x86::{all_rows, nonempty_rows};
 
     #[cfg(target_arch = "x86_64")]
     mod x86 {
@@ -482,27 +492,15 @@ mod simd {
         ) -> (bool, bool) {
             let tail: __mmask16 = (1 << 11) - 1;
             let minus1 = _mm512_set1_epi32(-1);
-            let lim = _mm512_set1_epi32(limit as i32);
-            let one = _mm512_set1_epi32(1);
             let (lut_p, lut_c) = &WIDE;
             let mut bad_entries: __mmask16 = 0;
             let mut bad_rank = false;
             let mut row = first_row;
             for (prow, pc) in prows.chunks_exact(27).zip(pchildren.chunks_exact(8)) {
-                // SAFETY (all loads/stores below): prow has 27 values (lanes 0..16 and the
-                // 11 of the tail mask), out has room for this task's rows (caller)
-                let (a, b) = unsafe {
-                    (
-                        _mm512_loadu_si512(prow.as_ptr() as *const __m512i),
-                        _mm512_maskz_loadu_epi32(tail, prow.as_ptr().add(16)),
-                    )
-                };
-                // entries + 1 must lie in 0..=limit (unsigned): others are bad, read as -1
-                let bad_a = _mm512_cmpgt_epu32_mask(_mm512_add_epi32(a, one), lim);
-                let bad_b = _mm512_cmpgt_epu32_mask(_mm512_add_epi32(b, one), lim) & tail;
-                bad_entries |= bad_a | bad_b;
-                let a = _mm512_mask_mov_epi32(a, bad_a, minus1);
-                let b = _mm512_mask_mov_epi32(b, bad_b, minus1);
+                // SAFETY: 27 values per row (chunks_exact); below, out has room for this
+                // task's rows (caller)
+                let (a, b, bad_here) = unsafe { parent_row(prow, limit) };
+                bad_entries |= bad_here;
                 for (c, &rank) in pc.iter().enumerate() {
                     if rank < 0 {
                         continue;
@@ -535,6 +533,82 @@ mod simd {
                 }
             }
             (bad_entries != 0, bad_rank)
+        }
+
+        /// A parent's 27 table entries in two registers (lanes 16..27 in the second), entries
+        /// outside -1..limit-1 read as -1; the mask of those is returned with them.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn parent_row(prow: &[i32], limit: u32) -> (__m512i, __m512i, __mmask16) {
+            let tail: __mmask16 = (1 << 11) - 1;
+            // SAFETY: prow has 27 values: lanes 0..16, then the 11 of the tail mask
+            let (a, b) = unsafe {
+                (
+                    _mm512_loadu_si512(prow.as_ptr() as *const __m512i),
+                    _mm512_maskz_loadu_epi32(tail, prow.as_ptr().add(16)),
+                )
+            };
+            // entries + 1 must lie in 0..=limit (unsigned)
+            let one = _mm512_set1_epi32(1);
+            let lim = _mm512_set1_epi32(limit as i32);
+            let bad_a = _mm512_cmpgt_epu32_mask(_mm512_add_epi32(a, one), lim);
+            let bad_b = _mm512_cmpgt_epu32_mask(_mm512_add_epi32(b, one), lim) & tail;
+            let minus1 = _mm512_set1_epi32(-1);
+            (
+                _mm512_mask_mov_epi32(a, bad_a, minus1),
+                _mm512_mask_mov_epi32(b, bad_b, minus1),
+                bad_a | bad_b,
+            )
+        }
+
+        /// All-node rows and entries: row 8p + c for child c of parent p (the parents of
+        /// `prows`, the first being parent `first_parent`), entry 8v + slot for a neighbour in
+        /// the child level of parent-level neighbour v, -1 where v is absent. Returns whether
+        /// a parent entry was outside -1..limit-1.
+        ///
+        /// # Safety
+        /// The CPU has AVX-512F; `out` holds rows 8 first_parent.. of 27 values for every
+        /// parent of `prows`.
+        #[target_feature(enable = "avx512f")]
+        pub unsafe fn all_rows(
+            prows: &[i32],
+            limit: u32,
+            first_parent: usize,
+            out: *mut i32,
+        ) -> bool {
+            let tail: __mmask16 = (1 << 11) - 1;
+            let minus1 = _mm512_set1_epi32(-1);
+            let (lut_p, lut_c) = &WIDE;
+            let mut bad: __mmask16 = 0;
+            for (i, prow) in prows.chunks_exact(27).enumerate() {
+                // SAFETY: 27 values per row (chunks_exact)
+                let (a, b, bad_here) = unsafe { parent_row(prow, limit) };
+                bad |= bad_here;
+                for c in 0..8 {
+                    // SAFETY: row 8 (first_parent + i) + c is this task's (caller)
+                    let dst = unsafe { out.add((8 * (first_parent + i) + c) * 27) };
+                    for half in 0..2 {
+                        let lanes: __mmask16 = if half == 0 { 0xffff } else { tail };
+                        // SAFETY: the LUT rows hold 32 lanes
+                        let (ip, ic) = unsafe {
+                            (
+                                _mm512_loadu_si512(
+                                    lut_p[c].as_ptr().add(16 * half) as *const __m512i
+                                ),
+                                _mm512_loadu_si512(
+                                    lut_c[c].as_ptr().add(16 * half) as *const __m512i
+                                ),
+                            )
+                        };
+                        let v = _mm512_permutex2var_epi32(a, ip, b);
+                        let present = _mm512_cmpge_epi32_mask(v, _mm512_setzero_si512());
+                        let e =
+                            _mm512_mask_add_epi32(minus1, present, _mm512_slli_epi32::<3>(v), ic);
+                        // SAFETY: lanes of this row only
+                        unsafe { _mm512_mask_storeu_epi32(dst.add(16 * half), lanes, e) };
+                    }
+                }
+            }
+            bad != 0
         }
     }
 }
@@ -655,8 +729,9 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
-        /// The AVX-512 rows equal the portable ones: same table on trees of random clouds
-        /// (several tasks), and the same error once an entry or a rank is corrupted.
+        /// The AVX-512 rows equal the portable ones, for non-empty and for all-node tables:
+        /// same table on trees of random clouds (several tasks), and the same error once an
+        /// entry or a rank is corrupted.
         #[test]
         fn simd_rows_equal_portable_rows(
             seed in 0u64..u64::MAX,
@@ -691,9 +766,11 @@ mod tests {
                     2 => { let i = at % c.len(); c[i] = value; }
                     _ => {}
                 }
-                let fast = step_with(&parent, pc, &c, false, false, true);
-                let portable = step_with(&parent, pc, &c, false, false, false);
-                proptest::prop_assert_eq!(&fast, &portable, "depth {}", d);
+                for all in [false, true] {
+                    let fast = step_with(&parent, pc, &c, all, all, true);
+                    let portable = step_with(&parent, pc, &c, all, all, false);
+                    proptest::prop_assert_eq!(&fast, &portable, "depth {} all {}", d, all);
+                }
                 table = step_with(&table, pc, &t.children[d], false, false, true).unwrap();
             }
         }
