@@ -479,16 +479,26 @@ fn build_sample_with<T: Coord, I: Item>(
     let top_shift = hi - tb;
     let nb = 1usize << tb;
     let serial = n <= SERIAL_MAX || rayon::current_num_threads() <= 1;
-    // one thread, packed items, keys of 3 digits: the whole sample is sorted by 3 LSD passes
-    // (the histograms of every digit come from the quantise pass) instead of a top-digit
-    // scatter followed by sorts of tiny buckets (2^15 buckets of ~6 items for 200k points):
-    // at 1 thread, depth 10, 7.2 vs 9.0 ms CPU for indoor200k and 16.2 vs 21.8 ms for lidar1M
+    // one thread, packed items, keys of 12..=33 bits (depths 4..=11): the whole sample is
+    // sorted by LSD passes (the histograms of every digit come from the quantise pass)
+    // instead of a top-digit scatter followed by sorts of tiny buckets (2^15 buckets of ~6
+    // items for 200k points): at 1 thread, depth 10, 7.2 vs 9.0 ms CPU for indoor200k and
+    // 16.2 vs 21.8 ms for lidar1M. Digits of ≤ 11 bits (3 passes, 2 for ≤ 22-bit keys);
+    // from 2^18 items, keys of ≤ 32 bits take 2 passes of ≤ 16-bit digits (count tables of
+    // ≤ 1/8 of the items): lidar1M d10 15.0-15.5 vs 17.6-18.2 ms, lidar 200k 2.2 vs 2.6;
+    // random-order indoor200k was ~2% slower that way, so it stays at 3 passes
     let lsd = serial
         && std::mem::size_of::<I>() == 8
         && n >= LSD_MIN
-        && key_bits <= 3 * LSD_DIGIT_MAX
-        && key_bits > 2 * LSD_DIGIT_MAX;
-    let lsd_width = key_bits.div_ceil(3);
+        && (12..=3 * LSD_DIGIT_MAX).contains(&key_bits);
+    let lsd_digits = if key_bits <= 2 * LSD_DIGIT_MAX
+        || (n >= LSD_WIDE_MIN && key_bits <= 2 * LSD_WIDE_DIGIT_MAX)
+    {
+        2
+    } else {
+        3
+    };
+    let lsd_width = key_bits.div_ceil(lsd_digits);
 
     // 1. quantise + encode + histogram of the top digit (or every LSD digit), per chunk
     // SAFETY: the quantise loop below writes every item
@@ -515,6 +525,18 @@ fn build_sample_with<T: Coord, I: Item>(
     let parts: Vec<(ChunkReport, Vec<u32>)> = if serial {
         if n == 0 {
             Vec::new()
+        } else if lsd && lsd_digits == 2 {
+            vec![quantise_chunk::<T, I, 2>(
+                pts,
+                0,
+                &mut items[..],
+                first,
+                bx,
+                depth,
+                idx_bits,
+                lo,
+                lsd_width,
+            )]
         } else if lsd {
             vec![quantise_chunk::<T, I, 3>(
                 pts,
@@ -743,11 +765,16 @@ fn build_sample_with<T: Coord, I: Item>(
 const LSD_MIN: usize = 1 << 14;
 /// Widest LSD digit (a 2^11-entry count table stays in L1).
 const LSD_DIGIT_MAX: u32 = 11;
+/// Samples of at least this many points may take 2 LSD passes of digits up to...
+const LSD_WIDE_MIN: usize = 1 << 18;
+/// ...this wide (2 count tables of 2^16 entries).
+const LSD_WIDE_DIGIT_MAX: u32 = 16;
 
-/// Stable LSD sort of `items` by 3 digits of `width` bits from bit `shift0` of the radix key
-/// (bits above `shift0 + 3·width` must be zero), given the histograms of the 3 digits
-/// (`hist[d << width..]`, consumed). Ends with the sorted items in `buf` and `items` as
-/// scratch of the same length. Passes whose digit is the same for every item are skipped.
+/// Stable LSD sort of `items` by `hist.len() >> width` digits of `width` bits from bit
+/// `shift0` of the radix key (bits above the last digit must be zero), given the histogram
+/// of every digit (`hist[d << width..]`, consumed). Ends with the sorted items in `buf` and
+/// `items` as scratch of the same length. Passes whose digit is the same for every item are
+/// skipped.
 fn lsd_sort_items<I: Item>(
     items: &mut Vec<I>,
     buf: &mut Vec<I>,
@@ -761,7 +788,7 @@ fn lsd_sort_items<I: Item>(
     let mask = digits - 1;
     // the sorted data is in `items` until a pass moves it
     let mut in_items = true;
-    for d in 0..3 {
+    for d in 0..hist.len() / digits {
         let count = &mut hist[d * digits..(d + 1) * digits];
         if count.iter().any(|&c| c as usize == n) {
             continue;
@@ -1702,8 +1729,10 @@ mod tests {
                 (rnd() * 1.98 - 0.99) as f32
             });
         }
-        // 8..=11: 3 LSD digits of 8..11 bits at 1 thread; 6 and 13: top digit + buckets
-        for depth in [6u8, 8, 9, 10, 11, 13] {
+        // at 1 thread: 6, 7 two LSD digits; 8..=11 three (of 8..11 bits); 13 top digit +
+        // buckets (the 2-pass wide-digit path needs more points: tested in
+        // wide_digit_lsd_build_matches_oracle)
+        for depth in [6u8, 7, 8, 9, 10, 11, 13] {
             let trees: Vec<Octree> = [1, 2, 3]
                 .iter()
                 .map(|&threads| {
@@ -1857,6 +1886,67 @@ mod tests {
     }
 
     #[test]
+    fn wide_digit_lsd_build_matches_oracle() {
+        // ≥ 2^18 points at depth 10: 2 LSD passes of 15-bit digits at 1 thread; at 2 threads
+        // the top-digit path, which must give the same tree
+        let mut state = 0x6a09e667f3bcc909u64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let n = (1 << 18) + 1000;
+        // a walk (coherent order, like a scan) with jumps
+        let mut p = [0.0f64; 3];
+        let mut pts = Vec::with_capacity(3 * n);
+        for i in 0..n {
+            for v in p.iter_mut() {
+                *v = if i % 5000 == 0 {
+                    rnd() * 1.9 - 0.95
+                } else {
+                    (*v + (rnd() - 0.5) * 0.01).clamp(-0.99, 0.99)
+                };
+                pts.push(*v as f32);
+            }
+        }
+        let depth = 10u8;
+        let trees: Vec<Octree> = [1, 2]
+            .iter()
+            .map(|&threads| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| build_octree(&pts, &[0, n], &[cube(depth)], opts(depth)).unwrap())
+            })
+            .collect();
+        assert_eq!(trees[0], trees[1]);
+        let side = (1u64 << depth) as f32;
+        let key_of = |i: usize| {
+            let q = [0, 1, 2].map(|a| {
+                (((pts[3 * i + a] + 1.0) * (side / 2.0)).floor() as u32).min(side as u32 - 1)
+            });
+            morton::encode(q[0], q[1], q[2])
+        };
+        let mut keys: Vec<u64> = (0..n).map(key_of).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let t = &trees[0];
+        let d = depth as usize;
+        let leaf_keys: Vec<u64> = t.keys[d]
+            .iter()
+            .zip(&t.children[d])
+            .filter(|(_, c)| **c >= 0)
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(leaf_keys, keys);
+        for i in 0..n {
+            assert_eq!(leaf_keys[t.point_leaf[i] as usize], key_of(i));
+        }
+    }
+
+    #[test]
     fn lsd_sort_items_is_a_stable_sort() {
         let mut state = 0x2545f4914f6cdd1du64;
         let mut rnd = || {
@@ -1880,21 +1970,23 @@ mod tests {
                     <u64 as Item>::make(key, i, idx_bits)
                 })
                 .collect();
-            let width = 10;
-            let mut hist = vec![0u32; 3 << width];
-            for v in &items {
-                for d in 0..3 {
-                    hist[(d << width) + ((v >> (idx_bits + d as u32 * width)) as usize & 1023)] +=
-                        1;
-                }
-            }
             let mut expected = items.clone();
             expected.sort_by_key(|v| v >> idx_bits); // stable: ties keep the index order
-            let mut got = items.clone();
-            let mut buf = vec![0u64; n];
-            lsd_sort_items(&mut got, &mut buf, &mut hist, idx_bits, width);
-            assert_eq!(buf, expected);
-            assert_eq!(got.len(), n);
+            // 3 digits of 10 bits, 2 of 15
+            for (digits, width) in [(3usize, 10u32), (2, 15)] {
+                let mut hist = vec![0u32; digits << width];
+                for v in &items {
+                    for d in 0..digits {
+                        let at = (v >> (idx_bits + d as u32 * width)) as usize & ((1 << width) - 1);
+                        hist[(d << width) + at] += 1;
+                    }
+                }
+                let mut got = items.clone();
+                let mut buf = vec![0u64; n];
+                lsd_sort_items(&mut got, &mut buf, &mut hist, idx_bits, width);
+                assert_eq!(buf, expected, "{digits} digits");
+                assert_eq!(got.len(), n);
+            }
         }
     }
 
