@@ -510,7 +510,7 @@ fn build_sample_with<T: Coord, I: Item>(
         n.div_ceil(rayon::current_num_threads()).max(1)
     };
     let quant = |c: usize, out: &mut [I]| {
-        quantise_chunk::<T, I, 1>(
+        quantise_dispatch::<T, I, 1>(
             pts,
             c * chunk,
             out,
@@ -526,7 +526,7 @@ fn build_sample_with<T: Coord, I: Item>(
         if n == 0 {
             Vec::new()
         } else if lsd && lsd_digits == 2 {
-            vec![quantise_chunk::<T, I, 2>(
+            vec![quantise_dispatch::<T, I, 2>(
                 pts,
                 0,
                 &mut items[..],
@@ -538,7 +538,7 @@ fn build_sample_with<T: Coord, I: Item>(
                 lsd_width,
             )]
         } else if lsd {
-            vec![quantise_chunk::<T, I, 3>(
+            vec![quantise_dispatch::<T, I, 3>(
                 pts,
                 0,
                 &mut items[..],
@@ -897,12 +897,88 @@ fn scatter_top<I: Item, O: Offset>(
     }
 }
 
+/// Morton key by bit deposit (BMI2): [`morton::encode`] in 3 instructions.
+///
+/// # Safety
+/// BMI2 must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi2")]
+#[inline]
+unsafe fn encode_pdep(x: u32, y: u32, z: u32) -> u64 {
+    use std::arch::x86_64::_pdep_u64;
+    const M: u64 = 0x1249_2492_4924_9249; // bits 0, 3, 6, ..
+    _pdep_u64(x as u64, M << 2) | _pdep_u64(y as u64, M << 1) | _pdep_u64(z as u64, M)
+}
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn encode_pdep(x: u32, y: u32, z: u32) -> u64 {
+    morton::encode(x, y, z)
+}
+
+/// Whether [`quantise_chunk_bmi2`] may run (cached by std after the first call).
+fn has_avx2_bmi2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("bmi2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`quantise_chunk`] compiled for AVX2 (8-lane quantisation) with BMI2 Morton keys; the
+/// same keys, histograms and report.
+///
+/// # Safety
+/// AVX2 and BMI2 must be available ([`has_avx2_bmi2`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,bmi2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn quantise_chunk_bmi2<T: Coord, I: Item, const P: usize>(
+    pts: &[T],
+    base: usize,
+    out: &mut [I],
+    first: usize,
+    bx: &SampleBox,
+    depth: usize,
+    idx_bits: u32,
+    shift0: u32,
+    width: u32,
+) -> (ChunkReport, Vec<u32>) {
+    quantise_chunk::<T, I, P, true>(pts, base, out, first, bx, depth, idx_bits, shift0, width)
+}
+
+/// [`quantise_chunk`] through [`quantise_chunk_bmi2`] where the CPU allows.
+#[allow(clippy::too_many_arguments)]
+fn quantise_dispatch<T: Coord, I: Item, const P: usize>(
+    pts: &[T],
+    base: usize,
+    out: &mut [I],
+    first: usize,
+    bx: &SampleBox,
+    depth: usize,
+    idx_bits: u32,
+    shift0: u32,
+    width: u32,
+) -> (ChunkReport, Vec<u32>) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_bmi2() {
+        // SAFETY: AVX2 and BMI2 detected
+        return unsafe {
+            quantise_chunk_bmi2::<T, I, P>(
+                pts, base, out, first, bx, depth, idx_bits, shift0, width,
+            )
+        };
+    }
+    quantise_chunk::<T, I, P, false>(pts, base, out, first, bx, depth, idx_bits, shift0, width)
+}
+
 /// Quantise + encode points `base..base + out.len()` of the sample into `out`; returns the
 /// chunk's report and the histograms of the `P` digits `(key >> (shift0 + d·width)) & mask`
 /// (`width` bits each), histogram d at `d << width..(d + 1) << width`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn quantise_chunk<T: Coord, I: Item, const P: usize>(
+fn quantise_chunk<T: Coord, I: Item, const P: usize, const PDEP: bool>(
     pts: &[T],
     base: usize,
     out: &mut [I],
@@ -970,7 +1046,10 @@ fn quantise_chunk<T: Coord, I: Item, const P: usize>(
         }
         // stage 2: Morton keys, items and the top-digit histogram
         for (j, (slot, c)) in outb.iter_mut().zip(q.chunks_exact(3)).enumerate() {
-            let key = if small {
+            let key = if PDEP {
+                // SAFETY: PDEP is only set by quantise_chunk_bmi2 (BMI2 detected)
+                unsafe { encode_pdep(c[0], c[1], c[2]) }
+            } else if small {
                 morton::encode_small(c[0], c[1], c[2])
             } else {
                 morton::encode(c[0], c[1], c[2])
@@ -1943,6 +2022,57 @@ mod tests {
         assert_eq!(leaf_keys, keys);
         for i in 0..n {
             assert_eq!(leaf_keys[t.point_leaf[i] as usize], key_of(i));
+        }
+    }
+
+    #[test]
+    fn bmi2_quantise_matches_the_portable_one() {
+        if !has_avx2_bmi2() {
+            eprintln!("skipped: no AVX2 + BMI2 on this CPU");
+            return;
+        }
+        let mut state = 0x3c6ef372fe94f82bu64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        // inside, on the faces, outside and non-finite coordinates, at a small and a deep depth
+        let mut pts: Vec<f32> = (0..3 * 5003).map(|_| (rnd() * 2.2 - 1.1) as f32).collect();
+        pts[7] = 1.0;
+        pts[8] = -1.0;
+        pts[3 * 4000 + 1] = f32::NAN;
+        for depth in [5usize, 10, 17] {
+            let bx = cube(depth as u8);
+            let n = pts.len() / 3;
+            let idx_bits = 13;
+            let key_bits = 3 * depth as u32;
+            let width = key_bits.div_ceil(3);
+            let mut a = vec![0u64; n];
+            let mut b = vec![0u64; n];
+            let ra = quantise_chunk::<f32, u64, 3, false>(
+                &pts, 0, &mut a, 0, &bx, depth, idx_bits, idx_bits, width,
+            );
+            // SAFETY: AVX2 and BMI2 checked above
+            let rb = unsafe {
+                quantise_chunk_bmi2::<f32, u64, 3>(
+                    &pts, 0, &mut b, 0, &bx, depth, idx_bits, idx_bits, width,
+                )
+            };
+            assert_eq!(a, b, "depth {depth}");
+            assert_eq!(ra.1, rb.1, "depth {depth}");
+            assert_eq!(ra.0.outside, rb.0.outside);
+            assert_eq!(ra.0.non_finite.map(|x| x.0), rb.0.non_finite.map(|x| x.0));
+            assert!(ra.0.outside > 0 && ra.0.non_finite.is_some());
+        }
+        for _ in 0..10_000 {
+            let c = [0, 1, 2].map(|_| (rnd() * (1u64 << 21) as f64) as u32);
+            // SAFETY: BMI2 checked above
+            assert_eq!(
+                unsafe { encode_pdep(c[0], c[1], c[2]) },
+                morton::encode(c[0], c[1], c[2])
+            );
         }
     }
 
