@@ -478,7 +478,14 @@ fn build_sample_with<T: Coord, I: Item>(
     let tb = log_n.saturating_sub(3).clamp(4, 16).min(key_bits);
     let top_shift = hi - tb;
     let nb = 1usize << tb;
-    let serial = n <= SERIAL_MAX || rayon::current_num_threads() <= 1;
+    let lsd_ok = std::mem::size_of::<I>() == 8
+        && n >= LSD_MIN
+        && (12..=3 * LSD_DIGIT_MAX).contains(&key_bits);
+    // below 2^19 points the 1-thread LSD build takes as long as the parallel top-digit one
+    // on 2 free cores (indoor200k d10: ~7 ms wall either way, 8.7 vs 11.7-12.3 ms CPU) and
+    // less when the second core is busy, so it is used at any thread count
+    let serial =
+        n <= SERIAL_MAX || rayon::current_num_threads() <= 1 || (lsd_ok && n < LSD_SERIAL_MAX);
     // one thread, packed items, keys of 12..=33 bits (depths 4..=11): the whole sample is
     // sorted by LSD passes (the histograms of every digit come from the quantise pass)
     // instead of a top-digit scatter followed by sorts of tiny buckets (2^15 buckets of ~6
@@ -487,10 +494,7 @@ fn build_sample_with<T: Coord, I: Item>(
     // from 2^18 items, keys of ≤ 32 bits take 2 passes of ≤ 16-bit digits (count tables of
     // ≤ 1/8 of the items): lidar1M d10 15.0-15.5 vs 17.6-18.2 ms, lidar 200k 2.2 vs 2.6;
     // random-order indoor200k was ~2% slower that way, so it stays at 3 passes
-    let lsd = serial
-        && std::mem::size_of::<I>() == 8
-        && n >= LSD_MIN
-        && (12..=3 * LSD_DIGIT_MAX).contains(&key_bits);
+    let lsd = serial && lsd_ok;
     let lsd_digits = if key_bits <= 2 * LSD_DIGIT_MAX
         || (n >= LSD_WIDE_MIN && key_bits <= 2 * LSD_WIDE_DIGIT_MAX)
     {
@@ -765,6 +769,8 @@ fn build_sample_with<T: Coord, I: Item>(
 const LSD_MIN: usize = 1 << 14;
 /// Widest LSD digit (a 2^11-entry count table stays in L1).
 const LSD_DIGIT_MAX: u32 = 11;
+/// LSD-sortable samples below this many points are built on one thread at any thread count.
+const LSD_SERIAL_MAX: usize = 1 << 19;
 /// Samples of at least this many points may take 2 LSD passes of digits up to...
 const LSD_WIDE_MIN: usize = 1 << 18;
 /// ...this wide (2 count tables of 2^16 entries).
@@ -1808,8 +1814,9 @@ mod tests {
                 (rnd() * 1.98 - 0.99) as f32
             });
         }
-        // at 1 thread: 6, 7 two LSD digits; 8..=11 three (of 8..11 bits); 13 top digit +
-        // buckets (the 2-pass wide-digit path needs more points: tested in
+        // 6, 7: two LSD digits; 8..=11 three (of 8..11 bits), at every thread count (fewer
+        // than LSD_SERIAL_MAX points); 13: top digit + buckets, in parallel at 2 and 3
+        // threads (the parallel path at depth 10 and the wide-digit path are tested in
         // wide_digit_lsd_build_matches_oracle)
         for depth in [6u8, 7, 8, 9, 10, 11, 13] {
             let trees: Vec<Octree> = [1, 2, 3]
@@ -1966,8 +1973,8 @@ mod tests {
 
     #[test]
     fn wide_digit_lsd_build_matches_oracle() {
-        // ≥ 2^18 points at depth 10: 2 LSD passes of 15-bit digits at 1 thread; at 2 threads
-        // the top-digit path, which must give the same tree
+        // ≥ 2^19 points at depth 10: 2 LSD passes of 15-bit digits at 1 thread; at 2 threads
+        // the parallel top-digit path, which must give the same tree
         let mut state = 0x6a09e667f3bcc909u64;
         let mut rnd = || {
             state ^= state << 13;
@@ -1975,7 +1982,7 @@ mod tests {
             state ^= state << 17;
             (state >> 11) as f64 / (1u64 << 53) as f64
         };
-        let n = (1 << 18) + 1000;
+        let n = LSD_SERIAL_MAX + 1000;
         // a walk (coherent order, like a scan) with jumps
         let mut p = [0.0f64; 3];
         let mut pts = Vec::with_capacity(3 * n);
