@@ -193,6 +193,10 @@ pub(crate) fn small_lsd<T: RadixKey>(data: &mut [T], lo: u32, hi: u32, scratch: 
     for (p, m) in masks[..passes].iter_mut().enumerate() {
         *m = (1usize << width.min(hi - lo - p as u32 * width)) - 1;
     }
+    if passes == 1 && n >= INTERLEAVE_MIN {
+        one_pass_interleaved(data, scratch, lo, masks[0]);
+        return;
+    }
     if passes == 1 {
         // the common case in the hybrid sort's buckets (≥ 2048 items, ≤ 13 bits left):
         // the count slice in registers (the generic loop reloads it through `counts`)
@@ -255,6 +259,82 @@ pub(crate) fn small_lsd<T: RadixKey>(data: &mut [T], lo: u32, hi: u32, scratch: 
     }
 }
 
+/// From this many items [`small_lsd`]'s one-pass case counts and moves four quarters
+/// interleaved.
+const INTERLEAVE_MIN: usize = 1 << 14;
+
+/// One stable counting-sort pass of `data` by the digit `(key >> shift) & mask`, via
+/// `scratch` (same length) and back. The four quarters of `data` are counted and moved
+/// interleaved, each with its own count table, so the increments form four independent
+/// chains: neighbouring items mostly share a digit, and with one table every increment
+/// waits on the previous item's store. Needs `data.len()` > 3 · ⌈len / 4⌉ (len ≥ 13).
+fn one_pass_interleaved<T: RadixKey>(data: &mut [T], scratch: &mut [T], shift: u32, mask: usize) {
+    let n = data.len();
+    let q = n.div_ceil(4);
+    assert!(n > 3 * q && scratch.len() == n && n <= u32::MAX as usize);
+    let digits = mask + 1;
+    let digit = |v: &T| ((v.radix_key() >> shift) as usize) & mask;
+    let (p01, p23) = data.split_at(2 * q);
+    let (p0, p1) = p01.split_at(q);
+    let (p2, p3) = p23.split_at(q);
+    let common = p3.len(); // the last quarter is the shortest
+    let mut table = vec![0u32; 4 * digits];
+    {
+        let (c01, c23) = table.split_at_mut(2 * digits);
+        let (c0, c1) = c01.split_at_mut(digits);
+        let (c2, c3) = c23.split_at_mut(digits);
+        for (((a, b), c), d) in p0.iter().zip(p1).zip(p2).zip(p3) {
+            c0[digit(a)] += 1;
+            c1[digit(b)] += 1;
+            c2[digit(c)] += 1;
+            c3[digit(d)] += 1;
+        }
+        for ((a, b), c) in p0[common..].iter().zip(&p1[common..]).zip(&p2[common..]) {
+            c0[digit(a)] += 1;
+            c1[digit(b)] += 1;
+            c2[digit(c)] += 1;
+        }
+    }
+    let total = |x: usize| (0..4).map(|t| table[t * digits + x]).sum::<u32>();
+    if (0..digits).any(|x| total(x) as usize == n) {
+        return; // every item has the same digit: the pass would change nothing
+    }
+    // digit-major, quarter-minor starts: quarters keep their input order (stable)
+    let mut run = 0u32;
+    for x in 0..digits {
+        for t in 0..4 {
+            let e = &mut table[t * digits + x];
+            let k = *e;
+            *e = run;
+            run += k;
+        }
+    }
+    let (c01, c23) = table.split_at_mut(2 * digits);
+    let (c0, c1) = c01.split_at_mut(digits);
+    let (c2, c3) = c23.split_at_mut(digits);
+    let dst = SendPtr(scratch.as_mut_ptr());
+    let put = |c: &mut [u32], v: &T| {
+        let at = &mut c[digit(v)];
+        assert!((*at as usize) < n);
+        // SAFETY: the starts partition 0..n (counts of exactly these items), so every
+        // position is written once; in bounds by the assert
+        unsafe { *dst.0.add(*at as usize) = *v };
+        *at += 1;
+    };
+    for (((a, b), c), d) in p0.iter().zip(p1).zip(p2).zip(p3) {
+        put(c0, a);
+        put(c1, b);
+        put(c2, c);
+        put(c3, d);
+    }
+    for ((a, b), c) in p0[common..].iter().zip(&p1[common..]).zip(&p2[common..]) {
+        put(c0, a);
+        put(c1, b);
+        put(c2, c);
+    }
+    data.copy_from_slice(scratch);
+}
+
 /// Plain parallel LSD sort (narrow keys or small inputs).
 fn lsd_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) -> Option<Vec<T>> {
     let n = data.len();
@@ -285,6 +365,10 @@ fn lsd_sort<T: RadixKey>(data: &mut Vec<T>, lo: u32, hi: u32) -> Option<Vec<T>> 
     }
     Some(buf)
 }
+
+/// Chunks a one-thread caller may split its histograms into, so that
+/// [`hybrid_from_hists`]' scatter interleaves them.
+pub(crate) const SERIAL_CHUNKS: usize = 4;
 
 /// How many chunks to split `n` items into for the parallel passes.
 pub(crate) fn chunk_count(n: usize) -> usize {
@@ -370,6 +454,41 @@ fn scatter_with_hists<T: RadixKey>(
     };
     if hists.len() == 1 {
         scatter((src, offsets.pop().unwrap()));
+    } else if hists.len() == SERIAL_CHUNKS
+        && src.len() > 3 * chunk_len
+        && rayon::current_num_threads() == 1
+    {
+        // one thread, four chunks: a step moves one item of each, so the four offset
+        // tables' increments form independent chains (consecutive items mostly share a
+        // digit, and in one chain every increment waits on the previous item's store)
+        let parts: Vec<&[T]> = src.chunks(chunk_len).collect();
+        let common = parts[SERIAL_CHUNKS - 1].len(); // the last chunk is the shortest
+        let [o0, o1, o2, o3]: &mut [Vec<usize>; SERIAL_CHUNKS] =
+            (&mut offsets[..]).try_into().expect("four chunks");
+        let mut offs = [&mut o0[..], &mut o1[..], &mut o2[..], &mut o3[..]];
+        let put = |off: &mut [usize], v: &T| {
+            let b = ((v.radix_key() >> shift) as usize) & mask;
+            let o = off[b];
+            assert!(o < n);
+            // SAFETY: offsets partition 0..n disjointly across chunks and buckets (the
+            // histograms count exactly these items, asserted above); in bounds by the
+            // assert
+            unsafe { *out.0.add(o) = *v };
+            off[b] = o + 1;
+        };
+        let quads = parts[0].iter().zip(parts[1]).zip(parts[2]).zip(parts[3]);
+        for (((v0, v1), v2), v3) in quads {
+            let [a, b, c, d] = &mut offs;
+            put(a, v0);
+            put(b, v1);
+            put(c, v2);
+            put(d, v3);
+        }
+        for (off, part) in offs.iter_mut().zip(&parts) {
+            for v in &part[common..] {
+                put(off, v);
+            }
+        }
     } else {
         src.par_chunks(chunk_len)
             .zip(offsets.into_par_iter())
@@ -400,6 +519,37 @@ mod tests {
             expected.sort_by_key(|p| (p.0 >> lo) & mask);
             radix_sort(&mut v, lo, hi);
             prop_assert_eq!(v, expected);
+        }
+    }
+
+    #[test]
+    fn interleaved_one_pass_equals_stable_sort() {
+        // ≥ 2^14 items with one digit pass left: the four-quarter path of small_lsd;
+        // runs of equal digits (as in the buckets) and lengths that leave ragged quarters
+        let mut state = 77u64;
+        for n in [1usize << 14, (1 << 14) + 3, 50_001] {
+            let v: Vec<(u64, u32)> = (0..n)
+                .map(|i| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let digit = if i % 64 < 40 {
+                        (i / 64) as u64 % 97
+                    } else {
+                        state % 8192
+                    };
+                    (
+                        (digit << 9) | (state >> 50) << 30 | (i as u64 & 511),
+                        i as u32,
+                    )
+                })
+                .collect();
+            let (lo, hi) = (9u32, 22u32);
+            let mut expected = v.clone();
+            expected.sort_by_key(|p| (p.0 >> lo) & ((1 << (hi - lo)) - 1));
+            let mut got = v.clone();
+            small_lsd(&mut got, lo, hi, &mut Vec::new());
+            assert_eq!(got, expected, "n={n}");
         }
     }
 
