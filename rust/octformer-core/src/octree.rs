@@ -529,30 +529,28 @@ fn build_sample_with<T: Coord, I: Item>(
     let parts: Vec<(ChunkReport, Vec<u32>)> = if serial {
         if n == 0 {
             Vec::new()
-        } else if lsd && lsd_digits == 2 {
-            vec![quantise_dispatch::<T, I, 2>(
-                pts,
-                0,
-                &mut items[..],
-                first,
-                bx,
-                depth,
-                idx_bits,
-                lo,
-                lsd_width,
-            )]
         } else if lsd {
-            vec![quantise_dispatch::<T, I, 3>(
-                pts,
-                0,
-                &mut items[..],
-                first,
-                bx,
-                depth,
-                idx_bits,
-                lo,
-                lsd_width,
-            )]
+            // the whole sample as one chunk, with the histograms of all its LSD digits
+            macro_rules! quantise_lsd {
+                ($digits:literal) => {
+                    quantise_dispatch::<T, I, $digits>(
+                        pts,
+                        0,
+                        &mut items[..],
+                        first,
+                        bx,
+                        depth,
+                        idx_bits,
+                        lo,
+                        lsd_width,
+                    )
+                };
+            }
+            vec![if lsd_digits == 2 {
+                quantise_lsd!(2)
+            } else {
+                quantise_lsd!(3)
+            }]
         } else {
             vec![quant(0, &mut items[..])]
         }
@@ -1819,43 +1817,53 @@ mod tests {
         // threads (the parallel path at depth 10 and the wide-digit path are tested in
         // wide_digit_lsd_build_matches_oracle)
         for depth in [6u8, 7, 8, 9, 10, 11, 13] {
-            let trees: Vec<Octree> = [1, 2, 3]
-                .iter()
-                .map(|&threads| {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    pool.install(|| {
-                        build_octree(&pts, &[0, n], &[cube(depth)], opts(depth)).unwrap()
-                    })
-                })
-                .collect();
-            assert_eq!(trees[0], trees[1], "depth {depth}");
-            assert_eq!(trees[0], trees[2], "depth {depth}");
-            // oracle: keys by plain float math, sorted and deduplicated by the standard library
-            let side = (1u64 << depth) as f32;
-            let key_of = |i: usize| {
-                let q = [0, 1, 2].map(|a| {
-                    (((pts[3 * i + a] + 1.0) * (side / 2.0)).floor() as u32).min(side as u32 - 1)
-                });
-                morton::encode(q[0], q[1], q[2])
-            };
-            let mut keys: Vec<u64> = (0..n).map(key_of).collect();
-            keys.sort_unstable();
-            keys.dedup();
-            let t = &trees[0];
-            let d = depth as usize;
-            let leaf_keys: Vec<u64> = t.keys[d]
-                .iter()
-                .zip(&t.children[d])
-                .filter(|(_, c)| **c >= 0)
-                .map(|(k, _)| *k)
-                .collect();
-            assert_eq!(leaf_keys, keys, "depth {depth}");
-            for i in 0..n {
-                assert_eq!(leaf_keys[t.point_leaf[i] as usize], key_of(i));
-            }
+            same_tree_at_thread_counts_and_oracle(&pts, depth, &[1, 2, 3]);
+        }
+    }
+
+    /// Builds `pts` at each thread count: every tree the same, and the non-empty leaves and
+    /// every point's leaf as an oracle of plain float math and a std sort gives them.
+    fn same_tree_at_thread_counts_and_oracle(pts: &[f32], depth: u8, threads: &[usize]) {
+        let n = pts.len() / 3;
+        let trees: Vec<Octree> = threads
+            .iter()
+            .map(|&threads| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| build_octree(pts, &[0, n], &[cube(depth)], opts(depth)).unwrap())
+            })
+            .collect();
+        for (t, &th) in trees.iter().zip(threads) {
+            assert_eq!(t, &trees[0], "depth {depth}, {th} threads");
+        }
+        // oracle: keys by plain float math, sorted and deduplicated by the standard library
+        let side = (1u64 << depth) as f32;
+        let key_of = |i: usize| {
+            let q = [0, 1, 2].map(|a| {
+                (((pts[3 * i + a] + 1.0) * (side / 2.0)).floor() as u32).min(side as u32 - 1)
+            });
+            morton::encode(q[0], q[1], q[2])
+        };
+        let mut keys: Vec<u64> = (0..n).map(key_of).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let t = &trees[0];
+        let d = depth as usize;
+        let leaf_keys: Vec<u64> = t.keys[d]
+            .iter()
+            .zip(&t.children[d])
+            .filter(|(_, c)| **c >= 0)
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(leaf_keys, keys, "depth {depth}");
+        for i in 0..n {
+            assert_eq!(
+                leaf_keys[t.point_leaf[i] as usize],
+                key_of(i),
+                "depth {depth}"
+            );
         }
     }
 
@@ -1996,40 +2004,7 @@ mod tests {
                 pts.push(*v as f32);
             }
         }
-        let depth = 10u8;
-        let trees: Vec<Octree> = [1, 2]
-            .iter()
-            .map(|&threads| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                pool.install(|| build_octree(&pts, &[0, n], &[cube(depth)], opts(depth)).unwrap())
-            })
-            .collect();
-        assert_eq!(trees[0], trees[1]);
-        let side = (1u64 << depth) as f32;
-        let key_of = |i: usize| {
-            let q = [0, 1, 2].map(|a| {
-                (((pts[3 * i + a] + 1.0) * (side / 2.0)).floor() as u32).min(side as u32 - 1)
-            });
-            morton::encode(q[0], q[1], q[2])
-        };
-        let mut keys: Vec<u64> = (0..n).map(key_of).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let t = &trees[0];
-        let d = depth as usize;
-        let leaf_keys: Vec<u64> = t.keys[d]
-            .iter()
-            .zip(&t.children[d])
-            .filter(|(_, c)| **c >= 0)
-            .map(|(k, _)| *k)
-            .collect();
-        assert_eq!(leaf_keys, keys);
-        for i in 0..n {
-            assert_eq!(leaf_keys[t.point_leaf[i] as usize], key_of(i));
-        }
+        same_tree_at_thread_counts_and_oracle(&pts, 10, &[1, 2]);
     }
 
     #[test]
