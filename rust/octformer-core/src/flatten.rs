@@ -824,22 +824,22 @@ fn plan_from_hists(
     debug_assert_eq!(layout.start[counts.len()], n);
     let (start, pad_start) = (&layout.start, &layout.pad_start);
     let tok_mask = (1u64 << idx_bits) - 1;
+    // gather: the token of every sorted word, written while its bucket is in cache (as
+    // the sort copies it back from its scratch, where it does)
     let sort_bucket = |b: &mut [u64], scratch: &mut Vec<u64>| {
         if b.len() <= 64 {
             // the whole words are distinct and their low bits are the token, ascending
             // within the bucket after the stable scatter: sorting whole words is the
             // stable sort by key
             b.sort_unstable();
+            for w in b.iter_mut() {
+                *w &= tok_mask;
+            }
         } else {
-            crate::sort::small_lsd(b, idx_bits, top, scratch);
+            crate::sort::small_lsd_map(b, idx_bits, top, scratch, |w| w & tok_mask);
         }
     };
-    // gather: the token of every sorted word, written while its bucket is in cache
-    let visit = |_: usize, bucket: &mut [u64], _: SendPtr<u64>| {
-        for w in bucket.iter_mut() {
-            *w &= tok_mask;
-        }
-    };
+    let visit = |_: usize, _: &mut [u64], _: SendPtr<u64>| {};
     // the sorted buffer gets this capacity too: room for the padded gather
     items.reserve_exact(m - n);
     // SAFETY: `hists` count the leading digit of exactly the `chunk_len` chunks of `items`

@@ -101,7 +101,8 @@ pub(crate) fn hybrid_top_bits(lo: u32, hi: u32) -> u32 {
 /// The hybrid sort after its leading-digit histograms: `hists[c]` counts the digit
 /// `(key >> top) & mask` of items `c·chunk_len..` of `data` (one histogram per
 /// contiguous chunk, in order). Scatters by that digit into a new buffer (capacity
-/// `data.capacity()`), sorts every bucket in cache with `sort_bucket(bucket, scratch)`,
+/// `data.capacity()`), sorts every bucket in cache with `sort_bucket(bucket, scratch)`
+/// (also called on buckets of one item),
 /// then calls `visit(first position, sorted bucket, old buffer)` on every bucket (empty
 /// ones skipped) while it is still in cache; the old buffer (`data.len()` items) is free
 /// scratch by then and buckets are visited concurrently, so `visit` may only write
@@ -136,9 +137,7 @@ pub(crate) unsafe fn hybrid_from_hists<T: RadixKey>(
     }
     let old = SendPtr(data.as_mut_ptr());
     let run = |(k0, bucket): &mut (usize, &mut [T]), scratch: &mut Vec<T>| {
-        if bucket.len() > 1 {
-            sort_bucket(bucket, scratch);
-        }
+        sort_bucket(bucket, scratch);
         visit(*k0, bucket, old);
     };
     if hists.len() == 1 {
@@ -154,8 +153,54 @@ pub(crate) unsafe fn hybrid_from_hists<T: RadixKey>(
 
 /// Serial LSD sort of a cache-resident slice by bits `lo..hi`, digits of ≤ 10 to 16 bits.
 pub(crate) fn small_lsd<T: RadixKey>(data: &mut [T], lo: u32, hi: u32, scratch: &mut Vec<T>) {
+    small_lsd_then(data, lo, hi, scratch, None::<fn(T) -> T>);
+}
+
+/// [`small_lsd`], then every item replaced by `f(item)`; where the sort ends in `scratch`,
+/// `f` is applied as the items are copied back (one pass instead of two).
+pub(crate) fn small_lsd_map<T: RadixKey>(
+    data: &mut [T],
+    lo: u32,
+    hi: u32,
+    scratch: &mut Vec<T>,
+    f: impl Fn(T) -> T,
+) {
+    small_lsd_then(data, lo, hi, scratch, Some(f));
+}
+
+/// `data` = `f` of `src` item by item (a plain copy without `f`).
+#[inline(always)]
+fn copy_mapped<T: Copy>(data: &mut [T], src: &[T], f: &Option<impl Fn(T) -> T>) {
+    match f {
+        Some(f) => {
+            for (d, &v) in data.iter_mut().zip(src) {
+                *d = f(v);
+            }
+        }
+        None => data.copy_from_slice(src),
+    }
+}
+
+/// `f` on every item of `data` in place (nothing without `f`).
+#[inline(always)]
+fn map_in_place<T: Copy>(data: &mut [T], f: &Option<impl Fn(T) -> T>) {
+    if let Some(f) = f {
+        for v in data.iter_mut() {
+            *v = f(*v);
+        }
+    }
+}
+
+fn small_lsd_then<T: RadixKey>(
+    data: &mut [T],
+    lo: u32,
+    hi: u32,
+    scratch: &mut Vec<T>,
+    f: Option<impl Fn(T) -> T>,
+) {
     let n = data.len();
     if n < 2 || hi <= lo {
+        map_in_place(data, &f);
         return;
     }
     if n <= 64 {
@@ -165,6 +210,7 @@ pub(crate) fn small_lsd<T: RadixKey>(data: &mut [T], lo: u32, hi: u32, scratch: 
             (1u64 << (hi - lo)) - 1
         };
         data.sort_by_key(|v| (v.radix_key() >> lo) & mask);
+        map_in_place(data, &f);
         return;
     }
     // uninitialised on purpose: every pass writes the whole destination before reading it
@@ -194,7 +240,7 @@ pub(crate) fn small_lsd<T: RadixKey>(data: &mut [T], lo: u32, hi: u32, scratch: 
         *m = (1usize << width.min(hi - lo - p as u32 * width)) - 1;
     }
     if passes == 1 && n >= INTERLEAVE_MIN {
-        one_pass_interleaved(data, scratch, lo, masks[0]);
+        one_pass_interleaved(data, scratch, lo, masks[0], &f);
         return;
     }
     if passes == 1 {
@@ -254,8 +300,10 @@ pub(crate) fn small_lsd<T: RadixKey>(data: &mut [T], lo: u32, hi: u32, scratch: 
         }
         src_is_data = !src_is_data;
     }
-    if !src_is_data {
-        data.copy_from_slice(scratch);
+    if src_is_data {
+        map_in_place(data, &f);
+    } else {
+        copy_mapped(data, scratch, &f);
     }
 }
 
@@ -268,7 +316,14 @@ const INTERLEAVE_MIN: usize = 1 << 14;
 /// interleaved, each with its own count table, so the increments form four independent
 /// chains: neighbouring items mostly share a digit, and with one table every increment
 /// waits on the previous item's store. Needs `data.len()` > 3 · ⌈len / 4⌉ (len ≥ 13).
-fn one_pass_interleaved<T: RadixKey>(data: &mut [T], scratch: &mut [T], shift: u32, mask: usize) {
+/// With `f`, the items copied back are `f(item)`.
+fn one_pass_interleaved<T: RadixKey>(
+    data: &mut [T],
+    scratch: &mut [T],
+    shift: u32,
+    mask: usize,
+    f: &Option<impl Fn(T) -> T>,
+) {
     let n = data.len();
     let q = n.div_ceil(4);
     assert!(n > 3 * q && scratch.len() == n && n <= u32::MAX as usize);
@@ -297,7 +352,9 @@ fn one_pass_interleaved<T: RadixKey>(data: &mut [T], scratch: &mut [T], shift: u
     }
     let total = |x: usize| (0..4).map(|t| table[t * digits + x]).sum::<u32>();
     if (0..digits).any(|x| total(x) as usize == n) {
-        return; // every item has the same digit: the pass would change nothing
+        // every item has the same digit: the pass would change nothing
+        map_in_place(data, f);
+        return;
     }
     // digit-major, quarter-minor starts: quarters keep their input order (stable)
     let mut run = 0u32;
@@ -332,7 +389,7 @@ fn one_pass_interleaved<T: RadixKey>(data: &mut [T], scratch: &mut [T], shift: u
         put(c1, b);
         put(c2, c);
     }
-    data.copy_from_slice(scratch);
+    copy_mapped(data, scratch, f);
 }
 
 /// Plain parallel LSD sort (narrow keys or small inputs).
