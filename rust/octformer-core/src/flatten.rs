@@ -847,7 +847,8 @@ fn plan_from_hists(
         crate::sort::hybrid_from_hists(&mut items, hists, chunk_len, top, mask, sort_bucket, visit)
     };
     // scatter: every token learns its slot, in a pass of its own (writing it from the
-    // bucket loop measured slower: its scattered stores competed with the in-cache sort)
+    // bucket loop measured slower: its scattered stores competed with the in-cache sort;
+    // so did a two-pass version grouping (slot, token) pairs by token range first)
     let sdst = SendPtr(scatter.as_mut_ptr());
     let sorted = &items;
     (0..n.div_ceil(CHUNK)).into_par_iter().for_each(|c| {
@@ -862,6 +863,11 @@ fn plan_from_hists(
             let shift = pad_start[s] - start[s];
             for (k, &w) in (a..b).zip(&sorted[a..b]) {
                 let t = w as usize;
+                // the targets are random: ask for the line of a later one now (cold
+                // caches: ~1.5 ms less per 1M tokens)
+                if let Some(&ahead) = sorted.get(k + PREFETCH_AHEAD) {
+                    prefetch(sdst.0, ahead as usize, n);
+                }
                 assert!(t < n);
                 // SAFETY: the tokens of the sorted words are a permutation of 0..n (each
                 // word was made with its own index), so all writes go to distinct
@@ -891,6 +897,26 @@ fn plan_from_hists(
     let mut gather = u64_vec_as_i64(items);
     layout.pad(counts, g, &mut gather);
     Ok(layout.into_plan(gather, u64_vec_as_i64(scatter), g))
+}
+
+/// How many sorted positions ahead the scatter-slot pass prefetches its target.
+const PREFETCH_AHEAD: usize = 64;
+
+/// Hint that element `i` of the `n`-element buffer at `p` is wanted soon (nothing where
+/// `i ≥ n` or off x86-64).
+#[inline(always)]
+fn prefetch(p: *const u64, i: usize, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if i < n {
+        // SAFETY: a prefetch never faults and changes no memory; i < n keeps the address
+        // inside the buffer
+        unsafe {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i) as *const i8);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, i, n);
 }
 
 /// `key << idx_bits | index` for every cell, in parallel chunks.
