@@ -1415,6 +1415,16 @@ fn assemble_batch(samples: Vec<SampleLeaves>, offsets: &[usize], opts: BuildOpti
         .collect();
     let n = *offsets.last().unwrap();
     let mut point_leaf: Vec<i64> = unsafe { crate::sort::vec_for_overwrite(n) };
+    // large levels are written with streaming stores, as in the single-sample build (every
+    // window starts a whole number of 8-entry rows into a 16-byte aligned array)
+    let stream: Vec<bool> = (0..=depth)
+        .map(|d| {
+            cfg!(target_arch = "x86_64")
+                && totals[d] * 12 >= STREAM_MIN_BYTES
+                && (keys[d].as_ptr() as usize) % 16 == 0
+                && (children[d].as_ptr() as usize) % 16 == 0
+        })
+        .collect();
 
     // per sample: its windows of every depth's arrays, rank bases and leaf base
     struct Job<'a> {
@@ -1473,7 +1483,7 @@ fn assemble_batch(samples: Vec<SampleLeaves>, offsets: &[usize], opts: BuildOpti
             let count = collect_parents(&level, &mut up, &mut masks);
             up.truncate(count);
             // (asserts that the precounted window holds exactly these parents' rows)
-            write_rows(&up, &masks[..count], *base, k, c, false);
+            write_rows(&up, &masks[..count], *base, k, c, stream[d]);
             t.fill(job.b as i32);
             level = up;
         }
@@ -2055,6 +2065,48 @@ mod tests {
                 unsafe { encode_pdep(c[0], c[1], c[2]) },
                 morton::encode(c[0], c[1], c[2])
             );
+        }
+    }
+
+    #[test]
+    fn large_batch_levels_equal_separate_trees() {
+        // levels over STREAM_MIN_BYTES: the batch path writes them with streaming stores
+        let mut state = 0xbb67ae8584caa73bu64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 11) as f64 / (1u64 << 53) as f64 * 1.98 - 0.99) as f32
+        };
+        let clouds: Vec<Vec<f32>> = [90_000usize, 1, 70_001]
+            .iter()
+            .map(|&m| (0..3 * m).map(|_| rnd()).collect())
+            .collect();
+        let depth = 10u8;
+        let one = |p: &[f32]| build_octree(p, &[0, p.len() / 3], &[cube(depth)], opts(depth));
+        let trees: Vec<Octree> = clouds.iter().map(|c| one(c).unwrap()).collect();
+        let all: Vec<f32> = clouds.concat();
+        let mut offsets = vec![0usize];
+        for c in &clouds {
+            offsets.push(offsets.last().unwrap() + c.len() / 3);
+        }
+        let t = build_octree(&all, &offsets, &[cube(depth); 3], opts(depth)).unwrap();
+        assert!(t.keys[depth as usize].len() * 12 >= STREAM_MIN_BYTES);
+        for d in 0..=depth as usize {
+            let keys: Vec<u64> = trees.iter().flat_map(|s| s.keys[d].clone()).collect();
+            assert_eq!(t.keys[d], keys, "depth {d}");
+            // children ranks continue across samples
+            let mut base = 0;
+            let mut children = Vec::new();
+            for s in &trees {
+                children.extend(
+                    s.children[d]
+                        .iter()
+                        .map(|&c| if c < 0 { c } else { c + base }),
+                );
+                base += s.nnum_nempty(d) as i32;
+            }
+            assert_eq!(t.children[d], children, "depth {d}");
         }
     }
 
