@@ -1159,8 +1159,8 @@ fn split_level(level: &[u64]) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
     // large outputs bypass the caches (no read-for-ownership of lines that are written whole)
     let stream = cfg!(target_arch = "x86_64")
         && total * 8 * 12 >= STREAM_MIN_BYTES
-        && (kd.as_ptr() as usize) % 16 == 0
-        && (cd.as_ptr() as usize) % 16 == 0;
+        && (kd.as_ptr() as usize) & 15 == 0
+        && (cd.as_ptr() as usize) & 15 == 0;
     // several chunks: their parents gathered into one array (one chunk: the scratch is it)
     let gathered: Option<Vec<u64>> = (scratch.len() > 1).then(|| {
         let mut parents = Vec::with_capacity(total);
@@ -1226,8 +1226,8 @@ fn write_rows(p: &[u64], m: &[u8], first_rank: i32, k: &mut [u64], c: &mut [i32]
     #[cfg(target_arch = "x86_64")]
     if stream
         && std::is_x86_feature_detected!("avx2")
-        && (k.as_ptr() as usize) % 32 == 0
-        && (c.as_ptr() as usize) % 32 == 0
+        && (k.as_ptr() as usize) & 31 == 0
+        && (c.as_ptr() as usize) & 31 == 0
     {
         // SAFETY: AVX2 detected; lengths asserted above, alignment checked here
         unsafe { write_rows_avx2(p, m, first_rank, k, c) };
@@ -1421,8 +1421,8 @@ fn assemble_batch(samples: Vec<SampleLeaves>, offsets: &[usize], opts: BuildOpti
         .map(|d| {
             cfg!(target_arch = "x86_64")
                 && totals[d] * 12 >= STREAM_MIN_BYTES
-                && (keys[d].as_ptr() as usize) % 16 == 0
-                && (children[d].as_ptr() as usize) % 16 == 0
+                && (keys[d].as_ptr() as usize) & 15 == 0
+                && (children[d].as_ptr() as usize) & 15 == 0
         })
         .collect();
 
