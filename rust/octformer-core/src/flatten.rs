@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use crate::curve::{argsort_by_key, argsort_pair};
 use crate::error::{CoreError, Result};
 use crate::mem::{
-    SendPtr, u64_vec_as_i64, vec_for_overwrite_huge as vec_for_overwrite,
+    SendPtr, prefetch, u64_vec_as_i64, vec_for_overwrite_huge as vec_for_overwrite,
     vec_with_capacity_for_overwrite as vec_for_overwrite_cap,
 };
 use crate::sort::radix_sort_spare;
@@ -901,23 +901,6 @@ fn plan_from_hists(
 
 /// How many sorted positions ahead the scatter-slot pass prefetches its target.
 const PREFETCH_AHEAD: usize = 64;
-
-/// Hint that element `i` of the `n`-element buffer at `p` is wanted soon (nothing where
-/// `i ≥ n` or off x86-64).
-#[inline(always)]
-fn prefetch(p: *const u64, i: usize, n: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if i < n {
-        // SAFETY: a prefetch never faults and changes no memory; i < n keeps the address
-        // inside the buffer
-        unsafe {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i) as *const i8);
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, i, n);
-}
 
 /// `key << idx_bits | index` for every cell, in parallel chunks.
 fn fill_packed<const AXIS_X: bool, const POW2: bool>(

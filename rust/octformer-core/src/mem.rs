@@ -10,6 +10,23 @@ pub(crate) struct SendPtr<T>(pub(crate) *mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
+/// Hint that element `i` of the `n`-element buffer at `p` is wanted soon (nothing where
+/// `i ≥ n` or off x86-64).
+#[inline(always)]
+pub(crate) fn prefetch<T>(p: *const T, i: usize, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if i < n {
+        // SAFETY: a prefetch never faults and changes no memory; i < n keeps the address
+        // inside the buffer
+        unsafe {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i) as *const i8);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, i, n);
+}
+
 /// Outputs at least this large ask the kernel for transparent huge pages.
 const HUGE_MIN_BYTES: usize = 4 << 20;
 

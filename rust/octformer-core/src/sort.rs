@@ -3,9 +3,9 @@
 //! Stability makes the output unique, so the result never depends on how many
 //! threads ran it (a determinism guarantee, not an accident).
 
-use crate::mem::SendPtr;
 pub(crate) use crate::mem::vec_for_overwrite;
 use crate::mem::vec_with_capacity_for_overwrite;
+use crate::mem::{SendPtr, prefetch};
 use rayon::prelude::*;
 
 const DIGIT_BITS: u32 = 11;
@@ -531,6 +531,9 @@ fn scatter_with_hists<T: RadixKey>(
             // histograms count exactly these items, asserted above); in bounds by the
             // assert
             unsafe { *out.0.add(o) = *v };
+            // the stream's line two lines on (about to be written; ~1 ms less per 1M
+            // words, most with cold caches)
+            prefetch(out.0, o + 16, n);
             off[b] = o + 1;
         };
         let quads = parts[0].iter().zip(parts[1]).zip(parts[2]).zip(parts[3]);
