@@ -1205,14 +1205,8 @@ const AHEAD: usize = 16;
 /// destinations, which the hardware prefetcher does not follow).
 #[inline(always)]
 fn prefetch_at<T>(v: &[T], i: usize) {
-    #[cfg(target_arch = "x86_64")]
     if let Some(last) = v.len().checked_sub(1) {
-        // SAFETY: the address lies inside `v`; a prefetch has no architectural effect
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                v.as_ptr().add(i.min(last)) as *const i8,
-            )
-        };
+        crate::mem::prefetch(v.as_ptr(), i.min(last), v.len());
     }
 }
 
