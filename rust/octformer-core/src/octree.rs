@@ -661,12 +661,9 @@ fn build_sample_with<T: Coord, I: Item>(
                     // the point_leaf writes land all over the array: fetch the line of the
                     // item PREFETCH_AHEAD places on (a later bucket's items are the same
                     // set of points in any order, so its prefetches are as good)
-                    // SAFETY: pos + PREFETCH_AHEAD < n; the index it holds is < n
-                    unsafe {
-                        prefetch_write(
-                            leaf_ptr.add((*items.add(pos + PREFETCH_AHEAD)).idx(idx_bits)),
-                        )
-                    };
+                    // SAFETY: pos + PREFETCH_AHEAD < n = buf.len()
+                    let ahead = unsafe { *items.add(pos + PREFETCH_AHEAD) };
+                    crate::mem::prefetch(leaf_ptr as *const i64, ahead.idx(idx_bits), n);
                 }
                 let k = it.key(idx_bits);
                 if k != prev {
@@ -742,8 +739,7 @@ fn build_sample_with<T: Coord, I: Item>(
                 for (j, it) in items.iter().enumerate() {
                     if let Some(ahead) = items.get(j + PREFETCH_AHEAD) {
                         // as in the serial collapse
-                        // SAFETY: the index an item holds is < n
-                        unsafe { prefetch_write(leaf_ptr.0.add(ahead.idx(idx_bits))) };
+                        crate::mem::prefetch(leaf_ptr.0 as *const i64, ahead.idx(idx_bits), n);
                     }
                     let k = it.key(idx_bits);
                     if k != prev {
@@ -827,18 +823,6 @@ fn lsd_sort_items<I: Item>(
 
 /// How many items ahead the serial collapse prefetches its point_leaf write.
 const PREFETCH_AHEAD: usize = 16;
-
-/// Hint that `p`'s cache line will be written soon (no effect on the result).
-#[inline(always)]
-fn prefetch_write<T>(p: *mut T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch never faults, whatever the address; SSE is baseline x86_64
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
 
 /// A bucket write position (32-bit when the sample allows, to halve the table).
 trait Offset: Copy + Send {
