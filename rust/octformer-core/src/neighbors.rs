@@ -492,7 +492,6 @@ mod simd {
         ) -> (bool, bool) {
             let tail: __mmask16 = (1 << 11) - 1;
             let minus1 = _mm512_set1_epi32(-1);
-            let (lut_p, lut_c) = &WIDE;
             let mut bad_entries: __mmask16 = 0;
             let mut bad_rank = false;
             let mut row = first_row;
@@ -509,18 +508,9 @@ mod simd {
                     let dst = unsafe { out.add(row * 27) };
                     for half in 0..2 {
                         let lanes: __mmask16 = if half == 0 { 0xffff } else { tail };
-                        let (ip, ic) = unsafe {
-                            (
-                                _mm512_loadu_si512(
-                                    lut_p[c].as_ptr().add(16 * half) as *const __m512i
-                                ),
-                                _mm512_loadu_si512(
-                                    lut_c[c].as_ptr().add(16 * half) as *const __m512i
-                                ),
-                            )
-                        };
                         // neighbour rank per entry (-1 absent), then its child's address
-                        let v = _mm512_permutex2var_epi32(a, ip, b);
+                        // SAFETY: AVX-512F (this function's own requirement)
+                        let (v, ic) = unsafe { child_half(a, b, c, half) };
                         let present = _mm512_cmpge_epi32_mask(v, _mm512_setzero_si512()) & lanes;
                         let at = _mm512_add_epi32(_mm512_slli_epi32::<3>(v), ic);
                         // SAFETY: gathered lanes have 0 <= v < limit, so 8v + slot < children.len()
@@ -533,6 +523,26 @@ mod simd {
                 }
             }
             (bad_entries != 0, bad_rank)
+        }
+
+        /// Entries 16 half.. of child slot `c`'s row (`half` 0 or 1): the parent-level
+        /// neighbour rank each reads from the parent's entries `a`, `b` (-1 absent), and the
+        /// child slot it takes in that neighbour.
+        ///
+        /// # Safety
+        /// The CPU has AVX-512F.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn child_half(a: __m512i, b: __m512i, c: usize, half: usize) -> (__m512i, __m512i) {
+            let (lut_p, lut_c) = &WIDE;
+            let lanes = 16 * (half & 1);
+            // SAFETY: each LUT row holds 32 lanes, lanes + 16 <= 32
+            let (ip, ic) = unsafe {
+                (
+                    _mm512_loadu_si512(lut_p[c & 7].as_ptr().add(lanes) as *const __m512i),
+                    _mm512_loadu_si512(lut_c[c & 7].as_ptr().add(lanes) as *const __m512i),
+                )
+            };
+            (_mm512_permutex2var_epi32(a, ip, b), ic)
         }
 
         /// A parent's 27 table entries in two registers (lanes 16..27 in the second), entries
@@ -577,7 +587,6 @@ mod simd {
         ) -> bool {
             let tail: __mmask16 = (1 << 11) - 1;
             let minus1 = _mm512_set1_epi32(-1);
-            let (lut_p, lut_c) = &WIDE;
             let mut bad: __mmask16 = 0;
             for (i, prow) in prows.chunks_exact(27).enumerate() {
                 // SAFETY: 27 values per row (chunks_exact)
@@ -588,18 +597,8 @@ mod simd {
                     let dst = unsafe { out.add((8 * (first_parent + i) + c) * 27) };
                     for half in 0..2 {
                         let lanes: __mmask16 = if half == 0 { 0xffff } else { tail };
-                        // SAFETY: the LUT rows hold 32 lanes
-                        let (ip, ic) = unsafe {
-                            (
-                                _mm512_loadu_si512(
-                                    lut_p[c].as_ptr().add(16 * half) as *const __m512i
-                                ),
-                                _mm512_loadu_si512(
-                                    lut_c[c].as_ptr().add(16 * half) as *const __m512i
-                                ),
-                            )
-                        };
-                        let v = _mm512_permutex2var_epi32(a, ip, b);
+                        // SAFETY: AVX-512F (this function's own requirement)
+                        let (v, ic) = unsafe { child_half(a, b, c, half) };
                         let present = _mm512_cmpge_epi32_mask(v, _mm512_setzero_si512());
                         let e =
                             _mm512_mask_add_epi32(minus1, present, _mm512_slli_epi32::<3>(v), ic);
