@@ -513,18 +513,24 @@ fn build_sample_with<T: Coord, I: Item>(
     } else {
         n.div_ceil(rayon::current_num_threads()).max(1)
     };
+    let sample_args = QuantiseArgs {
+        pts,
+        base: 0,
+        first,
+        bx,
+        depth,
+        idx_bits,
+        shift0: 0,
+        width: 0,
+    };
     let quant = |c: usize, out: &mut [I]| {
-        quantise_dispatch::<T, I, 1>(
-            pts,
-            c * chunk,
-            out,
-            first,
-            bx,
-            depth,
-            idx_bits,
-            top_shift,
-            tb,
-        )
+        let args = QuantiseArgs {
+            base: c * chunk,
+            shift0: top_shift,
+            width: tb,
+            ..sample_args
+        };
+        quantise_dispatch::<T, I, 1>(args, out)
     };
     let parts: Vec<(ChunkReport, Vec<u32>)> = if serial {
         if n == 0 {
@@ -534,15 +540,12 @@ fn build_sample_with<T: Coord, I: Item>(
             macro_rules! quantise_lsd {
                 ($digits:literal) => {
                     quantise_dispatch::<T, I, $digits>(
-                        pts,
-                        0,
+                        QuantiseArgs {
+                            shift0: lo,
+                            width: lsd_width,
+                            ..sample_args
+                        },
                         &mut items[..],
-                        first,
-                        bx,
-                        depth,
-                        idx_bits,
-                        lo,
-                        lsd_width,
                     )
                 };
             }
@@ -921,62 +924,59 @@ fn has_avx2_bmi2() -> bool {
 /// AVX2 and BMI2 must be available ([`has_avx2_bmi2`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,bmi2")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn quantise_chunk_bmi2<T: Coord, I: Item, const P: usize>(
-    pts: &[T],
-    base: usize,
+    args: QuantiseArgs<'_, T>,
     out: &mut [I],
-    first: usize,
-    bx: &SampleBox,
-    depth: usize,
-    idx_bits: u32,
-    shift0: u32,
-    width: u32,
 ) -> (ChunkReport, Vec<u32>) {
-    quantise_chunk::<T, I, P, true>(pts, base, out, first, bx, depth, idx_bits, shift0, width)
+    quantise_chunk::<T, I, P, true>(args, out)
 }
 
 /// [`quantise_chunk`] through [`quantise_chunk_bmi2`] where the CPU allows.
-#[allow(clippy::too_many_arguments)]
 fn quantise_dispatch<T: Coord, I: Item, const P: usize>(
-    pts: &[T],
-    base: usize,
+    args: QuantiseArgs<'_, T>,
     out: &mut [I],
-    first: usize,
-    bx: &SampleBox,
-    depth: usize,
-    idx_bits: u32,
-    shift0: u32,
-    width: u32,
 ) -> (ChunkReport, Vec<u32>) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_bmi2() {
         // SAFETY: AVX2 and BMI2 detected
-        return unsafe {
-            quantise_chunk_bmi2::<T, I, P>(
-                pts, base, out, first, bx, depth, idx_bits, shift0, width,
-            )
-        };
+        return unsafe { quantise_chunk_bmi2::<T, I, P>(args, out) };
     }
-    quantise_chunk::<T, I, P, false>(pts, base, out, first, bx, depth, idx_bits, shift0, width)
+    quantise_chunk::<T, I, P, false>(args, out)
+}
+
+/// What a quantise call reads besides its output: the sample's points (`pts`, from which
+/// the chunk starting at point `base` is taken; `first` is the sample's first point in the
+/// batch), its box and depth, the index bits of an item, and which digits to histogram.
+#[derive(Clone, Copy)]
+struct QuantiseArgs<'a, T> {
+    pts: &'a [T],
+    base: usize,
+    first: usize,
+    bx: &'a SampleBox,
+    depth: usize,
+    idx_bits: u32,
+    shift0: u32,
+    width: u32,
 }
 
 /// Quantise + encode points `base..base + out.len()` of the sample into `out`; returns the
 /// chunk's report and the histograms of the `P` digits `(key >> (shift0 + d·width)) & mask`
 /// (`width` bits each), histogram d at `d << width..(d + 1) << width`.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn quantise_chunk<T: Coord, I: Item, const P: usize, const PDEP: bool>(
-    pts: &[T],
-    base: usize,
+    args: QuantiseArgs<'_, T>,
     out: &mut [I],
-    first: usize,
-    bx: &SampleBox,
-    depth: usize,
-    idx_bits: u32,
-    shift0: u32,
-    width: u32,
 ) -> (ChunkReport, Vec<u32>) {
+    let QuantiseArgs {
+        pts,
+        base,
+        first,
+        bx,
+        depth,
+        idx_bits,
+        shift0,
+        width,
+    } = args;
     let side = (1u64 << depth) as f64;
     let top = T::from_f64(side);
     let last = T::from_f64(side - 1.0);
@@ -2027,15 +2027,19 @@ mod tests {
             let width = key_bits.div_ceil(3);
             let mut a = vec![0u64; n];
             let mut b = vec![0u64; n];
-            let ra = quantise_chunk::<f32, u64, 3, false>(
-                &pts, 0, &mut a, 0, &bx, depth, idx_bits, idx_bits, width,
-            );
-            // SAFETY: AVX2 and BMI2 checked above
-            let rb = unsafe {
-                quantise_chunk_bmi2::<f32, u64, 3>(
-                    &pts, 0, &mut b, 0, &bx, depth, idx_bits, idx_bits, width,
-                )
+            let args = QuantiseArgs {
+                pts: &pts,
+                base: 0,
+                first: 0,
+                bx: &bx,
+                depth,
+                idx_bits,
+                shift0: idx_bits,
+                width,
             };
+            let ra = quantise_chunk::<f32, u64, 3, false>(args, &mut a);
+            // SAFETY: AVX2 and BMI2 checked above
+            let rb = unsafe { quantise_chunk_bmi2::<f32, u64, 3>(args, &mut b) };
             assert_eq!(a, b, "depth {depth}");
             assert_eq!(ra.1, rb.1, "depth {depth}");
             assert_eq!(ra.0.outside, rb.0.outside);
