@@ -1399,25 +1399,6 @@ pub fn decode_octree_with(
     Ok(out)
 }
 
-/// `LOCAL_RANK[byte][c]`: rank of child c among the set bits of `byte`, -1 when bit c is clear.
-static LOCAL_RANK: [[i8; 8]; 256] = {
-    let mut t = [[-1i8; 8]; 256];
-    let mut b = 0;
-    while b < 256 {
-        let mut r = 0;
-        let mut c = 0;
-        while c < 8 {
-            if b & (1 << c) != 0 {
-                t[b][c] = r;
-                r += 1;
-            }
-            c += 1;
-        }
-        b += 1;
-    }
-    t
-};
-
 /// Parents per task of the full decode (tasks span all levels, so two threads share
 /// even the deepest level).
 const FILL_PARENTS: usize = 1 << 15;
@@ -1496,15 +1477,10 @@ fn fill_levels(
         };
         let parents = &lv.nonempty_keys[t.i][p0..p1];
         let occ = &lv.occupancy[t.i + 1][p0..p1];
-        #[cfg(target_arch = "x86_64")]
-        if nt_ok(keys, ch) {
-            // SAFETY: AVX2 present and both slices 32-byte aligned (checked by nt_ok)
-            unsafe { fill_task_nt(keys, ch, parents, occ, t.rank0) };
-        } else {
-            fill_task(keys, ch, parents, occ, t.rank0);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        fill_task(keys, ch, parents, occ, t.rank0);
+        // the build's row writer: 12 bytes per node that nothing reads back soon, streamed
+        // (plain stores first read every output line: for an 11.65M-node tree ~25 ms
+        // against ~6 ms streamed on one core of the KVM Xeon we measure on)
+        crate::octree::write_rows(parents, occ, t.rank0, keys, ch, true);
         if !fill_batch {
             return;
         }
@@ -1524,37 +1500,8 @@ fn fill_levels(
     out
 }
 
-/// Keys (`parent << 3 | c`) and children (running rank, -1 where empty) of the 8 slots
-/// of every parent, with plain stores.
-fn fill_task(keys: &mut [u64], ch: &mut [i32], parents: &[u64], occ: &[u8], rank0: i32) {
-    for (dst, &k) in keys.chunks_exact_mut(8).zip(parents) {
-        let base = k << 3;
-        for (c, slot) in dst.iter_mut().enumerate() {
-            *slot = base | c as u64;
-        }
-    }
-    let mut rank = rank0;
-    for (dst, &byte) in ch.chunks_exact_mut(8).zip(occ) {
-        let local = &LOCAL_RANK[byte as usize];
-        for (slot, &l) in dst.iter_mut().zip(local) {
-            // rank + l where the bit is set, -1 (all ones) where l = -1
-            *slot = (rank + l as i32) | (l as i32 >> 31);
-        }
-        rank += byte.count_ones() as i32;
-    }
-}
-
-/// Whether [`fill_task_nt`] may run: AVX2, and both outputs 32-byte aligned (a parent's
-/// slots are then whole aligned vectors: 64 bytes of keys, 32 of children).
-#[cfg(target_arch = "x86_64")]
-fn nt_ok(keys: &[u64], ch: &[i32]) -> bool {
-    std::is_x86_feature_detected!("avx2")
-        && (keys.as_ptr() as usize) % 32 == 0
-        && (ch.as_ptr() as usize) % 32 == 0
-}
-
 /// `b.fill(s)`, streamed (non-temporal 8-lane stores) when AVX2 is present and `b` is
-/// 32-byte aligned (see [`fill_task_nt`]).
+/// 32-byte aligned.
 fn fill_batch_slots(b: &mut [i32], s: i32) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && (b.as_ptr() as usize) % 32 == 0 {
@@ -1578,48 +1525,6 @@ unsafe fn fill_i32_nt(b: &mut [i32], s: i32) {
         unsafe { _mm256_stream_si256(c.as_mut_ptr() as *mut __m256i, v) };
     }
     chunks.into_remainder().fill(s);
-    _mm_sfence();
-}
-
-/// [`LOCAL_RANK`] widened to i32 lanes.
-static LOCAL_RANK32: [[i32; 8]; 256] = widened_table!(LOCAL_RANK, i32);
-
-/// [`fill_task`] with non-temporal stores: the full decode writes 12 bytes per node that
-/// nothing reads back soon, and plain stores first read every output line from memory
-/// (140 MB of keys + children for an 11.65M-node tree: ~25 ms with plain stores on one
-/// core of the KVM Xeon we measure on, ~6 ms streamed).
-///
-/// # Safety
-/// AVX2 must be present and `keys`, `ch` 32-byte aligned ([`nt_ok`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn fill_task_nt(keys: &mut [u64], ch: &mut [i32], parents: &[u64], occ: &[u8], rank0: i32) {
-    use std::arch::x86_64::*;
-    let n = parents.len();
-    assert!(occ.len() == n && keys.len() == 8 * n && ch.len() == 8 * n);
-    let kp = keys.as_mut_ptr() as *mut __m256i;
-    let cp = ch.as_mut_ptr() as *mut __m256i;
-    let lo = _mm256_setr_epi64x(0, 1, 2, 3);
-    let hi = _mm256_setr_epi64x(4, 5, 6, 7);
-    let mut rank = rank0;
-    for (j, (&k, &byte)) in parents.iter().zip(occ).enumerate() {
-        // SAFETY: parent j owns keys[8j..8j + 8] (two aligned vectors) and ch[8j..8j + 8]
-        // (one aligned vector), in bounds by the assert; the table row is 8 i32
-        unsafe {
-            let base = _mm256_set1_epi64x((k << 3) as i64);
-            _mm256_stream_si256(kp.add(2 * j), _mm256_or_si256(base, lo));
-            _mm256_stream_si256(kp.add(2 * j + 1), _mm256_or_si256(base, hi));
-            let local = _mm256_loadu_si256(LOCAL_RANK32[byte as usize].as_ptr() as *const __m256i);
-            let r = _mm256_add_epi32(_mm256_set1_epi32(rank), local);
-            // rank + l where the bit is set, -1 (all ones) where l = -1
-            _mm256_stream_si256(
-                cp.add(j),
-                _mm256_or_si256(r, _mm256_srai_epi32::<31>(local)),
-            );
-        }
-        rank += byte.count_ones() as i32;
-    }
-    // streaming stores are weakly ordered: make them visible before the task ends
     _mm_sfence();
 }
 
@@ -1997,12 +1902,8 @@ mod tests {
         assert_eq!(a[0], parents[0] << 3);
     }
 
-    #[cfg(target_arch = "x86_64")]
     #[test]
     fn streamed_fill_equals_plain_fill() {
-        if !std::is_x86_feature_detected!("avx2") {
-            return;
-        }
         // every occupancy byte, parents with high key bits, a non-zero starting rank
         let occ: Vec<u8> = (0..=255u8).chain([0, 1, 128, 255]).collect();
         let parents: Vec<u64> = (0..occ.len() as u64)
@@ -2010,16 +1911,14 @@ mod tests {
             .collect();
         let n = 8 * occ.len();
         let (mut k1, mut c1) = (vec![0u64; n], vec![0i32; n]);
-        fill_task(&mut k1, &mut c1, &parents, &occ, 1000);
-        // 32-byte aligned windows of larger buffers
+        crate::octree::write_rows(&parents, &occ, 1000, &mut k1, &mut c1, false);
+        // 32-byte aligned windows of larger buffers: the decoder's streamed rows
         let mut kb = vec![7u64; n + 4];
         let mut cb = vec![7i32; n + 8];
         let ko = kb.as_ptr().align_offset(32);
         let co = cb.as_ptr().align_offset(32);
         let (k2, c2) = (&mut kb[ko..ko + n], &mut cb[co..co + n]);
-        assert!(nt_ok(k2, c2));
-        // SAFETY: AVX2 present and both slices aligned (asserted)
-        unsafe { fill_task_nt(k2, c2, &parents, &occ, 1000) };
+        crate::octree::write_rows(&parents, &occ, 1000, k2, c2, true);
         assert_eq!(&k1[..], &k2[..]);
         assert_eq!(&c1[..], &c2[..]);
         // the plain fill itself: slot c of a parent is its key << 3 | c, and children

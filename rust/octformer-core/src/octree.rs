@@ -1204,9 +1204,18 @@ fn collect_parents(part: &[u64], p: &mut [u64], m: &mut [u8]) -> usize {
 
 /// Every parent's 8 child keys into `k` and children ranks into `c` (8 per parent), from the
 /// parents `p` and their occupancy masks `m`; the first occupied child gets `first_rank`.
-/// `stream`: store with non-temporal stores (both outputs 16-byte aligned).
-fn write_rows(p: &[u64], m: &[u8], first_rank: i32, k: &mut [u64], c: &mut [i32], stream: bool) {
+/// `stream`: store with non-temporal stores (for outputs nothing reads back soon), done
+/// where both outputs are at least 16-byte aligned. Used by the build and the OCTF decoder.
+pub(crate) fn write_rows(
+    p: &[u64],
+    m: &[u8],
+    first_rank: i32,
+    k: &mut [u64],
+    c: &mut [i32],
+    stream: bool,
+) {
     assert!(m.len() == p.len() && k.len() == 8 * p.len() && c.len() == 8 * p.len());
+    let stream = stream && (k.as_ptr() as usize) & 15 == 0 && (c.as_ptr() as usize) & 15 == 0;
     #[cfg(target_arch = "x86_64")]
     if stream
         && std::is_x86_feature_detected!("avx2")
@@ -1229,7 +1238,7 @@ fn write_rows(p: &[u64], m: &[u8], first_rank: i32, k: &mut [u64], c: &mut [i32]
         let base = parent << 3;
         let keys: [u64; 8] = std::array::from_fn(|c8| base | c8 as u64);
         if stream {
-            // SAFETY: `stream` is only set when both outputs are 16-byte aligned; rows
+            // SAFETY: `stream` is only kept when both outputs are 16-byte aligned; rows
             // start at multiples of 64 / 32 bytes from there
             unsafe { stream_row(kj, &keys, cj, &row) };
         } else {
