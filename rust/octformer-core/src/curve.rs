@@ -1307,14 +1307,12 @@ mod tests {
     #[test]
     fn array_encode_matches_per_cell_reference() {
         // covers the 4-wide path and its remainder, for every order and a few depths
-        let mut s = 3u64;
+        let mut next = crate::testing::xorshift(3);
         for depth in [1u8, 2, 7, 12, 16, 21] {
             let n = 1003;
             let coords: Vec<i64> = (0..3 * n)
                 .map(|_| {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
+                    let s = next();
                     (s % (1 << depth)) as i64
                 })
                 .collect();
@@ -1360,13 +1358,7 @@ mod tests {
     /// the key, all-equal keys, and every subset order of the four orders.
     #[test]
     fn serialize_equals_reference_sort() {
-        let mut s = 11u64;
-        let mut rnd = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut rnd = crate::testing::xorshift(11);
         let cases: [(usize, u8, u32, Option<u64>); 10] = [
             (1, 3, 3, None),
             (500, 4, 2, None),
@@ -1446,13 +1438,7 @@ mod tests {
 
     #[test]
     fn serialize_sorts_by_batch_then_code_for_any_thread_count() {
-        let mut s = 7u64;
-        let mut rnd = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut rnd = crate::testing::xorshift(7u64);
         let n = 100_000;
         let depth = 21u8;
         let coords: Vec<i64> = (0..3 * n).map(|_| (rnd() % (1 << 21)) as i64).collect();

@@ -55,16 +55,14 @@ impl FastDiv {
 #[cfg(test)]
 #[test]
 fn fast_division_is_exact() {
-    let mut s = 99u64;
+    let mut next = crate::testing::xorshift(99u64);
     for d in (1u64..70).chain([1 << 21, (1 << 32) - 1, 12345679]) {
         let f = FastDiv::new(d);
         for n in (0u64..300).chain([(1 << 32) - 1, (1 << 31) + 7]) {
             assert_eq!(f.div(n), n / d, "{n} / {d}");
         }
         for _ in 0..2000 {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
+            let s = next();
             let n = s >> 32;
             assert_eq!(f.div(n), n / d, "{n} / {d}");
         }
@@ -1065,7 +1063,7 @@ fn split_window_f64(q: [u64; 3], w: &[u64; 3], inv: &[f64; 3]) -> ([u64; 3], [u6
 #[cfg(test)]
 #[test]
 fn f64_window_split_is_exact() {
-    let mut s = 7u64;
+    let mut next = crate::testing::xorshift(7u64);
     for w in (1u64..70).chain([1 << 21, (1 << 21) - 1, 1_000_003, 13, 9]) {
         let ws = [w; 3];
         let inv = [1.0 / w as f64; 3];
@@ -1087,9 +1085,7 @@ fn f64_window_split_is_exact() {
             }
         }
         for _ in 0..3000 {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
+            let s = next();
             check(s % ((1 << 31) + (1 << 20)));
         }
     }

@@ -24,5 +24,27 @@ pub mod sort;
 pub use error::{CoreError, Result};
 pub use octree::{BuildOptions, Octree, SampleBox, build_octree, build_octree_with};
 
+/// Helpers shared by the unit tests of several modules.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// A xorshift64 stream (deterministic test data without a dependency): each call
+    /// advances the state and returns it.
+    pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+        let mut s = seed;
+        move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        }
+    }
+
+    /// Uniform f64 in [0, 1) from the top 53 bits of a [`xorshift`] stream.
+    pub fn unit(seed: u64) -> impl FnMut() -> f64 {
+        let mut next = xorshift(seed);
+        move || (next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 /// Deepest supported octree level: 3 × 21 = 63 key bits.
 pub const MAX_DEPTH: u8 = 21;

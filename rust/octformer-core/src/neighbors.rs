@@ -743,12 +743,10 @@ mod tests {
             if !simd::available() {
                 return Ok(()); // nothing to compare on this CPU
             }
-            let mut state = seed | 1;
+            let mut next = crate::testing::xorshift(seed | 1);
             let pts: Vec<f64> = (0..3 * n)
                 .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
+                    let state = next();
                     // clustered: a third of the points near a plane, so parents have few children
                     let u = (state >> 11) as f64 / (1u64 << 53) as f64;
                     if state % 3 == 0 { u * 0.01 } else { u * 1.98 - 0.99 }

@@ -1796,13 +1796,7 @@ mod tests {
     #[test]
     fn parallel_build_matches_serial_and_oracle() {
         // enough points for the parallel path (chunks, bucket groups), skewed like a scan
-        let mut state = 0x9e3779b97f4a7c15u64;
-        let mut rnd = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rnd = crate::testing::unit(0x9e3779b97f4a7c15u64);
         let n = 120_000;
         let mut pts = Vec::with_capacity(3 * n);
         for i in 0..n {
@@ -1905,13 +1899,7 @@ mod tests {
 
     #[test]
     fn split_passes_match_a_naive_split() {
-        let mut state = 0x853c49e6748fea9bu64;
-        let mut rnd = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rnd = crate::testing::xorshift(0x853c49e6748fea9bu64);
         // sorted unique keys with 1..8 children per parent
         let mut keys: Vec<u64> = (0..20_000).map(|_| rnd() % 60_000).collect();
         keys.sort_unstable();
@@ -1986,13 +1974,7 @@ mod tests {
     fn wide_digit_lsd_build_matches_oracle() {
         // ≥ 2^19 points at depth 10: 2 LSD passes of 15-bit digits at 1 thread; at 2 threads
         // the parallel top-digit path, which must give the same tree
-        let mut state = 0x6a09e667f3bcc909u64;
-        let mut rnd = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rnd = crate::testing::unit(0x6a09e667f3bcc909u64);
         let n = LSD_SERIAL_MAX + 1000;
         // a walk (coherent order, like a scan) with jumps
         let mut p = [0.0f64; 3];
@@ -2016,13 +1998,7 @@ mod tests {
             eprintln!("skipped: no AVX2 + BMI2 on this CPU");
             return;
         }
-        let mut state = 0x3c6ef372fe94f82bu64;
-        let mut rnd = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rnd = crate::testing::unit(0x3c6ef372fe94f82bu64);
         // inside, on the faces, outside and non-finite coordinates, at a small and a deep depth
         let mut pts: Vec<f32> = (0..3 * 5003).map(|_| (rnd() * 2.2 - 1.1) as f32).collect();
         pts[7] = 1.0;
@@ -2068,13 +2044,8 @@ mod tests {
     #[test]
     fn large_batch_levels_equal_separate_trees() {
         // levels over STREAM_MIN_BYTES: the batch path writes them with streaming stores
-        let mut state = 0xbb67ae8584caa73bu64;
-        let mut rnd = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 11) as f64 / (1u64 << 53) as f64 * 1.98 - 0.99) as f32
-        };
+        let mut unit = crate::testing::unit(0xbb67ae8584caa73bu64);
+        let mut rnd = || (unit() * 1.98 - 0.99) as f32;
         let clouds: Vec<Vec<f32>> = [90_000usize, 1, 70_001]
             .iter()
             .map(|&m| (0..3 * m).map(|_| rnd()).collect())
@@ -2109,13 +2080,7 @@ mod tests {
 
     #[test]
     fn lsd_sort_items_is_a_stable_sort() {
-        let mut state = 0x2545f4914f6cdd1du64;
-        let mut rnd = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rnd = crate::testing::xorshift(0x2545f4914f6cdd1du64);
         let idx_bits = 17;
         let n = 100_000;
         // 30-bit keys with many duplicates; in the second case the top digit is the same for

@@ -586,13 +586,11 @@ mod tests {
     fn interleaved_one_pass_equals_stable_sort() {
         // ≥ 2^14 items with one digit pass left: the four-quarter path of small_lsd;
         // runs of equal digits (as in the buckets) and lengths that leave ragged quarters
-        let mut state = 77u64;
+        let mut next = crate::testing::xorshift(77u64);
         for n in [1usize << 14, (1 << 14) + 3, 50_001] {
             let v: Vec<(u64, u32)> = (0..n)
                 .map(|i| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
+                    let state = next();
                     let digit = if i % 64 < 40 {
                         (i / 64) as u64 % 97
                     } else {
@@ -615,12 +613,10 @@ mod tests {
 
     #[test]
     fn parallel_equals_serial() {
-        let mut state = 0x12345u64;
+        let mut next = crate::testing::xorshift(0x12345u64);
         let v: Vec<u64> = (0..300_000)
             .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
+                let state = next();
                 state & ((1 << 45) - 1)
             })
             .collect();
