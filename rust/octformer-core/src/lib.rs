@@ -24,6 +24,9 @@ pub mod sort;
 pub use error::{CoreError, Result};
 pub use octree::{BuildOptions, Octree, SampleBox, build_octree, build_octree_with};
 
+/// Deepest supported octree level: 3 × 21 = 63 key bits.
+pub const MAX_DEPTH: u8 = 21;
+
 /// Helpers shared by the unit tests of several modules.
 #[cfg(test)]
 pub(crate) mod testing {
@@ -45,6 +48,3 @@ pub(crate) mod testing {
         move || (next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
-
-/// Deepest supported octree level: 3 × 21 = 63 key bits.
-pub const MAX_DEPTH: u8 = 21;
