@@ -1218,6 +1218,16 @@ pub(crate) fn write_rows(
     let stream = stream && (k.as_ptr() as usize) & 15 == 0 && (c.as_ptr() as usize) & 15 == 0;
     #[cfg(target_arch = "x86_64")]
     if stream
+        && std::is_x86_feature_detected!("avx512f")
+        && (k.as_ptr() as usize) & 63 == 0
+        && (c.as_ptr() as usize) & 31 == 0
+    {
+        // SAFETY: AVX-512F detected; lengths asserted above, alignment checked here
+        unsafe { write_rows_avx512(p, m, first_rank, k, c) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if stream
         && std::is_x86_feature_detected!("avx2")
         && (k.as_ptr() as usize) & 31 == 0
         && (c.as_ptr() as usize) & 31 == 0
@@ -1284,6 +1294,70 @@ unsafe fn write_rows_avx2(p: &[u64], m: &[u8], first_rank: i32, k: &mut [u64], c
             _mm256_stream_si256(kp.add(2 * j), _mm256_or_si256(base, iota_lo));
             _mm256_stream_si256(kp.add(2 * j + 1), _mm256_or_si256(base, iota_hi));
             _mm256_stream_si256(cp.add(j), row);
+        }
+    }
+    _mm_sfence();
+}
+
+/// [`write_rows`] with 64-byte non-temporal stores: a parent's 8 keys fill one cache line,
+/// two parents' ranks another, so every line is written whole in one store (32-byte
+/// stores leave half-written lines in the write-combining buffers between rows).
+///
+/// # Safety
+/// AVX-512F must be available; `k` (8 per parent) 64-byte aligned, `c` (8 per parent)
+/// 32-byte aligned, of lengths `8 * p.len()`, and `m.len() == p.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,popcnt")]
+unsafe fn write_rows_avx512(p: &[u64], m: &[u8], first_rank: i32, k: &mut [u64], c: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let n = p.len();
+    let kp = k.as_mut_ptr() as *mut __m512i;
+    let cp = c.as_mut_ptr();
+    let iota = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    let mut first = first_rank;
+    // one parent's ranks (8 × i32) from its mask; advances `first`
+    let mut ranks = |mask: u8| {
+        // SAFETY: a row of CHILD_RANKS is 8 i32 (32 bytes); unaligned load
+        let t =
+            unsafe { _mm256_loadu_si256(CHILD_RANKS[mask as usize].as_ptr() as *const __m256i) };
+        let row = _mm256_or_si256(
+            _mm256_add_epi32(t, _mm256_set1_epi32(first)),
+            _mm256_srai_epi32::<31>(t),
+        );
+        first += mask.count_ones() as i32;
+        row
+    };
+    let keys = |parent: u64| _mm512_or_si512(_mm512_set1_epi64((parent << 3) as i64), iota);
+    let mut j = 0;
+    // a leading row of ranks alone when `c` sits half way into a line
+    if n > 0 && (cp as usize) & 63 != 0 {
+        // SAFETY: row 0 is in bounds; k 64-byte and c 32-byte aligned per the caller
+        unsafe {
+            _mm512_stream_si512(kp, keys(p[0]));
+            _mm256_stream_si256(cp as *mut __m256i, ranks(m[0]));
+        }
+        j = 1;
+    }
+    while j + 2 <= n {
+        let lo = ranks(m[j]);
+        let hi = ranks(m[j + 1]);
+        // SAFETY: rows j, j + 1 are in bounds; k rows are 64-byte aligned, and after the
+        // leading row c's pair of rows starts on a 64-byte line
+        unsafe {
+            _mm512_stream_si512(kp.add(j), keys(p[j]));
+            _mm512_stream_si512(kp.add(j + 1), keys(p[j + 1]));
+            _mm512_stream_si512(
+                cp.add(8 * j) as *mut __m512i,
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi),
+            );
+        }
+        j += 2;
+    }
+    if j < n {
+        // SAFETY: the last row, in bounds; c's row is 32-byte aligned
+        unsafe {
+            _mm512_stream_si512(kp.add(j), keys(p[j]));
+            _mm256_stream_si256(cp.add(8 * j) as *mut __m256i, ranks(m[j]));
         }
     }
     _mm_sfence();
@@ -1924,49 +1998,66 @@ mod tests {
         let count = collect_parents(&keys, &mut p, &mut m);
         assert_eq!(&p[..count], &parents[..]);
         let m = &m[..count];
-        // every store path: plain, 16-byte streaming, and (where there is AVX2) 32-byte
-        // streaming; outputs placed at 32-byte aligned offsets of larger buffers
-        let mut paths: Vec<(&str, bool, bool)> = vec![("plain", false, false)];
-        paths.push(("sse2 stream", true, false));
+        // every store path: plain, 16-byte streaming, (where there is AVX2) 32-byte and
+        // (AVX-512) 64-byte streaming, the last with the ranks starting on a cache line and
+        // half way into one, and an even and an odd number of rows; outputs placed at
+        // 32-byte (64-byte for AVX-512 keys) aligned offsets of larger buffers
+        let mut paths: Vec<(&str, bool, bool, usize)> = vec![("plain", false, false, 0)];
+        paths.push(("sse2 stream", true, false, 0));
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
-            paths.push(("avx2 stream", true, true));
+            paths.push(("avx2 stream", true, true, 0));
         }
-        for (name, stream, avx2) in paths {
-            let mut kb = vec![0u64; 8 * count + 4];
-            let mut cb = vec![0i32; 8 * count + 8];
-            let ko = (kb.as_ptr() as usize / 8).wrapping_neg() % 4;
-            let co = (cb.as_ptr() as usize / 4).wrapping_neg() % 8;
-            let k = &mut kb[ko..ko + 8 * count];
-            let c = &mut cb[co..co + 8 * count];
-            if avx2 {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: AVX2 detected above; both outputs 32-byte aligned, lengths 8·count
-                unsafe {
-                    write_rows_avx2(&p[..count], m, first_rank, k, c)
-                };
-            } else if stream {
-                // the 16-byte path: write_rows without the AVX2 dispatch
-                let mut first = first_rank;
-                for (j, (&par, &mask)) in p[..count].iter().zip(m).enumerate() {
-                    let row = child_row(mask as usize, first);
-                    first += mask.count_ones() as i32;
-                    let keys8: [u64; 8] = std::array::from_fn(|c8| par << 3 | c8 as u64);
-                    // SAFETY: both outputs 32-byte aligned (so 16), rows of 8 entries
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            paths.push(("avx512 stream, ranks on a line", true, true, 64));
+            paths.push(("avx512 stream, ranks mid-line", true, true, 32));
+        }
+        for (name, stream, avx2, avx512) in paths {
+            for rows in [count, count - 1] {
+                let mut kb = vec![0u64; 8 * rows + 8];
+                let mut cb = vec![0i32; 8 * rows + 32];
+                let ko = (kb.as_ptr() as usize / 8).wrapping_neg() % 8;
+                let co = (cb.as_ptr() as usize / 4).wrapping_neg() % 16
+                    + if avx512 == 32 { 8 } else { 0 };
+                let k = &mut kb[ko..ko + 8 * rows];
+                let c = &mut cb[co..co + 8 * rows];
+                let (p, m) = (&p[..rows], &m[..rows]);
+                if avx512 > 0 {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: AVX-512F detected above; keys 64-byte, ranks 32-byte aligned
                     unsafe {
-                        stream_row(
-                            &mut k[8 * j..8 * j + 8],
-                            &keys8,
-                            &mut c[8 * j..8 * j + 8],
-                            &row,
-                        )
+                        write_rows_avx512(p, m, first_rank, k, c)
                     };
+                } else if avx2 {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: AVX2 detected above; both outputs 32-byte aligned, lengths 8·count
+                    unsafe {
+                        write_rows_avx2(p, m, first_rank, k, c)
+                    };
+                } else if stream {
+                    // the 16-byte path: write_rows without the AVX2 dispatch
+                    let mut first = first_rank;
+                    for (j, (&par, &mask)) in p.iter().zip(m).enumerate() {
+                        let row = child_row(mask as usize, first);
+                        first += mask.count_ones() as i32;
+                        let keys8: [u64; 8] = std::array::from_fn(|c8| par << 3 | c8 as u64);
+                        // SAFETY: both outputs 32-byte aligned (so 16), rows of 8 entries
+                        unsafe {
+                            stream_row(
+                                &mut k[8 * j..8 * j + 8],
+                                &keys8,
+                                &mut c[8 * j..8 * j + 8],
+                                &row,
+                            )
+                        };
+                    }
+                } else {
+                    write_rows(p, m, first_rank, k, c, false);
                 }
-            } else {
-                write_rows(&p[..count], m, first_rank, k, c, false);
+                assert_eq!(k, &want_k[..8 * rows], "{name}, {rows} rows");
+                assert_eq!(c, &want_c[..8 * rows], "{name}, {rows} rows");
             }
-            assert_eq!(k, &want_k[..], "{name}");
-            assert_eq!(c, &want_c[..], "{name}");
         }
     }
 
