@@ -310,8 +310,13 @@ fn step_with(
                 }
             };
         }
-        let portable = !fast;
-        for p in (lo..(lo + PARENTS_PER_TASK).min(parents)).filter(|_| portable) {
+        // the portable loop covers the task's parents where the AVX-512 rows did not
+        let end = if fast {
+            lo
+        } else {
+            (lo + PARENTS_PER_TASK).min(parents)
+        };
+        for p in lo..end {
             let prow: &[i32; 27] = parent[p * 27..p * 27 + 27].try_into().unwrap();
             // neighbour o's 8 children start at src[o]; rank r -> children[8r..], absent ->
             // ABSENT; with entries_all the entry is computed (8r + slot) from r instead

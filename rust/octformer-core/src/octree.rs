@@ -785,39 +785,20 @@ fn lsd_sort_items<I: Item>(
     shift0: u32,
     width: u32,
 ) {
-    let n = items.len();
-    debug_assert_eq!(buf.len(), n);
+    debug_assert_eq!(buf.len(), items.len());
     let digits = 1usize << width;
-    let mask = digits - 1;
     // the sorted data is in `items` until a pass moves it
     let mut in_items = true;
-    for d in 0..hist.len() / digits {
-        let count = &mut hist[d * digits..(d + 1) * digits];
-        if count.iter().any(|&c| c as usize == n) {
-            continue;
-        }
-        let mut run = 0u32;
-        for c in count.iter_mut() {
-            let t = *c;
-            *c = run;
-            run += t;
-        }
+    for (d, count) in hist.chunks_exact_mut(digits).enumerate() {
         let shift = shift0 + d as u32 * width;
         let (src, dst): (&[I], &mut [I]) = if in_items {
             (&items[..], &mut buf[..])
         } else {
             (&buf[..], &mut items[..])
         };
-        for v in src {
-            let b = (v.radix_key() >> shift) as usize & mask;
-            // SAFETY: b ≤ mask < count.len(); the prefix sums keep every position below n
-            unsafe {
-                let at = count.get_unchecked_mut(b);
-                *dst.get_unchecked_mut(*at as usize) = *v;
-                *at += 1;
-            }
+        if crate::sort::counting_pass(src, dst, count, shift) {
+            in_items = !in_items;
         }
-        in_items = !in_items;
     }
     if in_items {
         std::mem::swap(items, buf);

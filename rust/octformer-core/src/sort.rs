@@ -269,42 +269,57 @@ fn small_lsd_then<T: RadixKey>(
     }
     let mut src_is_data = true;
     for (p, count) in counts[..passes].iter_mut().enumerate() {
-        // a local slice: stores into `dst` could alias `counts` for all the compiler
-        // knows, so through `count: &mut &mut [u32]` every item reloaded its pointer
-        let count: &mut [u32] = count;
         let shift = lo + p as u32 * width;
-        let mask = masks[p];
-        if count[..=mask].iter().any(|&c| c as usize == n) {
-            continue; // every item has the same digit: the pass would change nothing
-        }
-        let mut run = 0u32;
-        for c in count[..=mask].iter_mut() {
-            let t = *c;
-            *c = run;
-            run += t;
-        }
         let (src, dst): (&[T], &mut [T]) = if src_is_data {
             (&*data, &mut *scratch)
         } else {
             (&*scratch, &mut *data)
         };
-        for v in src {
-            let b = ((v.radix_key() >> shift) as usize) & mask;
-            // SAFETY: b ≤ mask < count.len() (digits entries), and the prefix sums keep
-            // every position below n = dst.len()
-            unsafe {
-                let at = count.get_unchecked_mut(b);
-                *dst.get_unchecked_mut(*at as usize) = *v;
-                *at += 1;
-            }
+        if counting_pass(src, dst, &mut count[..=masks[p]], shift) {
+            src_is_data = !src_is_data;
         }
-        src_is_data = !src_is_data;
     }
     if src_is_data {
         map_in_place(data, &f);
     } else {
         copy_mapped(data, scratch, &f);
     }
+}
+
+/// One stable counting-sort pass of `src` into `dst` by the digit
+/// `(key >> shift) & (count.len() - 1)`, given that digit's histogram in `count` (a power
+/// of two entries; turned into write positions). Returns false, moving nothing, when every
+/// item has the same digit (the pass would change nothing).
+#[inline(always)]
+pub(crate) fn counting_pass<T: RadixKey>(
+    src: &[T],
+    dst: &mut [T],
+    count: &mut [u32],
+    shift: u32,
+) -> bool {
+    let n = src.len();
+    debug_assert!(dst.len() == n && count.len().is_power_of_two());
+    if count.iter().any(|&c| c as usize == n) {
+        return false;
+    }
+    let mask = count.len() - 1;
+    let mut run = 0u32;
+    for c in count.iter_mut() {
+        let t = *c;
+        *c = run;
+        run += t;
+    }
+    for v in src {
+        let b = ((v.radix_key() >> shift) as usize) & mask;
+        // SAFETY: b ≤ mask < count.len(), and the prefix sums of a histogram of `src` keep
+        // every position below n = dst.len()
+        unsafe {
+            let at = count.get_unchecked_mut(b);
+            *dst.get_unchecked_mut(*at as usize) = *v;
+            *at += 1;
+        }
+    }
+    true
 }
 
 /// From this many items [`small_lsd`]'s one-pass case counts and moves four quarters
