@@ -1198,24 +1198,18 @@ pub(crate) fn write_rows(
     assert!(m.len() == p.len() && k.len() == 8 * p.len() && c.len() == 8 * p.len());
     let stream = stream && (k.as_ptr() as usize) & 15 == 0 && (c.as_ptr() as usize) & 15 == 0;
     #[cfg(target_arch = "x86_64")]
-    if stream
-        && std::is_x86_feature_detected!("avx512f")
-        && (k.as_ptr() as usize) & 63 == 0
-        && (c.as_ptr() as usize) & 31 == 0
-    {
-        // SAFETY: AVX-512F detected; lengths asserted above, alignment checked here
-        unsafe { write_rows_avx512(p, m, first_rank, k, c) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if stream
-        && std::is_x86_feature_detected!("avx2")
-        && (k.as_ptr() as usize) & 31 == 0
-        && (c.as_ptr() as usize) & 31 == 0
-    {
-        // SAFETY: AVX2 detected; lengths asserted above, alignment checked here
-        unsafe { write_rows_avx2(p, m, first_rank, k, c) };
-        return;
+    if stream {
+        let (ka, ca) = (k.as_ptr() as usize, c.as_ptr() as usize);
+        // SAFETY (both): the CPU feature is detected; lengths asserted above, alignment
+        // checked here
+        if ka & 63 == 0 && ca & 31 == 0 && std::is_x86_feature_detected!("avx512f") {
+            unsafe { write_rows_avx512(p, m, first_rank, k, c) };
+            return;
+        }
+        if ka & 31 == 0 && ca & 31 == 0 && std::is_x86_feature_detected!("avx2") {
+            unsafe { write_rows_avx2(p, m, first_rank, k, c) };
+            return;
+        }
     }
     let mut first = first_rank;
     for (((&parent, &mask), kj), cj) in p
