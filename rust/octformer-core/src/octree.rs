@@ -1238,6 +1238,24 @@ pub(crate) fn write_rows(
     }
 }
 
+/// [`child_row`] in one register: `first + rank` for occupied children, -1 for empty ones.
+///
+/// # Safety
+/// AVX2 must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn rank_row_avx2(mask: u8, first: i32) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // SAFETY: a row of CHILD_RANKS is 8 i32 (32 bytes); unaligned load
+    let t = unsafe { _mm256_loadu_si256(CHILD_RANKS[mask as usize].as_ptr() as *const __m256i) };
+    // occupied: rank + first; empty (-1): the sign mask keeps -1
+    _mm256_or_si256(
+        _mm256_add_epi32(t, _mm256_set1_epi32(first)),
+        _mm256_srai_epi32::<31>(t),
+    )
+}
+
 /// [`write_rows`] with 32-byte non-temporal stores (2 per parent's keys, 1 for its ranks).
 ///
 /// # Safety
@@ -1253,14 +1271,8 @@ unsafe fn write_rows_avx2(p: &[u64], m: &[u8], first_rank: i32, k: &mut [u64], c
     let iota_hi = _mm256_set_epi64x(7, 6, 5, 4);
     let mut first = first_rank;
     for (j, (&parent, &mask)) in p.iter().zip(m).enumerate() {
-        // SAFETY: a row of CHILD_RANKS is 8 i32 (32 bytes); unaligned load
-        let t =
-            unsafe { _mm256_loadu_si256(CHILD_RANKS[mask as usize].as_ptr() as *const __m256i) };
-        // occupied: rank + first; empty (-1): the sign mask keeps -1
-        let row = _mm256_or_si256(
-            _mm256_add_epi32(t, _mm256_set1_epi32(first)),
-            _mm256_srai_epi32::<31>(t),
-        );
+        // SAFETY: AVX2 per the caller
+        let row = unsafe { rank_row_avx2(mask, first) };
         first += mask.count_ones() as i32;
         let base = _mm256_set1_epi64x((parent << 3) as i64);
         // SAFETY: j < p.len(); rows j of k (64 B) and c (32 B) are in bounds and 32-byte
@@ -1292,13 +1304,8 @@ unsafe fn write_rows_avx512(p: &[u64], m: &[u8], first_rank: i32, k: &mut [u64],
     let mut first = first_rank;
     // one parent's ranks (8 × i32) from its mask; advances `first`
     let mut ranks = |mask: u8| {
-        // SAFETY: a row of CHILD_RANKS is 8 i32 (32 bytes); unaligned load
-        let t =
-            unsafe { _mm256_loadu_si256(CHILD_RANKS[mask as usize].as_ptr() as *const __m256i) };
-        let row = _mm256_or_si256(
-            _mm256_add_epi32(t, _mm256_set1_epi32(first)),
-            _mm256_srai_epi32::<31>(t),
-        );
+        // SAFETY: AVX-512F (so AVX2) per the caller
+        let row = unsafe { rank_row_avx2(mask, first) };
         first += mask.count_ones() as i32;
         row
     };
