@@ -1396,12 +1396,9 @@ mod tests {
             let orders = order_sets[case % 3];
             let mut first: Option<Serialized> = None;
             for threads in [1, 2, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let r =
-                    pool.install(|| serialize(&coords, batch.as_deref(), orders, depth).unwrap());
+                let r = crate::testing::with_threads(threads, || {
+                    serialize(&coords, batch.as_deref(), orders, depth).unwrap()
+                });
                 match &first {
                     Some(f) => assert_eq!(&r, f, "case {case}: threads {threads} differ"),
                     None => first = Some(r),
@@ -1445,13 +1442,9 @@ mod tests {
         let batch: Vec<i64> = (0..n).map(|_| (rnd() % 5000) as i64).collect();
         let mut results = vec![];
         for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            results.push(
-                pool.install(|| serialize(&coords, Some(&batch), &Order::ALL, depth).unwrap()),
-            );
+            results.push(crate::testing::with_threads(threads, || {
+                serialize(&coords, Some(&batch), &Order::ALL, depth).unwrap()
+            }));
         }
         assert_eq!(results[0], results[1]);
         let r = &results[0];

@@ -1279,11 +1279,9 @@ mod tests {
             let plans: Vec<_> = [1, 2, 3]
                 .iter()
                 .map(|&t| {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(t)
-                        .build()
-                        .unwrap();
-                    pool.install(|| flatten(&coords, b, window, 144, Axis::Y, false).unwrap())
+                    crate::testing::with_threads(t, || {
+                        flatten(&coords, b, window, 144, Axis::Y, false).unwrap()
+                    })
                 })
                 .collect();
             assert_eq!(plans[0], plans[1]);

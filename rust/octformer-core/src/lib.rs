@@ -42,6 +42,15 @@ pub(crate) mod testing {
         }
     }
 
+    /// `f` run inside a fresh rayon pool of `threads` threads (results must not depend on it).
+    pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
     /// Uniform f64 in [0, 1) from the top 53 bits of a [`xorshift`] stream.
     pub fn unit(seed: u64) -> impl FnMut() -> f64 {
         let mut next = xorshift(seed);

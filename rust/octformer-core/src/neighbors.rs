@@ -796,11 +796,7 @@ mod tests {
             }
         }
         for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            crate::testing::with_threads(threads, || {
                 let ok = step(&table, &pc, &children, false, false).unwrap();
                 assert_eq!(ok.len(), 2 * parents * 27);
                 // child 0 of parent p (row 2p): its +z neighbour is child 1 of parent p, empty,

@@ -1881,11 +1881,9 @@ mod tests {
         let trees: Vec<Octree> = threads
             .iter()
             .map(|&threads| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                pool.install(|| build_octree(pts, &[0, n], &[cube(depth)], opts(depth)).unwrap())
+                crate::testing::with_threads(threads, || {
+                    build_octree(pts, &[0, n], &[cube(depth)], opts(depth)).unwrap()
+                })
             })
             .collect();
         for (t, &th) in trees.iter().zip(threads) {

@@ -642,12 +642,8 @@ mod tests {
             let mut expected = v.clone();
             expected.sort_by_key(|x| (x >> lo) & mask);
             for threads in [1, 2, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
                 let mut got = v.clone();
-                pool.install(|| radix_sort(&mut got, lo, hi));
+                crate::testing::with_threads(threads, || radix_sort(&mut got, lo, hi));
                 assert_eq!(got, expected, "threads={threads}, bits {lo}..{hi}");
             }
         }
