@@ -13,6 +13,7 @@ pub mod curve;
 pub mod error;
 pub mod flatten;
 pub mod format;
+mod leaf_table;
 pub mod lzf;
 mod mem;
 pub mod morton;

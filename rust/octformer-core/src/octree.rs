@@ -6,6 +6,7 @@
 //! are dense. Samples are built independently and concatenated (flat batching).
 
 use crate::error::{CoreError, Result};
+use crate::leaf_table::{BLOCK_MAX, LeafTable};
 use crate::morton;
 use crate::sort::RadixKey;
 
@@ -443,11 +444,179 @@ fn build_sample<T: Coord>(
     } else {
         usize::BITS - (n - 1).leading_zeros()
     };
+    if key_bits + idx_bits < 64 && n >= HASH_MIN && n <= u32::MAX as usize {
+        if let Some(built) = hash_leaves(pts, first, bx, opts) {
+            return built;
+        }
+    }
     if key_bits + idx_bits <= 64 {
         build_sample_with::<T, u64>(pts, first, bx, opts, idx_bits)
     } else {
         build_sample_with::<T, (u64, u32)>(pts, first, bx, opts, 0)
     }
+}
+
+/// Samples of at least this many points try the hash build ([`hash_leaves`]).
+const HASH_MIN: usize = 1 << 16;
+/// Where the hash build checks that it pays off, as (points of the chunk seen, fewest
+/// points per distinct leaf so far to go on): a cheap early look after the first block,
+/// which turns back clouds of nearly one point per leaf, then a firmer one.
+const HASH_CHECKS: [(usize, usize); 2] = [(BLOCK_MAX, 2), (1 << 14, 3)];
+
+/// A bare leaf key (no point index): what the hash build quantises points into.
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+struct LeafKey(u64);
+
+impl RadixKey for LeafKey {
+    #[inline(always)]
+    fn radix_key(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Item for LeafKey {
+    #[inline(always)]
+    fn make(key: u64, _: usize, _: u32) -> Self {
+        LeafKey(key)
+    }
+    #[inline(always)]
+    fn key(&self, _: u32) -> u64 {
+        self.0
+    }
+    #[inline(always)]
+    fn idx(&self, _: u32) -> usize {
+        0
+    }
+    fn sort_small(v: &mut [Self]) {
+        v.sort_unstable_by_key(|k| k.0);
+    }
+}
+
+/// The sample's leaves by hashing instead of sorting every point, for clouds where many
+/// points share a leaf: per chunk of points (one per thread), quantise blocks of points
+/// and map each leaf key to a dense id through a [`LeafTable`]; then sort only the
+/// distinct keys (all chunks' together) and map ids to ranks. `None` when a chunk's first
+/// points show too few points per leaf for this to beat the sort ([`HASH_CHECKS`]; the
+/// caller then sorts). Needs `3·depth + bits(n) < 64` and n < 2^32.
+fn hash_leaves<T: Coord>(
+    pts: &[T],
+    first: usize,
+    bx: &SampleBox,
+    opts: BuildOptions,
+) -> Option<Result<SampleLeaves>> {
+    let n = pts.len() / 3;
+    let depth = opts.depth as usize;
+    let key_bits = 3 * depth as u32;
+    let chunks = if n <= SERIAL_MAX {
+        1
+    } else {
+        rayon::current_num_threads().max(1)
+    };
+    let chunk = n.div_ceil(chunks).max(1);
+    // a chunk's ids are below its length
+    let id_bits = usize::BITS - chunk.leading_zeros();
+    // SAFETY: every chunk writes the id of each of its points
+    let mut ids: Vec<u32> = unsafe { crate::sort::vec_for_overwrite(n) };
+    let run_chunk = |c: usize, ids: &mut [u32]| -> Option<(ChunkReport, LeafTable)> {
+        let base = c * chunk;
+        let mut table = LeafTable::new(key_bits, id_bits, chunk / 64);
+        let mut report = ChunkReport::default();
+        let mut keys = [LeafKey(0); BLOCK_MAX];
+        let mut seen = 0usize;
+        for block_ids in ids.chunks_mut(BLOCK_MAX) {
+            let m = block_ids.len();
+            let block = &mut keys[..m];
+            let args = QuantiseArgs {
+                pts,
+                base: base + seen,
+                first,
+                bx,
+                depth,
+                idx_bits: 0,
+                shift0: 0,
+                width: 0,
+            };
+            report.merge(quantise_dispatch::<T, LeafKey, 0>(args, block).0);
+            // SAFETY: LeafKey is a transparent u64
+            let block: &[u64] = unsafe { std::slice::from_raw_parts(block.as_ptr().cast(), m) };
+            table.lookup_block(block, block_ids);
+            let before = seen;
+            seen += m;
+            let distinct = table.keys().len();
+            if HASH_CHECKS
+                .iter()
+                .any(|&(at, per_leaf)| before < at && seen >= at && distinct * per_leaf > seen)
+            {
+                return None;
+            }
+        }
+        Some((report, table))
+    };
+    let parts: Vec<(ChunkReport, LeafTable)> = if chunks == 1 {
+        vec![run_chunk(0, &mut ids)?]
+    } else {
+        ids.par_chunks_mut(chunk)
+            .enumerate()
+            .map(|(c, ids)| run_chunk(c, ids))
+            .collect::<Option<Vec<_>>>()?
+    };
+    let mut report = ChunkReport::default();
+    let mut id_base = Vec::with_capacity(parts.len());
+    let mut distinct = 0usize;
+    for (r, t) in &parts {
+        report.merge(*r);
+        id_base.push(distinct);
+        distinct += t.keys().len();
+    }
+    if let Err(e) = report.check(bx, opts) {
+        return Some(Err(e));
+    }
+
+    // every chunk's distinct keys, tagged with a global id (chunk base + id), sorted by key
+    let gid_bits = usize::BITS - distinct.leading_zeros();
+    let mut tagged: Vec<u64> = Vec::with_capacity(distinct);
+    for ((_, t), &b) in parts.iter().zip(&id_base) {
+        tagged.extend(
+            t.keys()
+                .iter()
+                .enumerate()
+                .map(|(id, &k)| (k << gid_bits) | (b + id) as u64),
+        );
+    }
+    drop(parts);
+    crate::sort::radix_sort(&mut tagged, gid_bits, gid_bits + key_bits);
+    // equal keys from different chunks share a rank
+    let mut rank_of = vec![0u32; distinct];
+    let mut leaves: Vec<u64> = Vec::with_capacity(distinct);
+    let gid_mask = (1u64 << gid_bits) - 1;
+    for &t in &tagged {
+        let k = t >> gid_bits;
+        if leaves.last() != Some(&k) {
+            leaves.push(k);
+        }
+        rank_of[(t & gid_mask) as usize] = (leaves.len() - 1) as u32;
+    }
+    drop(tagged);
+
+    // SAFETY: every chunk writes the leaf of each of its points
+    let mut point_leaf: Vec<i64> = unsafe { crate::sort::vec_for_overwrite(n) };
+    let remap = |(c, (out, ids)): (usize, (&mut [i64], &[u32]))| {
+        let ranks = &rank_of[id_base[c]..];
+        for (o, &id) in out.iter_mut().zip(ids) {
+            *o = ranks[id as usize] as i64;
+        }
+    };
+    if chunks == 1 {
+        remap((0, (&mut point_leaf[..], &ids[..])));
+    } else {
+        point_leaf
+            .par_chunks_mut(chunk)
+            .zip(ids.par_chunks(chunk))
+            .enumerate()
+            .for_each(remap);
+    }
+    Some(Ok(SampleLeaves { leaves, point_leaf }))
 }
 
 /// Below this many points everything runs on the calling thread.
@@ -464,7 +633,6 @@ fn build_sample_with<T: Coord, I: Item>(
 ) -> Result<SampleLeaves> {
     let n = pts.len() / 3;
     let depth = opts.depth as usize;
-    let side = (1u64 << depth) as f64;
     let key_bits = 3 * depth as u32;
     // sort bits lo..hi of the radix key; the top digit (hi - tb..hi) is scattered first
     let (lo, hi) = if std::mem::size_of::<I>() == 8 {
@@ -570,19 +738,7 @@ fn build_sample_with<T: Coord, I: Item>(
         total.merge(r);
         hists.push(h);
     }
-    if let Some((index, axis, value)) = total.non_finite {
-        return Err(CoreError::NonFinite { index, axis, value });
-    }
-    if total.outside > 0 && !opts.clip {
-        let bbox_max = [0, 1, 2].map(|a| bx.origin[a] + bx.cell[a] * side);
-        return Err(CoreError::OutOfBounds {
-            count: total.outside,
-            bbox_min: bx.origin,
-            bbox_max,
-            min: total.min,
-            max: total.max,
-        });
-    }
+    total.check(bx, opts)?;
 
     // 2. stable scatter by the top digit (chunk c's items of bucket b go after chunk c-1's)
     let mut starts = vec![0usize; nb + 1];
@@ -1567,7 +1723,7 @@ fn assemble_batch(samples: Vec<SampleLeaves>, offsets: &[usize], opts: BuildOpti
     }
 }
 
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct ChunkReport {
     non_finite: Option<(usize, usize, f64)>,
     outside: usize,
@@ -1587,6 +1743,25 @@ impl ChunkReport {
             }
         }
         self.outside += 1;
+    }
+    /// The sample's error, if its points had one: the first non-finite coordinate, else
+    /// the points outside the box (unless clipping).
+    fn check(&self, bx: &SampleBox, opts: BuildOptions) -> Result<()> {
+        if let Some((index, axis, value)) = self.non_finite {
+            return Err(CoreError::NonFinite { index, axis, value });
+        }
+        if self.outside > 0 && !opts.clip {
+            let side = (1u64 << opts.depth) as f64;
+            let bbox_max = [0, 1, 2].map(|a| bx.origin[a] + bx.cell[a] * side);
+            return Err(CoreError::OutOfBounds {
+                count: self.outside,
+                bbox_min: bx.origin,
+                bbox_max,
+                min: self.min,
+                max: self.max,
+            });
+        }
+        Ok(())
     }
     fn merge(&mut self, o: ChunkReport) {
         if self.non_finite.is_none() {
@@ -2041,13 +2216,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn wide_digit_lsd_build_matches_oracle() {
-        // ≥ 2^19 points at depth 10: 2 LSD passes of 15-bit digits at 1 thread; at 2 threads
-        // the parallel top-digit path, which must give the same tree
-        let mut rnd = crate::testing::unit(0x6a09e667f3bcc909u64);
-        let n = LSD_SERIAL_MAX + 1000;
-        // a walk (coherent order, like a scan) with jumps
+    /// `n` points of a random walk in (-0.99, 0.99)³ with steps up to `step / 2` per axis
+    /// and a jump every 5000 points: coherent order and dense surfaces, like a scan.
+    fn walk(n: usize, step: f64, seed: u64) -> Vec<f32> {
+        let mut rnd = crate::testing::unit(seed);
         let mut p = [0.0f64; 3];
         let mut pts = Vec::with_capacity(3 * n);
         for i in 0..n {
@@ -2055,12 +2227,87 @@ mod tests {
                 *v = if i % 5000 == 0 {
                     rnd() * 1.9 - 0.95
                 } else {
-                    (*v + (rnd() - 0.5) * 0.01).clamp(-0.99, 0.99)
+                    (*v + (rnd() - 0.5) * step).clamp(-0.99, 0.99)
                 };
                 pts.push(*v as f32);
             }
         }
+        pts
+    }
+
+    #[test]
+    fn wide_digit_lsd_build_matches_oracle() {
+        // ≥ 2^19 points at depth 10: 2 LSD passes of 15-bit digits at 1 thread; at 2 threads
+        // the parallel top-digit path, which must give the same tree (the walk's ~1.3 points
+        // per leaf are too few for the hash build, which gives up)
+        let pts = walk(LSD_SERIAL_MAX + 1000, 0.01, 0x6a09e667f3bcc909);
+        assert!(hash_leaves(&pts, 0, &cube(10), opts(10)).is_none());
         same_tree_at_thread_counts_and_oracle(&pts, 10, &[1, 2]);
+    }
+
+    #[test]
+    fn hash_build_equals_sort_build() {
+        // a dense walk: ~50 points per leaf at depth 7 down to ~2 at depth 11
+        let pts = walk(150_000, 0.002, 0xbb67ae8584caa73b);
+        let n = pts.len() / 3;
+        let idx_bits = usize::BITS - (n - 1).leading_zeros();
+        let mut hashed_depths = Vec::new();
+        for depth in [3u8, 7, 9, 10, 11] {
+            let sorted =
+                build_sample_with::<f32, u64>(&pts, 0, &cube(depth), opts(depth), idx_bits)
+                    .unwrap();
+            let ratio = n / sorted.leaves.len();
+            for threads in [1, 2] {
+                let hashed = crate::testing::with_threads(threads, || {
+                    hash_leaves(&pts, 0, &cube(depth), opts(depth))
+                });
+                match hashed {
+                    Some(h) => {
+                        let h = h.unwrap();
+                        assert_eq!(h.leaves, sorted.leaves, "depth {depth}, {threads} threads");
+                        assert_eq!(h.point_leaf, sorted.point_leaf, "depth {depth}");
+                        hashed_depths.push(depth);
+                    }
+                    // giving up is only allowed where points per leaf are few
+                    None => assert!(ratio < 2 * HASH_CHECKS[1].1, "depth {depth}: {ratio}"),
+                }
+            }
+            // the public entry point, whichever build it picks, gives the same tree
+            let t = build_octree(&pts, &[0, n], &[cube(depth)], opts(depth)).unwrap();
+            assert_eq!(t.point_leaf, sorted.point_leaf);
+        }
+        assert!(hashed_depths.contains(&9) && hashed_depths.contains(&3));
+
+        // errors: the same first non-finite point, and the same count and extent outside
+        let mut bad = pts.clone();
+        bad[3 * 100_000 + 1] = 1.5;
+        bad[3 * 120_000 + 2] = -3.0;
+        let (d, bx) = (7, cube(7));
+        let want = build_sample_with::<f32, u64>(&bad, 5, &bx, opts(d), idx_bits).err();
+        for threads in [1, 2] {
+            let got = crate::testing::with_threads(threads, || {
+                hash_leaves(&bad, 5, &bx, opts(d)).unwrap().err()
+            });
+            assert!(matches!(got, Some(CoreError::OutOfBounds { count: 2, .. })));
+            assert_eq!(format!("{got:?}"), format!("{want:?}"));
+        }
+        bad[3 * 130_000] = f32::NAN;
+        bad[3 * 140_000 + 1] = f32::INFINITY;
+        let want = build_sample_with::<f32, u64>(&bad, 5, &bx, opts(d), idx_bits).err();
+        for threads in [1, 2] {
+            let got = crate::testing::with_threads(threads, || {
+                hash_leaves(&bad, 5, &bx, opts(d)).unwrap().err()
+            });
+            assert!(matches!(
+                got,
+                Some(CoreError::NonFinite {
+                    index: 130_005,
+                    axis: 0,
+                    ..
+                })
+            ));
+            assert_eq!(format!("{got:?}"), format!("{want:?}"));
+        }
     }
 
     #[test]
