@@ -1,8 +1,10 @@
 //! Octree construction from points, bit-compatible with ocnn's `Octree.build_octree`.
 //!
 //! Per sample: quantise points into the sample's box, Morton-encode, radix-sort,
-//! collapse runs into non-empty leaves, then walk up the levels giving every split
-//! node all 8 children (empty ones included, exactly as ocnn). Levels `0..=full_depth`
+//! collapse runs into non-empty leaves (or, for large clouds with many points per leaf,
+//! dedup leaf keys through a hash table and sort only the distinct ones: [`hash_leaves`]),
+//! then walk up the levels giving every split node all 8 children (empty ones included,
+//! exactly as ocnn). Levels `0..=full_depth`
 //! are dense. Samples are built independently and concatenated (flat batching).
 
 use crate::error::{CoreError, Result};
