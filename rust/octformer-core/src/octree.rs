@@ -446,10 +446,12 @@ fn build_sample<T: Coord>(
     } else {
         usize::BITS - (n - 1).leading_zeros()
     };
-    if key_bits + idx_bits < 64 && n >= HASH_MIN && n <= u32::MAX as usize {
-        if let Some(built) = hash_leaves(pts, first, bx, opts) {
-            return built;
-        }
+    if key_bits + idx_bits < 64
+        && n >= HASH_MIN
+        && n <= u32::MAX as usize
+        && let Some(built) = hash_leaves(pts, first, bx, opts)
+    {
+        return built;
     }
     if key_bits + idx_bits <= 64 {
         build_sample_with::<T, u64>(pts, first, bx, opts, idx_bits)
