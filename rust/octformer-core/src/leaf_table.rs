@@ -62,6 +62,7 @@ impl LeafTable {
         if 2 * keys > LANES * self.buckets.len() {
             self.resize((4 * keys).div_ceil(LANES));
         }
+        self.keys.reserve(extra);
     }
 
     /// Rebuild with at least `buckets` buckets (rounded up to a power of two).
@@ -132,13 +133,31 @@ impl LeafTable {
             *id = if hit != 0 {
                 (lanes[hit.trailing_zeros() as usize] & id_mask) as u32
             } else {
-                self.find_or_insert_cold(key, b)
+                let free = if AVX2 {
+                    // SAFETY: as above
+                    unsafe { bucket_free_avx2(lanes) }
+                } else {
+                    bucket_free(lanes)
+                };
+                if free != 0 {
+                    // a free slot at home: the key was never stored (a key goes to the
+                    // first free slot from its home bucket on, and slots are never freed)
+                    let new = self.keys.len() as u64;
+                    debug_assert!(new < 1 << id_bits);
+                    self.keys.push(key);
+                    // SAFETY: b < buckets.len() as above
+                    let slot = unsafe { self.buckets.get_unchecked_mut(b) };
+                    slot.0[free.trailing_zeros() as usize] = (key << id_bits) | new;
+                    new as u32
+                } else {
+                    self.find_or_insert_cold(key, b)
+                }
             };
         }
     }
 
-    /// The id of `key`, not in its home bucket `b`: look on, inserting it (with the next
-    /// id) at the first free slot if absent.
+    /// The id of `key`, not in its home bucket `b`, which is full: look on, inserting it
+    /// (with the next id) at the first free slot if absent.
     #[cold]
     #[inline(never)]
     fn find_or_insert_cold(&mut self, key: u64, mut b: usize) -> u32 {
@@ -170,6 +189,38 @@ fn bucket_matches(lanes: &[u64; LANES], key: u64, id_bits: u32) -> u32 {
         hit |= ((s >> id_bits == key) as u32) << l;
     }
     hit
+}
+
+/// Bit l set where slot l of the bucket is free.
+#[inline(always)]
+fn bucket_free(lanes: &[u64; LANES]) -> u32 {
+    let mut free = 0u32;
+    for (l, &s) in lanes.iter().enumerate() {
+        free |= ((s == EMPTY) as u32) << l;
+    }
+    free
+}
+
+/// [`bucket_free`] in two AVX2 compares.
+///
+/// # Safety
+/// AVX2 must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn bucket_free_avx2(lanes: &[u64; LANES]) -> u32 {
+    use std::arch::x86_64::*;
+    let e = _mm256_set1_epi64x(EMPTY as i64);
+    let p = lanes.as_ptr() as *const __m256i;
+    // SAFETY: a bucket is 64 bytes, 64-byte aligned: two aligned 32-byte loads
+    let (lo, hi) = unsafe { (_mm256_load_si256(p), _mm256_load_si256(p.add(1))) };
+    let m = |v: __m256i| _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpeq_epi64(v, e))) as u32;
+    m(lo) | (m(hi) << 4)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn bucket_free_avx2(lanes: &[u64; LANES]) -> u32 {
+    bucket_free(lanes)
 }
 
 /// [`bucket_matches`] in two AVX2 compares (the compiler's own vectorisation of it mixed
