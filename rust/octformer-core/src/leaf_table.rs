@@ -70,17 +70,43 @@ impl LeafTable {
         let log = usize::BITS - (buckets.max(2) - 1).leading_zeros();
         self.buckets = vec![Bucket([EMPTY; LANES]); 1 << log];
         self.hash_shift = 64 - log;
-        let mask = self.buckets.len() - 1;
-        for (id, &key) in self.keys.iter().enumerate() {
-            let mut b = (key.wrapping_mul(FIB) >> self.hash_shift) as usize;
-            loop {
-                if let Some(s) = self.buckets[b].0.iter_mut().find(|s| **s == EMPTY) {
-                    *s = (key << self.id_bits) | id as u64;
-                    break;
-                }
-                b = (b + 1) & mask;
-            }
+        for id in 0..self.keys.len() {
+            let key = self.keys[id];
+            // keys are distinct: the probe always ends at a free slot
+            let (b, l, _) = self.probe(key, self.home(key));
+            self.buckets[b].0[l] = (key << self.id_bits) | id as u64;
         }
+    }
+
+    /// The bucket `key` hashes to.
+    #[inline(always)]
+    fn home(&self, key: u64) -> usize {
+        (key.wrapping_mul(FIB) >> self.hash_shift) as usize
+    }
+
+    /// Looking from bucket `b` on: (bucket, lane, true) where `key` is stored, else
+    /// (bucket, lane, false) of the first free slot, where it belongs.
+    #[inline(always)]
+    fn probe(&self, key: u64, mut b: usize) -> (usize, usize, bool) {
+        let mask = self.buckets.len() - 1;
+        loop {
+            for (l, &s) in self.buckets[b].0.iter().enumerate() {
+                if s == EMPTY || s >> self.id_bits == key {
+                    return (b, l, s != EMPTY);
+                }
+            }
+            b = (b + 1) & mask;
+        }
+    }
+
+    /// Store `key` with the next id in the free slot (`b`, `l`); its id.
+    #[inline(always)]
+    fn insert_at(&mut self, b: usize, l: usize, key: u64) -> u32 {
+        let id = self.keys.len() as u64;
+        debug_assert!(id < 1 << self.id_bits && self.buckets[b].0[l] == EMPTY);
+        self.buckets[b].0[l] = (key << self.id_bits) | id;
+        self.keys.push(key);
+        id as u32
     }
 
     /// `ids[i]` = the id of `keys[i]`, inserting keys not seen before (`keys.len()` ≤
@@ -111,7 +137,7 @@ impl LeafTable {
     fn lookup_block_with<const AVX2: bool>(&mut self, keys: &[u64], ids: &mut [u32]) {
         let mut home = [0u32; BLOCK_MAX];
         for (h, &k) in home.iter_mut().zip(keys) {
-            *h = (k.wrapping_mul(FIB) >> self.hash_shift) as u32;
+            *h = self.home(k) as u32;
         }
         let nb = self.buckets.len();
         let id_bits = self.id_bits;
@@ -142,13 +168,7 @@ impl LeafTable {
                 if free != 0 {
                     // a free slot at home: the key was never stored (a key goes to the
                     // first free slot from its home bucket on, and slots are never freed)
-                    let new = self.keys.len() as u64;
-                    debug_assert!(new < 1 << id_bits);
-                    self.keys.push(key);
-                    // SAFETY: b < buckets.len() as above
-                    let slot = unsafe { self.buckets.get_unchecked_mut(b) };
-                    slot.0[free.trailing_zeros() as usize] = (key << id_bits) | new;
-                    new as u32
+                    self.insert_at(b, free.trailing_zeros() as usize, key)
                 } else {
                     self.find_or_insert_cold(key, b)
                 }
@@ -160,22 +180,10 @@ impl LeafTable {
     /// (with the next id) at the first free slot if absent.
     #[cold]
     #[inline(never)]
-    fn find_or_insert_cold(&mut self, key: u64, mut b: usize) -> u32 {
-        let mask = self.buckets.len() - 1;
-        loop {
-            for s in self.buckets[b].0.iter_mut() {
-                if *s == EMPTY {
-                    let id = self.keys.len() as u64;
-                    debug_assert!(id < 1 << self.id_bits);
-                    *s = (key << self.id_bits) | id;
-                    self.keys.push(key);
-                    return id as u32;
-                }
-                if *s >> self.id_bits == key {
-                    return (*s & ((1u64 << self.id_bits) - 1)) as u32;
-                }
-            }
-            b = (b + 1) & mask;
+    fn find_or_insert_cold(&mut self, key: u64, b: usize) -> u32 {
+        match self.probe(key, b) {
+            (b, l, true) => (self.buckets[b].0[l] & ((1u64 << self.id_bits) - 1)) as u32,
+            (b, l, false) => self.insert_at(b, l, key),
         }
     }
 }

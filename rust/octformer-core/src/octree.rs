@@ -4,8 +4,8 @@
 //! collapse runs into non-empty leaves (or, for large clouds with many points per leaf,
 //! dedup leaf keys through a hash table and sort only the distinct ones: [`hash_leaves`]),
 //! then walk up the levels giving every split node all 8 children (empty ones included,
-//! exactly as ocnn). Levels `0..=full_depth`
-//! are dense. Samples are built independently and concatenated (flat batching).
+//! exactly as ocnn). Levels `0..=full_depth` are dense. Samples are built independently
+//! and concatenated (flat batching).
 
 use crate::error::{CoreError, Result};
 use crate::leaf_table::{BLOCK_MAX, LeafTable};
