@@ -28,11 +28,11 @@ macro_rules! on_points {
         match &$points {
             Points::F32(p) => {
                 let $s = points_slice(p)?;
-                $py.detach(|| threads::install_for($threads, $s.len() / 3, || guarded(|| $body)))??
+                $py.detach(|| threads::install_for($threads, $s.len() / 3, threads::SMALL_BUILD, || guarded(|| $body)))??
             }
             Points::F64(p) => {
                 let $s = points_slice(p)?;
-                $py.detach(|| threads::install_for($threads, $s.len() / 3, || guarded(|| $body)))??
+                $py.detach(|| threads::install_for($threads, $s.len() / 3, threads::SMALL_BUILD, || guarded(|| $body)))??
             }
         }
     };
@@ -268,7 +268,7 @@ fn single_native<T: octformer_core::octree::Coord + numpy::Element>(
         return Ok(None);
     };
     py.detach(|| {
-        threads::install_for(num_threads, s.len() / 3, || {
+        threads::install_for(num_threads, s.len() / 3, threads::SMALL_BUILD, || {
             guarded(|| single_tree(s, explicit, side, opts))
         })
     })?
@@ -349,7 +349,7 @@ pub fn average_leaf_values<'py>(
     }
     let v = c_slice2(&values, "values")?;
     let out = py.detach(|| {
-        threads::install_for(num_threads, leaf.len(), || {
+        threads::install_for(num_threads, leaf.len(), threads::SMALL_BUILD, || {
             guarded(|| average_per_leaf(v, c, leaf, num_leaves, normalize))
         })
     })??;
@@ -434,7 +434,7 @@ pub fn neighbors_step<'py>(
     let pc = slice1(&parent_children, "parent_children")?;
     let c = slice1(&children, "children")?;
     let table = py.detach(|| {
-        threads::install_for(num_threads, c.len(), || {
+        threads::install_for(num_threads, c.len(), threads::SMALL_STEP, || {
             guarded(|| octformer_core::neighbors::step(parent, pc, c, rows_all, entries_all))
         })
     })??;
