@@ -28,11 +28,19 @@ macro_rules! on_points {
         match &$points {
             Points::F32(p) => {
                 let $s = points_slice(p)?;
-                $py.detach(|| threads::install_for($threads, $s.len() / 3, threads::SMALL_BUILD, || guarded(|| $body)))??
+                $py.detach(|| {
+                    threads::install_for($threads, $s.len() / 3, threads::SMALL_BUILD, || {
+                        guarded(|| $body)
+                    })
+                })??
             }
             Points::F64(p) => {
                 let $s = points_slice(p)?;
-                $py.detach(|| threads::install_for($threads, $s.len() / 3, threads::SMALL_BUILD, || guarded(|| $body)))??
+                $py.detach(|| {
+                    threads::install_for($threads, $s.len() / 3, threads::SMALL_BUILD, || {
+                        guarded(|| $body)
+                    })
+                })??
             }
         }
     };
