@@ -432,9 +432,11 @@ fn step_with(
     Ok(out)
 }
 
-/// AVX-512 rows of [`step`] for non-empty tables: a parent's 27 neighbour ranks sit in two
-/// vector registers, each child's 27 entries are a permutation of them (the LUTs) turned
-/// into addresses and gathered from `children` in two masked 16-lane gathers.
+/// AVX-512 rows of [`step`]. Non-empty tables: a child's 27 entries are picked by permutes
+/// out of the 8-entry child groups of the 8 parent-level neighbours around its corner, each
+/// loaded whole (no gathers). All-node tables: a parent's 27 neighbour ranks sit in two
+/// registers and each child's entries are a permutation of them (the LUTs), turned into
+/// all-node indices.
 mod simd {
     /// Whether this CPU runs [`nonempty_rows`] (AVX-512F).
     pub fn available() -> bool {
@@ -476,12 +478,49 @@ mod simd {
             (p, c)
         }
 
+        /// Per child slot c: the 8 parent-level neighbour slots around c's corner of the
+        /// parent (index 4i + 2j + k for steps i, j, k in 0..2 from the low corner), and for
+        /// each of c's 27 entries its place in those 8 parents' child groups laid end to end
+        /// (8 × corner index + child slot), in 32 lanes (the last 5 unused).
+        static CORNERS: ([[u8; 8]; 8], [[i32; 32]; 8]) = corners();
+
+        const fn corners() -> ([[u8; 8]; 8], [[i32; 32]; 8]) {
+            let mut slots = [[0u8; 8]; 8];
+            let mut place = [[0i32; 32]; 8];
+            let mut c = 0;
+            while c < 8 {
+                let s = [(c >> 2) & 1, (c >> 1) & 1, c & 1];
+                let mut m = 0;
+                while m < 8 {
+                    let step = [(m >> 2) & 1, (m >> 1) & 1, m & 1];
+                    slots[c][m] =
+                        ((s[0] + step[0]) * 9 + (s[1] + step[1]) * 3 + s[2] + step[2]) as u8;
+                    m += 1;
+                }
+                let mut o = 0;
+                while o < 27 {
+                    // the neighbour's parent slot, as steps from the corner's low parent
+                    let p = LUTS.0[c][o] as usize;
+                    let m = (p / 9 - s[0]) * 4 + ((p / 3) % 3 - s[1]) * 2 + (p % 3 - s[2]);
+                    place[c][o] = (8 * m + LUTS.1[c][o] as usize) as i32;
+                    o += 1;
+                }
+                c += 1;
+            }
+            (slots, place)
+        }
+
+        /// Child group read for a parent-level neighbour that is absent.
+        static ABSENT: [i32; 8] = [-1; 8];
+
         /// Rows for the non-empty children of the parents whose table rows are `prows`
         /// (27 each) and child entries `pchildren` (8 each), the first written at row
-        /// `first_row` of `out`; `children` is the whole level (gather source). Returns
-        /// (a parent entry was outside -1..limit-1, a child rank differed from its row):
-        /// the caller reports either. Bad entries read as -1, so nothing is read out of
-        /// bounds.
+        /// `first_row` of `out`; `children` is the whole level. A child's 27 neighbours are
+        /// children of the 8 parent-level neighbours around its corner: their 8-entry child
+        /// groups are loaded whole (64 values in four registers) and the row is picked out
+        /// of them by permutes, no gathers. Returns (a parent entry was outside
+        /// -1..limit-1, a child rank differed from its row): the caller reports either.
+        /// Bad entries read as -1, so nothing is read out of bounds.
         ///
         /// # Safety
         /// The CPU has AVX-512F; `out` holds the rows first_row.. first_row + (non-empty
@@ -496,32 +535,58 @@ mod simd {
             out: *mut i32,
         ) -> (bool, bool) {
             let tail: __mmask16 = (1 << 11) - 1;
-            let minus1 = _mm512_set1_epi32(-1);
+            let high = _mm512_set1_epi32(32);
+            let (corner_slots, places) = &CORNERS;
             let mut bad_entries: __mmask16 = 0;
             let mut bad_rank = false;
             let mut row = first_row;
             for (prow, pc) in prows.chunks_exact(27).zip(pchildren.chunks_exact(8)) {
-                // SAFETY: 27 values per row (chunks_exact); below, out has room for this
-                // task's rows (caller)
-                let (a, b, bad_here) = unsafe { parent_row(prow, limit) };
+                // SAFETY: 27 values per row (chunks_exact)
+                let (_, _, bad_here) = unsafe { parent_row(prow, limit) };
                 bad_entries |= bad_here;
-                for (c, &rank) in pc.iter().enumerate() {
-                    if rank < 0 {
-                        continue;
-                    }
-                    bad_rank |= rank as usize != row;
+                // the child group of the parent-level neighbour in slot `o`: ABSENT for -1
+                // and for bad entries (as u32, both are >= limit), so nothing is read out
+                // of bounds
+                let group = |o: u8| -> __m256i {
+                    let v = prow[o as usize];
+                    let src = if v as u32 >= limit {
+                        ABSENT.as_ptr()
+                    } else {
+                        // SAFETY: 0 <= v < limit, so 8v + 7 < children.len()
+                        unsafe { children.as_ptr().add(8 * v as usize) }
+                    };
+                    // SAFETY: src points at 8 readable values
+                    unsafe { _mm256_loadu_si256(src as *const __m256i) }
+                };
+                let mut nonempty = pc
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |m, (c, &r)| m | (((r >= 0) as u32) << c));
+                while nonempty != 0 {
+                    let c = nonempty.trailing_zeros() as usize;
+                    nonempty &= nonempty - 1;
+                    bad_rank |= pc[c] as usize != row;
+                    let slots = &corner_slots[c];
+                    let pair = |m: usize| {
+                        _mm512_inserti64x4::<1>(
+                            _mm512_castsi256_si512(group(slots[m])),
+                            group(slots[m + 1]),
+                        )
+                    };
+                    let (g01, g23, g45, g67) = (pair(0), pair(2), pair(4), pair(6));
+                    // SAFETY: row < first_row + this task's non-empty children (caller)
                     let dst = unsafe { out.add(row * 27) };
                     for half in 0..2 {
                         let lanes: __mmask16 = if half == 0 { 0xffff } else { tail };
-                        // neighbour rank per entry (-1 absent), then its child's address
-                        // SAFETY: AVX-512F (this function's own requirement)
-                        let (v, ic) = unsafe { child_half(a, b, c, half) };
-                        let present = _mm512_cmpge_epi32_mask(v, _mm512_setzero_si512()) & lanes;
-                        let at = _mm512_add_epi32(_mm512_slli_epi32::<3>(v), ic);
-                        // SAFETY: gathered lanes have 0 <= v < limit, so 8v + slot < children.len()
-                        let e = unsafe {
-                            _mm512_mask_i32gather_epi32::<4>(minus1, present, at, children.as_ptr())
+                        // SAFETY: each places row holds 32 lanes, 16 half + 16 <= 32
+                        let at = unsafe {
+                            _mm512_loadu_si512(places[c].as_ptr().add(16 * half) as *const __m512i)
                         };
+                        let low = _mm512_permutex2var_epi32(g01, at, g23);
+                        let upper = _mm512_permutex2var_epi32(g45, at, g67);
+                        let e =
+                            _mm512_mask_blend_epi32(_mm512_test_epi32_mask(at, high), low, upper);
+                        // SAFETY: lanes of this row only
                         unsafe { _mm512_mask_storeu_epi32(dst.add(16 * half), lanes, e) };
                     }
                     row += 1;
