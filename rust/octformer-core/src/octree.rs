@@ -522,6 +522,9 @@ fn hash_leaves<T: Coord>(
     let id_bits = usize::BITS - chunk.leading_zeros();
     // SAFETY: every chunk writes the id of each of its points
     let mut ids: Vec<u32> = unsafe { crate::sort::vec_for_overwrite(n) };
+    // set by the first chunk that gives up: the others stop at their next block instead of
+    // hashing the rest of their points for nothing (the sort runs either way)
+    let gave_up = std::sync::atomic::AtomicBool::new(false);
     let run_chunk = |c: usize, ids: &mut [u32]| -> Option<(ChunkReport, LeafTable)> {
         let base = c * chunk;
         let mut table = LeafTable::new(key_bits, id_bits, chunk / 64);
@@ -529,6 +532,9 @@ fn hash_leaves<T: Coord>(
         let mut keys = [LeafKey(0); BLOCK_MAX];
         let mut seen = 0usize;
         for block_ids in ids.chunks_mut(BLOCK_MAX) {
+            if gave_up.load(std::sync::atomic::Ordering::Relaxed) {
+                return None;
+            }
             let m = block_ids.len();
             let block = &mut keys[..m];
             let args = QuantiseArgs {
@@ -552,6 +558,7 @@ fn hash_leaves<T: Coord>(
                 .iter()
                 .any(|&(at, per_leaf)| before < at && seen >= at && distinct * per_leaf > seen)
             {
+                gave_up.store(true, std::sync::atomic::Ordering::Relaxed);
                 return None;
             }
         }
