@@ -17,6 +17,8 @@ mod leaf_table;
 pub mod lzf;
 mod mem;
 pub mod morton;
+#[cfg(target_arch = "x86_64")]
+mod morton_avx512;
 pub mod neighbors;
 pub mod octree;
 pub mod omnitree;
