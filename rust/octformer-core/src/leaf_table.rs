@@ -15,6 +15,10 @@ const PREFETCH_AHEAD: usize = 16;
 const LANES: usize = 8;
 /// Fewest buckets a table starts with.
 const MIN_BUCKETS: usize = 1 << 9;
+/// Which bucket compare [`LeafTable::lookup_block_with`] is compiled with.
+const PORTABLE: u8 = 0;
+const AVX2: u8 = 1;
+const AVX512: u8 = 2;
 
 /// One cache line of slots.
 #[derive(Clone, Copy)]
@@ -115,11 +119,27 @@ impl LeafTable {
         assert!(keys.len() <= BLOCK_MAX && ids.len() == keys.len());
         self.reserve(keys.len());
         #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq") {
+            // SAFETY: AVX-512F and DQ detected
+            return unsafe { self.lookup_block_avx512(keys, ids) };
+        }
+        #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 detected
             return unsafe { self.lookup_block_avx2(keys, ids) };
         }
-        self.lookup_block_with::<false>(keys, ids)
+        self.lookup_block_with::<PORTABLE>(keys, ids)
+    }
+
+    /// [`Self::lookup_block_with`] compiled for AVX-512: a bucket is one register, compared
+    /// into a mask in one instruction, and the hashes use 64-bit vector multiplies.
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512DQ must be available.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe fn lookup_block_avx512(&mut self, keys: &[u64], ids: &mut [u32]) {
+        self.lookup_block_with::<AVX512>(keys, ids)
     }
 
     /// [`Self::lookup_block_with`] compiled for AVX2, comparing a bucket in vector registers.
@@ -129,12 +149,13 @@ impl LeafTable {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn lookup_block_avx2(&mut self, keys: &[u64], ids: &mut [u32]) {
-        self.lookup_block_with::<true>(keys, ids)
+        self.lookup_block_with::<AVX2>(keys, ids)
     }
 
-    /// The lookups, with room reserved; `AVX2` only where the CPU has it.
+    /// The lookups, with room reserved; `SIMD` ([`PORTABLE`], [`AVX2`] or [`AVX512`]) only
+    /// where the CPU has it.
     #[inline(always)]
-    fn lookup_block_with<const AVX2: bool>(&mut self, keys: &[u64], ids: &mut [u32]) {
+    fn lookup_block_with<const SIMD: u8>(&mut self, keys: &[u64], ids: &mut [u32]) {
         let mut home = [0u32; BLOCK_MAX];
         for (h, &k) in home.iter_mut().zip(keys) {
             *h = self.home(k) as u32;
@@ -149,21 +170,21 @@ impl LeafTable {
             let b = home[i] as usize;
             // SAFETY: b < 2^(64 − hash_shift) = buckets.len()
             let lanes = unsafe { &self.buckets.get_unchecked(b).0 };
-            let hit = if AVX2 {
-                // SAFETY: AVX2 is only set by lookup_block_avx2 (AVX2 detected)
-                unsafe { bucket_matches_avx2(lanes, key, id_bits) }
-            } else {
-                bucket_matches(lanes, key, id_bits)
+            // SAFETY (both): SIMD is only AVX2 / AVX512 in the functions compiled for them
+            let hit = match SIMD {
+                AVX512 => unsafe { bucket_matches_avx512(lanes, key, id_bits) },
+                AVX2 => unsafe { bucket_matches_avx2(lanes, key, id_bits) },
+                _ => bucket_matches(lanes, key, id_bits),
             };
             // a hit in the home bucket is the common, well-predicted case
             *id = if hit != 0 {
                 (lanes[hit.trailing_zeros() as usize] & id_mask) as u32
             } else {
-                let free = if AVX2 {
-                    // SAFETY: as above
-                    unsafe { bucket_free_avx2(lanes) }
-                } else {
-                    bucket_free(lanes)
+                // SAFETY: as above
+                let free = match SIMD {
+                    AVX512 => unsafe { bucket_free_avx512(lanes) },
+                    AVX2 => unsafe { bucket_free_avx2(lanes) },
+                    _ => bucket_free(lanes),
                 };
                 if free != 0 {
                     // a free slot at home: the key was never stored (a key goes to the
@@ -253,6 +274,45 @@ unsafe fn bucket_matches_avx2(lanes: &[u64; LANES], key: u64, id_bits: u32) -> u
     m(lo) | (m(hi) << 4)
 }
 
+/// [`bucket_matches`] in one AVX-512 compare.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn bucket_matches_avx512(lanes: &[u64; LANES], key: u64, id_bits: u32) -> u32 {
+    use std::arch::x86_64::*;
+    // SAFETY: a bucket is 64 bytes, 64-byte aligned: one aligned load
+    let v = unsafe { _mm512_load_si512(lanes.as_ptr() as *const __m512i) };
+    let shifted = _mm512_srl_epi64(v, _mm_cvtsi32_si128(id_bits as i32));
+    _mm512_cmpeq_epi64_mask(shifted, _mm512_set1_epi64(key as i64)) as u32
+}
+
+/// [`bucket_free`] in one AVX-512 compare.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn bucket_free_avx512(lanes: &[u64; LANES]) -> u32 {
+    use std::arch::x86_64::*;
+    // SAFETY: as in bucket_matches_avx512
+    let v = unsafe { _mm512_load_si512(lanes.as_ptr() as *const __m512i) };
+    _mm512_cmpeq_epi64_mask(v, _mm512_set1_epi64(EMPTY as i64)) as u32
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn bucket_matches_avx512(lanes: &[u64; LANES], key: u64, id_bits: u32) -> u32 {
+    bucket_matches(lanes, key, id_bits)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn bucket_free_avx512(lanes: &[u64; LANES]) -> u32 {
+    bucket_free(lanes)
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn bucket_matches_avx2(lanes: &[u64; LANES], key: u64, id_bits: u32) -> u32 {
     bucket_matches(lanes, key, id_bits)
@@ -280,24 +340,42 @@ mod tests {
         (ids, distinct)
     }
 
-    /// Ids by the table (AVX2 or portable compare), fed in blocks of `block` keys.
+    /// Ids by the table with the bucket compare `simd` (None where this CPU lacks it), fed
+    /// in blocks of `block` keys.
     fn table_ids(
         keys: &[u64],
         key_bits: u32,
         block: usize,
-        portable: bool,
-    ) -> (Vec<u32>, Vec<u64>) {
+        simd: u8,
+    ) -> Option<(Vec<u32>, Vec<u64>)> {
+        #[cfg(target_arch = "x86_64")]
+        let available = match simd {
+            AVX512 => {
+                std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512dq")
+            }
+            AVX2 => std::is_x86_feature_detected!("avx2"),
+            _ => true,
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let available = simd == PORTABLE;
+        if !available {
+            return None;
+        }
         let mut t = LeafTable::new(key_bits, 20, 0);
         let mut ids = vec![0u32; keys.len()];
         for (k, i) in keys.chunks(block).zip(ids.chunks_mut(block)) {
-            if portable {
-                t.reserve(k.len());
-                t.lookup_block_with::<false>(k, i);
-            } else {
-                t.lookup_block(k, i);
+            t.reserve(k.len());
+            match simd {
+                // SAFETY (both): availability checked above
+                #[cfg(target_arch = "x86_64")]
+                AVX512 => unsafe { t.lookup_block_avx512(k, i) },
+                #[cfg(target_arch = "x86_64")]
+                AVX2 => unsafe { t.lookup_block_avx2(k, i) },
+                _ => t.lookup_block_with::<PORTABLE>(k, i),
             }
         }
-        (ids, t.keys().to_vec())
+        Some((ids, t.keys().to_vec()))
     }
 
     proptest! {
@@ -310,8 +388,11 @@ mod tests {
             // few distinct keys (many repeats, runs) up to all distinct
             let keys: Vec<u64> = raw.iter().map(|&r| r % spread * 7919 % (1 << 30)).collect();
             let want = oracle(&keys);
-            prop_assert_eq!(&table_ids(&keys, 30, block, false), &want);
-            prop_assert_eq!(&table_ids(&keys, 30, block, true), &want);
+            for simd in [PORTABLE, AVX2, AVX512] {
+                if let Some(got) = table_ids(&keys, 30, block, simd) {
+                    prop_assert_eq!(&got, &want, "simd {}", simd);
+                }
+            }
         }
     }
 
@@ -330,7 +411,10 @@ mod tests {
             })
             .collect();
         let want = oracle(&keys);
-        assert_eq!(table_ids(&keys, key_bits, BLOCK_MAX, false), want);
-        assert_eq!(table_ids(&keys, key_bits, BLOCK_MAX, true), want);
+        for simd in [PORTABLE, AVX2, AVX512] {
+            if let Some(got) = table_ids(&keys, key_bits, BLOCK_MAX, simd) {
+                assert_eq!(got, want, "simd {simd}");
+            }
+        }
     }
 }
