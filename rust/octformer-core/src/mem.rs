@@ -27,6 +27,15 @@ pub(crate) fn prefetch<T>(p: *const T, i: usize, n: usize) {
     let _ = (p, i, n);
 }
 
+/// [`prefetch`] for elements `lo..hi` (clamped to `n`): one hint per 64-byte line.
+#[inline(always)]
+pub(crate) fn prefetch_lines<T>(p: *const T, lo: usize, hi: usize, n: usize) {
+    let step = (64 / std::mem::size_of::<T>().max(1)).max(1);
+    for i in (lo..hi.min(n)).step_by(step) {
+        prefetch(p, i, n);
+    }
+}
+
 /// Outputs at least this large ask the kernel for transparent huge pages.
 const HUGE_MIN_BYTES: usize = 4 << 20;
 

@@ -550,6 +550,10 @@ fn hash_leaves<T: Coord>(
             report.merge(quantise_keys(args, block));
             // SAFETY: LeafKey is a transparent u64
             let block: &[u64] = unsafe { std::slice::from_raw_parts(block.as_ptr().cast(), m) };
+            // the next block's points are fetched while this block is looked up (the
+            // hardware prefetcher stops following them while the lookups run)
+            let next = (base + seen + m) * 3;
+            crate::mem::prefetch_lines(pts.as_ptr(), next, next + 3 * m, pts.len());
             table.lookup_block(block, block_ids);
             let before = seen;
             seen += m;
