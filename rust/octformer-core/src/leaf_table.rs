@@ -69,16 +69,19 @@ impl LeafTable {
         self.keys.reserve(extra);
     }
 
-    /// Rebuild with at least `buckets` buckets (rounded up to a power of two).
+    /// Rebuild with at least `buckets` buckets (rounded up to a power of two), which must
+    /// hold the keys at most a quarter full.
     fn resize(&mut self, buckets: usize) {
         let log = usize::BITS - (buckets.max(2) - 1).leading_zeros();
         self.buckets = vec![Bucket([EMPTY; LANES]); 1 << log];
         self.hash_shift = 64 - log;
-        for id in 0..self.keys.len() {
-            let key = self.keys[id];
-            // keys are distinct: the probe always ends at a free slot
-            let (b, l, _) = self.probe(key, self.home(key));
-            self.buckets[b].0[l] = (key << self.id_bits) | id as u64;
+        // the keys go back in id order through the lookups: each is new to the empty
+        // table, so it gets its old id (and the quarter-full table needs no resize)
+        let keys = std::mem::take(&mut self.keys);
+        self.keys.reserve(keys.capacity());
+        let mut ids = [0u32; BLOCK_MAX];
+        for block in keys.chunks(BLOCK_MAX) {
+            self.lookup_block(block, &mut ids[..block.len()]);
         }
     }
 
