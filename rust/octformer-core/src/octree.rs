@@ -498,11 +498,13 @@ impl Item for LeafKey {
 }
 
 /// The sample's leaves by hashing instead of sorting every point, for clouds where many
-/// points share a leaf: per chunk of points (one per thread), quantise blocks of points
-/// and map each leaf key to a dense id through a [`LeafTable`]; then sort only the
-/// distinct keys (all chunks' together) and map ids to ranks. `None` when a chunk's first
-/// points show too few points per leaf for this to beat the sort ([`HASH_CHECKS`]; the
-/// caller then sorts). Needs `3·depth + bits(n) < 64` and n < 2^32.
+/// points share a leaf: each worker (one per thread) takes pieces of the cloud from a
+/// [`PieceQueue`], quantises them block by block and maps each leaf key to a dense id
+/// through its own [`LeafTable`]; then only the distinct keys (all tables' together) are
+/// sorted, and ids mapped to ranks. Which worker took which piece changes only which
+/// table an id refers to, so the result does not depend on scheduling. `None` when a
+/// table's first points show too few points per leaf for this to beat the sort
+/// ([`HASH_CHECKS`]; the caller then sorts). Needs `3·depth + bits(n) < 64` and n < 2^32.
 fn hash_leaves<T: Coord>(
     pts: &[T],
     first: usize,
@@ -512,86 +514,115 @@ fn hash_leaves<T: Coord>(
     let n = pts.len() / 3;
     let depth = opts.depth as usize;
     let key_bits = 3 * depth as u32;
-    let chunks = if n <= SERIAL_MAX {
+    let workers = if n <= SERIAL_MAX {
         1
     } else {
         rayon::current_num_threads().max(1)
     };
-    let chunk = n.div_ceil(chunks).max(1);
-    // a chunk's ids are below its length
-    let id_bits = usize::BITS - chunk.leading_zeros();
-    // SAFETY: every chunk writes the id of each of its points
+    // whole blocks, about PIECES_PER_WORKER per worker (one piece on one thread)
+    let piece = if workers == 1 {
+        n.max(1)
+    } else {
+        n.div_ceil(workers * PIECES_PER_WORKER).div_ceil(BLOCK_MAX) * BLOCK_MAX
+    };
+    let pieces = n.div_ceil(piece);
+    let queue = PieceQueue::new(pieces, workers);
+    // a table's ids are below the number of points it saw
+    let id_bits = usize::BITS - n.saturating_sub(1).leading_zeros();
+    // SAFETY: every piece, taken by exactly one worker, writes the id of each of its points
     let mut ids: Vec<u32> = unsafe { crate::sort::vec_for_overwrite(n) };
-    // set by the first chunk that gives up: the others stop at their next block instead of
-    // hashing the rest of their points for nothing (the sort runs either way)
+    // per piece: its report and the worker (table) whose ids it holds, each written once
+    let mut reports = vec![ChunkReport::default(); pieces];
+    let mut owner = vec![0usize; pieces];
+    let (ids_ptr, reports_ptr, owner_ptr) = (
+        SendPtr(ids.as_mut_ptr()),
+        SendPtr(reports.as_mut_ptr()),
+        SendPtr(owner.as_mut_ptr()),
+    );
+    // set by the first worker that gives up: the others stop at their next block instead
+    // of hashing on for nothing (the sort runs either way)
     let gave_up = std::sync::atomic::AtomicBool::new(false);
-    let run_chunk = |c: usize, ids: &mut [u32]| -> Option<(ChunkReport, LeafTable)> {
-        let base = c * chunk;
-        let mut table = LeafTable::new(key_bits, id_bits, chunk / 64);
-        let mut report = ChunkReport::default();
+    let run_worker = |w: usize| -> Option<LeafTable> {
+        let (ids_ptr, reports_ptr, owner_ptr) = (ids_ptr, reports_ptr, owner_ptr);
+        let mut table = LeafTable::new(key_bits, id_bits, n / workers / 64);
         let mut keys = [LeafKey(0); BLOCK_MAX];
         let mut seen = 0usize;
-        for block_ids in ids.chunks_mut(BLOCK_MAX) {
-            if gave_up.load(std::sync::atomic::Ordering::Relaxed) {
-                return None;
+        while let Some(p) = queue.take(w) {
+            let (lo, hi) = (p * piece, ((p + 1) * piece).min(n));
+            // SAFETY: piece p is handed out once, so only this worker touches its ids
+            let piece_ids = unsafe { std::slice::from_raw_parts_mut(ids_ptr.0.add(lo), hi - lo) };
+            let mut report = ChunkReport::default();
+            for (b, block_ids) in piece_ids.chunks_mut(BLOCK_MAX).enumerate() {
+                if gave_up.load(std::sync::atomic::Ordering::Relaxed) {
+                    return None;
+                }
+                let start = lo + b * BLOCK_MAX;
+                let m = block_ids.len();
+                let block = &mut keys[..m];
+                let args = QuantiseArgs {
+                    pts,
+                    base: start,
+                    first,
+                    bx,
+                    depth,
+                    idx_bits: 0,
+                    shift0: 0,
+                    width: 0,
+                };
+                report.merge(quantise_keys(args, block));
+                // SAFETY: LeafKey is a transparent u64
+                let block: &[u64] = unsafe { std::slice::from_raw_parts(block.as_ptr().cast(), m) };
+                // the next block's points are fetched while this block is looked up (the
+                // hardware prefetcher stops following them while the lookups run)
+                let next = (start + m) * 3;
+                crate::mem::prefetch_lines(pts.as_ptr(), next, next + 3 * m, pts.len());
+                table.lookup_block(block, block_ids);
+                let before = seen;
+                seen += m;
+                let distinct = table.keys().len();
+                if HASH_CHECKS
+                    .iter()
+                    .any(|&(at, per_leaf)| before < at && seen >= at && distinct * per_leaf > seen)
+                {
+                    gave_up.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return None;
+                }
             }
-            let m = block_ids.len();
-            let block = &mut keys[..m];
-            let args = QuantiseArgs {
-                pts,
-                base: base + seen,
-                first,
-                bx,
-                depth,
-                idx_bits: 0,
-                shift0: 0,
-                width: 0,
-            };
-            report.merge(quantise_keys(args, block));
-            // SAFETY: LeafKey is a transparent u64
-            let block: &[u64] = unsafe { std::slice::from_raw_parts(block.as_ptr().cast(), m) };
-            // the next block's points are fetched while this block is looked up (the
-            // hardware prefetcher stops following them while the lookups run)
-            let next = (base + seen + m) * 3;
-            crate::mem::prefetch_lines(pts.as_ptr(), next, next + 3 * m, pts.len());
-            table.lookup_block(block, block_ids);
-            let before = seen;
-            seen += m;
-            let distinct = table.keys().len();
-            if HASH_CHECKS
-                .iter()
-                .any(|&(at, per_leaf)| before < at && seen >= at && distinct * per_leaf > seen)
-            {
-                gave_up.store(true, std::sync::atomic::Ordering::Relaxed);
-                return None;
+            // SAFETY: p < pieces, and piece p is handed out once
+            unsafe {
+                *reports_ptr.0.add(p) = report;
+                *owner_ptr.0.add(p) = w;
             }
         }
-        Some((report, table))
+        Some(table)
     };
-    let parts: Vec<(ChunkReport, LeafTable)> = if chunks == 1 {
-        vec![run_chunk(0, &mut ids)?]
+    let tables: Vec<LeafTable> = if workers == 1 {
+        vec![run_worker(0)?]
     } else {
-        ids.par_chunks_mut(chunk)
-            .enumerate()
-            .map(|(c, ids)| run_chunk(c, ids))
+        (0..workers)
+            .into_par_iter()
+            .map(run_worker)
             .collect::<Option<Vec<_>>>()?
     };
+    // in point order, so the first non-finite point reported is the first in the cloud
     let mut report = ChunkReport::default();
-    let mut id_base = Vec::with_capacity(parts.len());
-    let mut distinct = 0usize;
-    for (r, t) in &parts {
+    for r in &reports {
         report.merge(*r);
-        id_base.push(distinct);
-        distinct += t.keys().len();
     }
     if let Err(e) = report.check(bx, opts) {
         return Some(Err(e));
     }
+    let mut id_base = Vec::with_capacity(tables.len());
+    let mut distinct = 0usize;
+    for t in &tables {
+        id_base.push(distinct);
+        distinct += t.keys().len();
+    }
 
-    // every chunk's distinct keys, tagged with a global id (chunk base + id), sorted by key
+    // every table's distinct keys, tagged with a global id (table base + id), sorted by key
     let gid_bits = usize::BITS - distinct.leading_zeros();
     let mut tagged: Vec<u64> = Vec::with_capacity(distinct);
-    for ((_, t), &b) in parts.iter().zip(&id_base) {
+    for (t, &b) in tables.iter().zip(&id_base) {
         tagged.extend(
             t.keys()
                 .iter()
@@ -599,9 +630,9 @@ fn hash_leaves<T: Coord>(
                 .map(|(id, &k)| (k << gid_bits) | (b + id) as u64),
         );
     }
-    drop(parts);
+    drop(tables);
     crate::sort::radix_sort(&mut tagged, gid_bits, gid_bits + key_bits);
-    // equal keys from different chunks share a rank
+    // equal keys from different tables share a rank
     let mut rank_of = vec![0u32; distinct];
     let mut leaves: Vec<u64> = Vec::with_capacity(distinct);
     let gid_mask = (1u64 << gid_bits) - 1;
@@ -614,24 +645,64 @@ fn hash_leaves<T: Coord>(
     }
     drop(tagged);
 
-    // SAFETY: every chunk writes the leaf of each of its points
+    // SAFETY: every piece writes the leaf of each of its points
     let mut point_leaf: Vec<i64> = unsafe { crate::sort::vec_for_overwrite(n) };
-    let remap = |(c, (out, ids)): (usize, (&mut [i64], &[u32]))| {
-        let ranks = &rank_of[id_base[c]..];
+    let remap = |(p, (out, ids)): (usize, (&mut [i64], &[u32]))| {
+        let ranks = &rank_of[id_base[owner[p]]..];
         for (o, &id) in out.iter_mut().zip(ids) {
             *o = ranks[id as usize] as i64;
         }
     };
-    if chunks == 1 {
+    if workers == 1 {
         remap((0, (&mut point_leaf[..], &ids[..])));
     } else {
         point_leaf
-            .par_chunks_mut(chunk)
-            .zip(ids.par_chunks(chunk))
+            .par_chunks_mut(piece)
+            .zip(ids.par_chunks(piece))
             .enumerate()
             .for_each(remap);
     }
     Some(Ok(SampleLeaves { leaves, point_leaf }))
+}
+
+/// Pieces per worker in the hash build: small enough that a worker which starts late (a
+/// busy or sleeping core) leaves most of its share to the others.
+const PIECES_PER_WORKER: usize = 8;
+
+/// The pieces of a sample, handed to the hash build's workers: worker w owns a contiguous
+/// run of pieces and takes them from its front; once its run is empty it takes the last
+/// piece of the run with the most left. So each table sees mostly contiguous points (few
+/// keys shared between tables) and no worker waits for a late one.
+struct PieceQueue {
+    runs: std::sync::Mutex<Vec<(usize, usize)>>,
+}
+
+impl PieceQueue {
+    fn new(pieces: usize, workers: usize) -> Self {
+        let runs = (0..workers)
+            .map(|w| (w * pieces / workers, (w + 1) * pieces / workers))
+            .collect();
+        PieceQueue {
+            runs: std::sync::Mutex::new(runs),
+        }
+    }
+
+    /// The next piece for worker `w`, if any is left.
+    fn take(&self, w: usize) -> Option<usize> {
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let (lo, hi) = runs[w];
+        if lo < hi {
+            runs[w].0 += 1;
+            return Some(lo);
+        }
+        let (v, &(lo, hi)) = runs.iter().enumerate().max_by_key(|(_, r)| r.1 - r.0)?;
+        if lo < hi {
+            runs[v].1 -= 1;
+            Some(hi - 1)
+        } else {
+            None
+        }
+    }
 }
 
 /// Below this many points everything runs on the calling thread.
@@ -2411,6 +2482,42 @@ mod tests {
             proptest::prop_assert_eq!(want, got);
             proptest::prop_assert_eq!(format!("{:?}", a.non_finite), format!("{:?}", b.non_finite));
             proptest::prop_assert_eq!((a.outside, a.min, a.max), (b.outside, b.min, b.max));
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever order the workers ask in, every piece is handed out exactly once, a
+        /// worker takes its own run front to back first, and then steals from the back of
+        /// the fullest run.
+        #[test]
+        fn piece_queue_hands_out_every_piece_once(
+            pieces in 0usize..70,
+            workers in 1usize..5,
+            asks in proptest::collection::vec(0usize..4, 0..200),
+        ) {
+            let q = PieceQueue::new(pieces, workers);
+            let run = |w: usize| w * pieces / workers..(w + 1) * pieces / workers;
+            let mut got = vec![0u32; pieces];
+            let left = |got: &[u32], w: usize| run(w).filter(|&p| got[p] == 0).collect::<Vec<_>>();
+            for w in asks.into_iter().map(|a| a % workers).chain(std::iter::repeat(0)) {
+                let own = left(&got, w);
+                let fullest = (0..workers).map(|v| left(&got, v).len()).max().unwrap_or(0);
+                let Some(p) = q.take(w) else {
+                    proptest::prop_assert_eq!(fullest, 0);
+                    break;
+                };
+                if let Some(&front) = own.first() {
+                    proptest::prop_assert_eq!(p, front);
+                } else {
+                    // a steal: the last piece left of a run with the most left
+                    let v = (0..workers).find(|&v| run(v).contains(&p)).unwrap();
+                    let theirs = left(&got, v);
+                    proptest::prop_assert_eq!(Some(&p), theirs.last());
+                    proptest::prop_assert_eq!(theirs.len(), fullest);
+                }
+                got[p] += 1;
+            }
+            proptest::prop_assert!(got.iter().all(|&c| c == 1), "{:?}", got);
         }
     }
 
