@@ -40,6 +40,7 @@ TARGET_BUILD = 10.0  # ocnn build time / ours
 TARGET_SORT = 2.0  # ours / np.sort
 TARGET_NEIGH = 30.0  # ocnn construct_all_neigh time / ours
 TARGET_NEIGH_MEM = 8.0  # ocnn dpeak / ours
+SETTLE_S = 0.05  # idle time before each timing sample (see common.time_interleaved)
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -214,10 +215,12 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     out["check"] = _cross_check(spec["kind"], first, depth)
     del first
     # rounds in seeded random order: a rotation keeps who follows whom, and the call right
-    # after np.sort / ocnn / Open3D (caches full of their data) pays for it on this VM
+    # after np.sort / ocnn / Open3D (caches full of their data) pays for it on this VM; a
+    # pause before each sample lets torch's OpenMP workers (they spin ~10 ms after an ocnn
+    # call) go to sleep before the next library is timed
     times = common.time_interleaved(
         calls, min_runs=spec["min_runs"], max_runs=spec["max_runs"], budget_s=spec["budget_s"], numbers=numbers,
-        shuffle_seed=0,
+        shuffle_seed=0, settle_s=SETTLE_S,
     )
     out["times"] = {lib: common.summarize(t) for lib, t in times.items()}
     out["cpu_s"] = common.process_cpu_s()
@@ -456,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     parts.append(
         f"Median (min) of {args.min_runs}–{args.max_runs} timing samples after one untimed call (a sample is the mean of "
         "enough back-to-back calls to last ≥ 50 ms, so sub-ms calls are averaged), libraries timed in "
-        "rounds of seeded random order in one fresh process per (case, T); dpeak = rise of peak RSS during the first call in a "
+        f"rounds of seeded random order in one fresh process per (case, T), {SETTLE_S * 1e3:.0f} ms idle before each sample; dpeak = rise of peak RSS during the first call in a "
         f"separate fresh process per library (probed at T = {', '.join(map(str, args.mem_threads))}; '–' elsewhere). 'other load' = cores used by other processes while the timing worker ran. "
         f"Total wall time {time.monotonic() - t_start:.0f} s."
     )

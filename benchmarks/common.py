@@ -417,6 +417,7 @@ def time_interleaved(
     budget_s: float = 20.0,
     numbers: dict[str, int] | None = None,
     shuffle_seed: int | None = None,
+    settle_s: float = 0.0,
 ) -> dict[str, list[float]]:
     """Time several (setup, fn) pairs in alternating rounds; returns seconds per call of fn(setup()).
 
@@ -427,7 +428,9 @@ def time_interleaved(
     random permutation instead, so no call always runs right after the same neighbour (a
     rotation keeps who follows whom, and a call after one that fills the caches pays for
     it). Stops after ``max_runs`` rounds, or after ``min_runs`` once the timed total passes
-    ``budget_s``.
+    ``budget_s``. With ``settle_s`` the machine idles that long (untimed) before each sample,
+    so threads a library left spinning (an OpenMP pool spin-waits ~10 ms after torch ops on
+    this VM) are asleep before the next library is timed instead of taking a core from it.
     """
     names = list(calls)
     numbers = numbers or {}
@@ -442,6 +445,8 @@ def time_interleaved(
             setup, fn = calls[name]
             k = max(1, int(numbers.get(name, 1)))
             args = [setup() for _ in range(k)]
+            if settle_s > 0:
+                time.sleep(settle_s)
             t0 = time.perf_counter()
             for arg in args:
                 fn(arg)
