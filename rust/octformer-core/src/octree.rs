@@ -1269,8 +1269,30 @@ fn quantise_chunk<T: Coord, I: Item, const P: usize, const PDEP: bool>(
     // the per-axis constants repeated to 12 lanes (4 points), so stage 1 vectorises
     let o12: [T; 12] = std::array::from_fn(|l| origin[l % 3]);
     let i12: [T; 12] = std::array::from_fn(|l| inv[l % 3]);
+    // stage 2 for one point: its item (point `idx` of the sample) and its digits counted
+    let mut emit = |idx: usize, key: u64, slot: &mut I| {
+        let item = I::make(key, idx, idx_bits);
+        let r = item.radix_key() >> shift0;
+        for d in 0..P {
+            let at = (d << width) + ((r >> (d as u32 * width)) as usize & digit_mask);
+            // SAFETY: at < (d + 1) << width ≤ P << width = hist.len()
+            unsafe { *hist.get_unchecked_mut(at) += 1 };
+        }
+        *slot = item;
+    };
     const BLOCK: usize = 64; // points per block
     let mut q = [0u32; BLOCK * 3];
+    // float32 at depth ≤ 10 with AVX-512: whole blocks get their keys 16 points at a time
+    // (morton_avx512), the same keys as stages 1 and 2 below, which still run for a block
+    // with a point outside the box or not finite (and for a last partial block)
+    #[cfg(target_arch = "x86_64")]
+    let simd_keys = depth <= 10
+        && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && crate::morton_avx512::available();
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+    let mut block_keys = [0u64; BLOCK];
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut, unused_variables))]
+    let mut redo: Vec<usize> = Vec::new();
     for (bi, (outb, pb)) in out
         .chunks_mut(BLOCK)
         .zip(chunk_pts.chunks(BLOCK * 3))
@@ -1278,6 +1300,33 @@ fn quantise_chunk<T: Coord, I: Item, const P: usize, const PDEP: bool>(
     {
         let b0 = base + bi * BLOCK;
         let m = outb.len();
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        let mut have_keys = false;
+        #[cfg(target_arch = "x86_64")]
+        if simd_keys && m == BLOCK {
+            // SAFETY: T is f32 (checked above), so the block is the same memory read as f32
+            let p32: &[f32] = unsafe { std::slice::from_raw_parts(pb.as_ptr().cast(), pb.len()) };
+            redo.clear();
+            // SAFETY: AVX-512F detected; depth ≤ 10, so last < 1024
+            unsafe {
+                crate::morton_avx512::keys_depth10(
+                    p32,
+                    origin.map(|o| o.to_f64() as f32),
+                    inv.map(|i| i.to_f64() as f32),
+                    top.to_f64() as f32,
+                    last.to_f64() as f32,
+                    &mut block_keys,
+                    &mut redo,
+                )
+            };
+            have_keys = redo.is_empty();
+        }
+        if have_keys {
+            for (j, (slot, &key)) in outb.iter_mut().zip(&block_keys).enumerate() {
+                emit(b0 + j, key, slot);
+            }
+            continue;
+        }
         // stage 1: scaled coordinates, clamped into the grid, and whether every one of
         // them was inside the box (NaN compares false, so it fails the check)
         let mut inside = true;
@@ -1320,14 +1369,7 @@ fn quantise_chunk<T: Coord, I: Item, const P: usize, const PDEP: bool>(
             } else {
                 morton::encode(c[0], c[1], c[2])
             };
-            let item = I::make(key, b0 + j, idx_bits);
-            let r = item.radix_key() >> shift0;
-            for d in 0..P {
-                let at = (d << width) + ((r >> (d as u32 * width)) as usize & digit_mask);
-                // SAFETY: at < (d + 1) << width ≤ P << width = hist.len()
-                unsafe { *hist.get_unchecked_mut(at) += 1 };
-            }
-            *slot = item;
+            emit(b0 + j, key, slot);
         }
     }
     (rep, hist)
@@ -2518,6 +2560,62 @@ mod tests {
                 got[p] += 1;
             }
             proptest::prop_assert!(got.iter().all(|&c| c == 1), "{:?}", got);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// The sort build's quantisation (whichever of its paths this CPU takes: AVX-512
+        /// blocks, BMI2, portable) against a point-by-point float32 oracle: items
+        /// (`key << idx_bits | index`), digit histograms and the report, with points outside
+        /// the box, on its faces and not finite, for any length (partial last block).
+        #[test]
+        fn sort_quantisation_matches_a_pointwise_oracle(
+            seed in 0u64..u64::MAX,
+            n in 0usize..400,
+            base in 0usize..70,
+            depth in 1usize..=11,
+            odd in proptest::collection::vec((0usize..470, 0usize..3, 0u8..5), 0..6),
+        ) {
+            let mut rnd = crate::testing::unit(seed | 1);
+            let mut pts: Vec<f32> = (0..3 * (base + n)).map(|_| (rnd() * 1.98 - 0.99) as f32).collect();
+            for &(at, axis, kind) in &odd {
+                let v = [f32::NAN, f32::NEG_INFINITY, -1.5, -1.0, 1.0][kind as usize];
+                if let Some(c) = pts.get_mut(3 * at + axis) {
+                    *c = v;
+                }
+            }
+            let bx = cube(depth as u8);
+            let (idx_bits, key_bits) = (9u32, 3 * depth as u32);
+            let width = (key_bits + idx_bits).div_ceil(3);
+            let args = QuantiseArgs { pts: &pts, base, first: 0, bx: &bx, depth, idx_bits, shift0: 0, width };
+            let mut got = vec![0u64; n];
+            let (rep, hist) = quantise_dispatch::<f32, u64, 3>(args, &mut got);
+            // the oracle: scale in float32, clamp into the grid, key; non-finite points key 0
+            let side = (1u64 << depth) as f32;
+            let (o, inv) = (bx.origin.map(|v| v as f32), bx.cell.map(|c| (1.0 / c) as f32));
+            let mut want_hist = vec![0u32; 3 << width];
+            let (mut outside, mut first_bad) = (0usize, None);
+            let want: Vec<u64> = (0..n).map(|j| {
+                let p = &pts[3 * (base + j)..3 * (base + j) + 3];
+                let t = [0, 1, 2].map(|a| (p[a] - o[a]) * inv[a]);
+                let finite = p.iter().all(|v| v.is_finite());
+                if !finite {
+                    first_bad.get_or_insert(base + j);
+                } else if !t.iter().all(|&v| (0.0..=side).contains(&v)) {
+                    outside += 1;
+                }
+                let c = t.map(|v| if finite { v.max(0.0).min(side - 1.0) as u32 } else { 0 });
+                let item = (morton::encode(c[0], c[1], c[2]) << idx_bits) | (base + j) as u64;
+                for d in 0..3 {
+                    want_hist[(d << width) + ((item >> (d as u32 * width)) as usize & ((1 << width) - 1))] += 1;
+                }
+                item
+            }).collect();
+            proptest::prop_assert_eq!(got, want);
+            proptest::prop_assert_eq!(hist, want_hist);
+            proptest::prop_assert_eq!(rep.outside, outside);
+            proptest::prop_assert_eq!(rep.non_finite.map(|x| x.0), first_bad);
         }
     }
 
