@@ -1503,9 +1503,26 @@ fn split_level(level: &[u64]) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
 /// stores its parent's entry, the last store per parent holds the complete mask.
 fn collect_parents(part: &[u64], p: &mut [u64], m: &mut [u8]) -> usize {
     assert!(p.len() >= part.len() && m.len() >= part.len());
-    let mut j = usize::MAX; // wraps to 0 at the first key
-    let mut prev = u64::MAX; // no parent (keys < 2^63 have parents < 2^60)
-    let mut mask = 0u8;
+    #[cfg(target_arch = "x86_64")]
+    if part.len() >= 8 && std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F detected; lengths asserted above
+        let (j, prev, mask, done) = unsafe { collect_parents_avx512(part, p, m) };
+        return collect_parents_from(&part[done..], p, m, j, prev, mask);
+    }
+    collect_parents_from(part, p, m, usize::MAX, u64::MAX, 0)
+}
+
+/// [`collect_parents`] continued from the state after earlier keys: `j` the index of the
+/// last parent (usize::MAX: none yet), `prev` its key (u64::MAX: none), `mask` its mask.
+#[inline(always)]
+fn collect_parents_from(
+    part: &[u64],
+    p: &mut [u64],
+    m: &mut [u8],
+    mut j: usize,
+    mut prev: u64,
+    mut mask: u8,
+) -> usize {
     for &key in part {
         let parent = key >> 3;
         let new = parent != prev;
@@ -1520,6 +1537,73 @@ fn collect_parents(part: &[u64], p: &mut [u64], m: &mut [u8]) -> usize {
         }
     }
     j.wrapping_add(1)
+}
+
+/// [`collect_parents`] for the whole 8-key groups of `part` with AVX-512: per group the
+/// parents, a segmented OR scan of the child bits over runs of equal parents (carried in
+/// from the previous group), and each run's last lane compress-stored at its parent's
+/// index (a run that goes on into the next group is rewritten there, as in the scalar
+/// loop). Returns the scalar loop's state after the groups, and how many keys they took.
+///
+/// # Safety
+/// AVX-512F must be available; `part.len() >= 8`, `p.len()` and `m.len()` at least
+/// `part.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn collect_parents_avx512(
+    part: &[u64],
+    p: &mut [u64],
+    m: &mut [u8],
+) -> (usize, u64, u8, usize) {
+    use std::arch::x86_64::*;
+    let groups = part.len() / 8;
+    let mut prev_par = _mm512_set1_epi64(-1); // u64::MAX: no parent
+    let mut prev_acc = _mm512_setzero_si512();
+    let mut last_j = usize::MAX; // index of the previous group's last parent
+    let seven = _mm512_set1_epi64(7);
+    let one = _mm512_set1_epi64(1);
+    for g in 0..groups {
+        // SAFETY: 8 keys at 8g (g < part.len() / 8)
+        let k = unsafe { _mm512_loadu_si512(part.as_ptr().add(8 * g) as *const __m512i) };
+        let par = _mm512_srli_epi64::<3>(k);
+        let mut acc = _mm512_sllv_epi64(one, _mm512_and_si512(k, seven));
+        // lane i against lane i - s (lanes below s against the previous group's last lanes)
+        macro_rules! step {
+            ($s:literal) => {{
+                let back_par = _mm512_alignr_epi64::<{ 8 - $s }>(par, prev_par);
+                let back_acc = _mm512_alignr_epi64::<{ 8 - $s }>(acc, prev_acc);
+                let same = _mm512_cmpeq_epi64_mask(par, back_par);
+                acc = _mm512_mask_or_epi64(acc, same, acc, back_acc);
+                same
+            }};
+        }
+        let continues = step!(1); // lane i has the parent of lane i - 1
+        step!(2);
+        step!(4);
+        let new = !continues;
+        // the last lane of each run in this group: the next lane starts a new parent
+        let last: __mmask8 = (new >> 1) | 0x80;
+        let j0 = last_j.wrapping_add((new & 1) as usize);
+        let runs = last.count_ones() as usize;
+        // SAFETY: j0 <= 8g (at most one parent per key), so j0 + 8 <= part.len() <= p.len(),
+        // m.len(); the byte store writes 8 bytes of which `runs` are kept, the rest being
+        // rewritten later or lying past the final count
+        unsafe {
+            _mm512_mask_compressstoreu_epi64(p.as_mut_ptr().add(j0) as *mut i64, last, par);
+            let masks = _mm512_cvtepi64_epi8(_mm512_maskz_compress_epi64(last, acc));
+            _mm_storel_epi64(m.as_mut_ptr().add(j0) as *mut __m128i, masks);
+        }
+        last_j = j0 + runs - 1;
+        prev_par = par;
+        prev_acc = acc;
+    }
+    // the scalar loop's state: the last parent, its index and its mask so far
+    let mut lanes = [0u64; 8];
+    // SAFETY: 8 u64
+    unsafe { _mm512_storeu_si512(lanes.as_mut_ptr() as *mut __m512i, prev_acc) };
+    let last_mask = lanes[7] as u8;
+    let last_parent = part[8 * groups - 1] >> 3;
+    (last_j, last_parent, last_mask, 8 * groups)
 }
 
 /// Every parent's 8 child keys into `k` and children ranks into `c` (8 per parent), from the
@@ -2616,6 +2700,32 @@ mod tests {
             proptest::prop_assert_eq!(hist, want_hist);
             proptest::prop_assert_eq!(rep.outside, outside);
             proptest::prop_assert_eq!(rep.non_finite.map(|x| x.0), first_bad);
+        }
+    }
+
+    proptest::proptest! {
+        /// Parents and child masks of sorted distinct keys (the dispatched path: AVX-512
+        /// groups plus the scalar tail where the CPU has it) equal the scalar loop's, for
+        /// runs of every length crossing group boundaries anywhere.
+        #[test]
+        fn collect_parents_matches_the_scalar_loop(
+            runs in proptest::collection::vec((1u64..40, 0u8..=255), 0..60),
+        ) {
+            // each run: a gap to the next parent, then its children (the mask's set bits)
+            let mut keys = Vec::new();
+            let mut parent = 0u64;
+            for &(gap, mask) in &runs {
+                parent += gap;
+                keys.extend((0..8).filter(|c| mask >> c & 1 == 1).map(|c| parent << 3 | c));
+            }
+            let n = keys.len();
+            let (mut p, mut m) = (vec![0u64; n], vec![0u8; n]);
+            let (mut wp, mut wm) = (vec![0u64; n], vec![0u8; n]);
+            let got = collect_parents(&keys, &mut p, &mut m);
+            let want = collect_parents_from(&keys, &mut wp, &mut wm, usize::MAX, u64::MAX, 0);
+            proptest::prop_assert_eq!(got, want);
+            proptest::prop_assert_eq!(&p[..got], &wp[..want]);
+            proptest::prop_assert_eq!(&m[..got], &wm[..want]);
         }
     }
 
