@@ -45,24 +45,49 @@ fn spread10(v: __m512i) -> __m512i {
     step(v, _mm512_slli_epi32::<2>(v), 0x0924_9249)
 }
 
+/// A sample's grid in float32, as the portable quantisation rounds it: origin, inverse
+/// cell size, side (`2^depth`) and last cell (`2^depth - 1`).
+#[derive(Clone, Copy)]
+pub(crate) struct Grid {
+    pub origin: [f32; 3],
+    pub inv: [f32; 3],
+    pub top: f32,
+    pub last: f32,
+}
+
+impl Grid {
+    pub(crate) fn new(bx: &crate::octree::SampleBox, depth: usize) -> Self {
+        let side = (1u64 << depth) as f64;
+        Grid {
+            origin: bx.origin.map(|o| o as f32),
+            inv: bx.cell.map(|c| (1.0 / c) as f32),
+            top: side as f32,
+            last: (side - 1.0) as f32,
+        }
+    }
+}
+
 /// Keys of the points `pts` (x, y, z interleaved) into `out`, 16 points per group, for
 /// `out.len() / 16` whole groups: `((p - origin) * inv)` clamped into `[0, last]` and
-/// truncated per axis, x bits above y bits above z bits. A group with any scaled value
-/// outside `[0, top]` (or not a number) is not written; its index is pushed to `redo`
-/// for the portable path, which also reports it.
+/// truncated per axis (the `grid`'s values), x bits above y bits above z bits. A group
+/// with any scaled value outside `[0, top]` (or not a number) is not written; its index
+/// is pushed to `redo` for the portable path, which also reports it.
 ///
 /// # Safety
-/// The CPU has AVX-512F ([`available`]); `last < 1024` (depth ≤ 10).
+/// The CPU has AVX-512F ([`available`]); `grid.last < 1024` (depth ≤ 10).
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn keys_depth10(
     pts: &[f32],
-    origin: [f32; 3],
-    inv: [f32; 3],
-    top: f32,
-    last: f32,
+    grid: &Grid,
     out: &mut [u64],
     redo: &mut Vec<usize>,
 ) {
+    let Grid {
+        origin,
+        inv,
+        top,
+        last,
+    } = *grid;
     let groups = out.len() / 16;
     assert!(pts.len() >= groups * 48);
     let zero = _mm512_setzero_ps();

@@ -1184,24 +1184,11 @@ fn quantise_keys<T: Coord>(args: QuantiseArgs<'_, T>, out: &mut [LeafKey]) -> Ch
         // SAFETY: LeafKey is a transparent u64
         let keys: &mut [u64] =
             unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast(), m) };
-        // the portable path's float32 constants
-        let side = (1u64 << args.depth) as f64;
-        let origin = args.bx.origin.map(|o| o as f32);
-        let inv = args.bx.cell.map(|c| (1.0 / c) as f32);
+        let grid = crate::morton_avx512::Grid::new(args.bx, args.depth);
         let mut redo = Vec::new();
         let whole = m / 16 * 16;
         // SAFETY: AVX-512F detected; depth ≤ 10, so last = 2^depth - 1 < 1024
-        unsafe {
-            crate::morton_avx512::keys_depth10(
-                pts,
-                origin,
-                inv,
-                side as f32,
-                (side - 1.0) as f32,
-                &mut keys[..whole],
-                &mut redo,
-            )
-        };
+        unsafe { crate::morton_avx512::keys_depth10(pts, &grid, &mut keys[..whole], &mut redo) };
         // groups in point order, then the tail: the first non-finite point stays first
         let mut rep = ChunkReport::default();
         for (lo, hi) in redo
@@ -1289,6 +1276,8 @@ fn quantise_chunk<T: Coord, I: Item, const P: usize, const PDEP: bool>(
     let simd_keys = depth <= 10
         && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && crate::morton_avx512::available();
+    #[cfg(target_arch = "x86_64")]
+    let grid = crate::morton_avx512::Grid::new(bx, depth);
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut block_keys = [0u64; BLOCK];
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut, unused_variables))]
@@ -1308,17 +1297,7 @@ fn quantise_chunk<T: Coord, I: Item, const P: usize, const PDEP: bool>(
             let p32: &[f32] = unsafe { std::slice::from_raw_parts(pb.as_ptr().cast(), pb.len()) };
             redo.clear();
             // SAFETY: AVX-512F detected; depth ≤ 10, so last < 1024
-            unsafe {
-                crate::morton_avx512::keys_depth10(
-                    p32,
-                    origin.map(|o| o.to_f64() as f32),
-                    inv.map(|i| i.to_f64() as f32),
-                    top.to_f64() as f32,
-                    last.to_f64() as f32,
-                    &mut block_keys,
-                    &mut redo,
-                )
-            };
+            unsafe { crate::morton_avx512::keys_depth10(p32, &grid, &mut block_keys, &mut redo) };
             have_keys = redo.is_empty();
         }
         if have_keys {
@@ -2577,6 +2556,26 @@ mod tests {
         }
     }
 
+    /// `points` random points inside the unit cube's grid, then coordinate `axis` of point
+    /// `at` set to `values[kind]` for each `(at, axis, kind)` (ignored past the end).
+    fn odd_cloud(
+        seed: u64,
+        points: usize,
+        odd: &[(usize, usize, u8)],
+        values: [f32; 5],
+    ) -> Vec<f32> {
+        let mut rnd = crate::testing::unit(seed | 1);
+        let mut pts: Vec<f32> = (0..3 * points)
+            .map(|_| (rnd() * 1.98 - 0.99) as f32)
+            .collect();
+        for &(at, axis, kind) in odd {
+            if let Some(c) = pts.get_mut(3 * at + axis) {
+                *c = values[kind as usize];
+            }
+        }
+        pts
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
         /// The hash build's keys (AVX-512 for float32 at depth ≤ 10) equal the portable
@@ -2590,14 +2589,7 @@ mod tests {
             depth in 1usize..=11,
             odd in proptest::collection::vec((0usize..340, 0usize..3, 0u8..5), 0..6),
         ) {
-            let mut rnd = crate::testing::unit(seed | 1);
-            let mut pts: Vec<f32> = (0..3 * (base + n)).map(|_| (rnd() * 1.98 - 0.99) as f32).collect();
-            for &(at, axis, kind) in &odd {
-                let v = [f32::NAN, f32::INFINITY, 1.5, -1.0, 1.0][kind as usize];
-                if let Some(c) = pts.get_mut(3 * at + axis) {
-                    *c = v;
-                }
-            }
+            let pts = odd_cloud(seed, base + n, &odd, [f32::NAN, f32::INFINITY, 1.5, -1.0, 1.0]);
             let bx = cube(depth as u8);
             let args = QuantiseArgs { pts: &pts, base, first: 3, bx: &bx, depth, idx_bits: 0, shift0: 0, width: 0 };
             let mut want = vec![LeafKey(0); n];
@@ -2661,14 +2653,7 @@ mod tests {
             depth in 1usize..=11,
             odd in proptest::collection::vec((0usize..470, 0usize..3, 0u8..5), 0..6),
         ) {
-            let mut rnd = crate::testing::unit(seed | 1);
-            let mut pts: Vec<f32> = (0..3 * (base + n)).map(|_| (rnd() * 1.98 - 0.99) as f32).collect();
-            for &(at, axis, kind) in &odd {
-                let v = [f32::NAN, f32::NEG_INFINITY, -1.5, -1.0, 1.0][kind as usize];
-                if let Some(c) = pts.get_mut(3 * at + axis) {
-                    *c = v;
-                }
-            }
+            let pts = odd_cloud(seed, base + n, &odd, [f32::NAN, f32::NEG_INFINITY, -1.5, -1.0, 1.0]);
             let bx = cube(depth as u8);
             let (idx_bits, key_bits) = (9u32, 3 * depth as u32);
             let width = (key_bits + idx_bits).div_ceil(3);
