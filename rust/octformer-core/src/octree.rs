@@ -735,12 +735,15 @@ fn build_sample_with<T: Coord, I: Item>(
     let lsd_ok = std::mem::size_of::<I>() == 8
         && n >= LSD_MIN
         && (12..=3 * LSD_DIGIT_MAX).contains(&key_bits);
-    // below 2^19 points the 1-thread LSD build takes as long as the parallel top-digit one
-    // on 2 free cores (indoor200k d10: ~7 ms wall either way, 8.7 vs 11.7-12.3 ms CPU) and
-    // less when the second core is busy, so it is used at any thread count
-    let serial =
-        n <= SERIAL_MAX || rayon::current_num_threads() <= 1 || (lsd_ok && n < LSD_SERIAL_MAX);
-    // one thread, packed items, keys of 12..=33 bits (depths 4..=11): the whole sample is
+    let threads = rayon::current_num_threads();
+    // several threads: each LSD pass in parallel pieces ([`lsd_sort_items_par`]), faster
+    // on 2 threads than the top-digit scatter and bucket sorts (same-process medians,
+    // indoor-like clouds of ~1 point per leaf, d10: 200k points 2.25 -> 2.03 ms, 600k
+    // 6.3 -> 5.1 ms, 1M 9.7 -> 8.2 ms), and than the 1-thread LSD build used below 2^19
+    // points before it. Smaller samples run on one thread
+    let par_lsd = lsd_ok && threads > 1 && n >= PAR_LSD_MIN && n <= u32::MAX as usize;
+    let serial = !par_lsd && (n <= SERIAL_MAX || threads <= 1 || lsd_ok);
+    // packed items, keys of 12..=33 bits (depths 4..=11): the whole sample is
     // sorted by LSD passes (the histograms of every digit come from the quantise pass)
     // instead of a top-digit scatter followed by sorts of tiny buckets (2^15 buckets of ~6
     // items for 200k points): at 1 thread, depth 10, 7.2 vs 9.0 ms CPU for indoor200k and
@@ -748,7 +751,7 @@ fn build_sample_with<T: Coord, I: Item>(
     // from 2^18 items, keys of ≤ 32 bits take 2 passes of ≤ 16-bit digits (count tables of
     // ≤ 1/8 of the items): lidar1M d10 15.0-15.5 vs 17.6-18.2 ms, lidar 200k 2.2 vs 2.6;
     // random-order indoor200k was ~2% slower that way, so it stays at 3 passes
-    let lsd = serial && lsd_ok;
+    let lsd = lsd_ok;
     let lsd_digits = if key_bits <= 2 * LSD_DIGIT_MAX
         || (n >= LSD_WIDE_MIN && key_bits <= 2 * LSD_WIDE_DIGIT_MAX)
     {
@@ -761,11 +764,14 @@ fn build_sample_with<T: Coord, I: Item>(
     // 1. quantise + encode + histogram of the top digit (or every LSD digit), per chunk
     // SAFETY: the quantise loop below writes every item
     let mut items: Vec<I> = unsafe { crate::sort::vec_for_overwrite(n) };
-    // serial: one chunk (one histogram); parallel: one chunk per thread
+    // serial: one chunk (one histogram); parallel: one chunk per thread (whole 64-point
+    // quantise blocks for the parallel LSD passes)
     let chunk = if serial {
         n.max(1)
+    } else if par_lsd {
+        n.div_ceil(threads).next_multiple_of(64)
     } else {
-        n.div_ceil(rayon::current_num_threads()).max(1)
+        n.div_ceil(threads).max(1)
     };
     let sample_args = QuantiseArgs {
         pts,
@@ -786,31 +792,35 @@ fn build_sample_with<T: Coord, I: Item>(
         };
         quantise_dispatch::<T, I, 1>(args, out)
     };
+    // chunk c with the histograms of all its LSD digits
+    let quant_lsd = |c: usize, out: &mut [I]| {
+        let args = QuantiseArgs {
+            base: c * chunk,
+            shift0: lo,
+            width: lsd_width,
+            ..sample_args
+        };
+        if lsd_digits == 2 {
+            quantise_dispatch::<T, I, 2>(args, out)
+        } else {
+            quantise_dispatch::<T, I, 3>(args, out)
+        }
+    };
     let parts: Vec<(ChunkReport, Vec<u32>)> = if serial {
         if n == 0 {
             Vec::new()
         } else if lsd {
-            // the whole sample as one chunk, with the histograms of all its LSD digits
-            macro_rules! quantise_lsd {
-                ($digits:literal) => {
-                    quantise_dispatch::<T, I, $digits>(
-                        QuantiseArgs {
-                            shift0: lo,
-                            width: lsd_width,
-                            ..sample_args
-                        },
-                        &mut items[..],
-                    )
-                };
-            }
-            vec![if lsd_digits == 2 {
-                quantise_lsd!(2)
-            } else {
-                quantise_lsd!(3)
-            }]
+            // the whole sample as one chunk
+            vec![quant_lsd(0, &mut items[..])]
         } else {
             vec![quant(0, &mut items[..])]
         }
+    } else if par_lsd {
+        items
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .map(|(c, out)| quant_lsd(c, out))
+            .collect()
     } else {
         items
             .par_chunks_mut(chunk)
@@ -830,7 +840,20 @@ fn build_sample_with<T: Coord, I: Item>(
     let mut starts = vec![0usize; nb + 1];
     // SAFETY: the scatter writes every index 0..n exactly once (offsets partition 0..n)
     let mut buf: Vec<I> = unsafe { crate::sort::vec_for_overwrite(n) };
-    if lsd {
+    if par_lsd {
+        lsd_sort_items_par(&mut items, &mut buf, hists, lo, lsd_width, chunk);
+        // the whole sample sorted; the collapse below takes it in pieces that start
+        // with a new key (the "buckets" it groups)
+        let pieces = threads * 8;
+        starts = (0..pieces).map(|i| i * n / pieces).collect();
+        for s in starts.iter_mut().skip(1) {
+            while *s < n && buf[*s].key(idx_bits) == buf[*s - 1].key(idx_bits) {
+                *s += 1;
+            }
+        }
+        starts.push(n);
+        starts.dedup();
+    } else if lsd {
         // the whole sample sorted: one bucket, nothing left to sort in it
         lsd_sort_items(&mut items, &mut buf, &mut hists[0], lo, lsd_width);
         starts = vec![0, n];
@@ -1004,12 +1027,13 @@ fn build_sample_with<T: Coord, I: Item>(
     Ok(SampleLeaves { leaves, point_leaf })
 }
 
+/// LSD-sortable samples of at least this many points are sorted in parallel pieces on
+/// several threads (the bindings run smaller builds on one thread anyway).
+const PAR_LSD_MIN: usize = 1 << 16;
 /// Samples of at least this many points (on one thread) are sorted by LSD passes.
 const LSD_MIN: usize = 1 << 14;
 /// Widest LSD digit (a 2^11-entry count table stays in L1).
 const LSD_DIGIT_MAX: u32 = 11;
-/// LSD-sortable samples below this many points are built on one thread at any thread count.
-const LSD_SERIAL_MAX: usize = 1 << 19;
 /// Samples of at least this many points may take 2 LSD passes of digits up to...
 const LSD_WIDE_MIN: usize = 1 << 18;
 /// ...this wide (2 count tables of 2^16 entries).
@@ -1041,6 +1065,151 @@ fn lsd_sort_items<I: Item>(
         if crate::sort::counting_pass(src, dst, count, shift) {
             in_items = !in_items;
         }
+    }
+    if in_items {
+        std::mem::swap(items, buf);
+    }
+}
+
+/// Exact `x / d` for `x < 2^32` and `2 ≤ d < 2^32` by one multiply: with
+/// `magic = ⌈2^64 / d⌉`, `x · magic / 2^64` exceeds `x / d` by less than `2^-32 ≤ 1/d`, so
+/// the floor is unchanged.
+#[derive(Clone, Copy)]
+struct DivBy {
+    magic: u64,
+}
+
+impl DivBy {
+    fn new(d: usize) -> Self {
+        assert!(
+            (2..=u32::MAX as usize).contains(&d),
+            "divisor {d} out of range"
+        );
+        Self {
+            magic: u64::MAX / d as u64 + 1,
+        }
+    }
+
+    #[inline(always)]
+    fn div(self, x: u32) -> usize {
+        ((x as u128 * self.magic as u128) >> 64) as usize
+    }
+}
+
+/// [`lsd_sort_items`] on several threads. The items are cut into pieces of `chunk`
+/// (`hists[c]`: the histograms of every digit of piece c, as the quantise pass counts
+/// them); each pass scatters the pieces in parallel, piece c's items of a digit after
+/// those of pieces before it (so the sort stays stable), and counts the next digit per
+/// piece of where they land, which the next pass needs. Ends like [`lsd_sort_items`]: the
+/// sorted items in `buf`. Needs `items.len() ≤ u32::MAX` and `chunk ≥ 2`.
+fn lsd_sort_items_par<I: Item>(
+    items: &mut Vec<I>,
+    buf: &mut Vec<I>,
+    mut hists: Vec<Vec<u32>>,
+    shift0: u32,
+    width: u32,
+    chunk: usize,
+) {
+    let n = items.len();
+    debug_assert!(buf.len() == n && n <= u32::MAX as usize);
+    let digits = 1usize << width;
+    let mask = digits - 1;
+    let pieces = hists.len();
+    debug_assert_eq!(pieces, n.div_ceil(chunk));
+    let passes = hists.first().map_or(0, |h| h.len() >> width);
+    let piece_of = DivBy::new(chunk);
+    let mut in_items = true;
+    // which digits `hists` counts per piece of the current layout: every digit until a
+    // pass moves the items, then only the one that pass counted as they landed
+    let mut all_counted = true;
+    let mut counted = 0usize;
+    for d in 0..passes {
+        let at = d * digits..(d + 1) * digits;
+        let mut totals = vec![0u32; digits];
+        for h in &hists {
+            for (t, &c) in totals.iter_mut().zip(&h[at.clone()]) {
+                *t += c;
+            }
+        }
+        if totals.iter().any(|&t| t as usize == n) {
+            // one digit for every item: nothing would move
+            continue;
+        }
+        let (src, dst): (&[I], &mut [I]) = if in_items {
+            (&items[..], &mut buf[..])
+        } else {
+            (&buf[..], &mut items[..])
+        };
+        if !all_counted && counted != d {
+            // an earlier pass moved the items and this digit was not counted as they landed
+            // (the pass before was skipped): count it now
+            let recount: Vec<Vec<u32>> = src
+                .par_chunks(chunk)
+                .map(|part| {
+                    let mut h = vec![0u32; digits];
+                    for v in part {
+                        h[(v.radix_key() >> (shift0 + d as u32 * width)) as usize & mask] += 1;
+                    }
+                    h
+                })
+                .collect();
+            for (h, r) in hists.iter_mut().zip(recount) {
+                h[at.clone()].copy_from_slice(&r);
+            }
+        }
+        // piece c's first item of digit b goes after every item of a smaller digit and
+        // after pieces 0..c's items of digit b
+        let mut offsets: Vec<Vec<u32>> = vec![vec![0u32; digits]; pieces];
+        let mut run = 0u32;
+        for b in 0..digits {
+            for (o, h) in offsets.iter_mut().zip(&hists) {
+                o[b] = run;
+                run += h[d * digits + b];
+            }
+        }
+        let shift = shift0 + d as u32 * width;
+        let count_next = d + 1 < passes;
+        let out = SendPtr(dst.as_mut_ptr());
+        let landed: Vec<Vec<u32>> = src
+            .par_chunks(chunk)
+            .zip(offsets.into_par_iter())
+            .map(|(part, mut off)| {
+                let out = out;
+                // per piece of the output: how many of this part's items of each next digit
+                let mut next = vec![0u32; if count_next { pieces * digits } else { 0 }];
+                for v in part {
+                    let r = v.radix_key() >> shift;
+                    // SAFETY: the digit is ≤ mask < off.len(); the offsets partition 0..n
+                    // across parts and digits, so every write is in bounds and disjoint;
+                    // pos < n, so piece_of(pos) < pieces and the count index is in bounds
+                    unsafe {
+                        let o = off.get_unchecked_mut(r as usize & mask);
+                        let pos = *o;
+                        *out.0.add(pos as usize) = *v;
+                        *o = pos + 1;
+                        if count_next {
+                            let c = piece_of.div(pos) * digits + ((r >> width) as usize & mask);
+                            *next.get_unchecked_mut(c) += 1;
+                        }
+                    }
+                }
+                next
+            })
+            .collect();
+        in_items = !in_items;
+        if count_next {
+            for (c, h) in hists.iter_mut().enumerate() {
+                let row = &mut h[(d + 1) * digits..(d + 2) * digits];
+                row.fill(0);
+                for l in &landed {
+                    for (x, &y) in row.iter_mut().zip(&l[c * digits..(c + 1) * digits]) {
+                        *x += y;
+                    }
+                }
+            }
+        }
+        all_counted = false;
+        counted = d + 1;
     }
     if in_items {
         std::mem::swap(items, buf);
@@ -2286,10 +2455,9 @@ mod tests {
                 (rnd() * 1.98 - 0.99) as f32
             });
         }
-        // 6, 7: two LSD digits; 8..=11 three (of 8..11 bits), at every thread count (fewer
-        // than LSD_SERIAL_MAX points); 13: top digit + buckets, in parallel at 2 and 3
-        // threads (the parallel path at depth 10 and the wide-digit path are tested in
-        // wide_digit_lsd_build_matches_oracle)
+        // 6, 7: two LSD digits; 8..=11 three (of 8..11 bits), on one thread and in
+        // parallel pieces at 2 and 3 threads; 13: top digit + buckets, in parallel at 2 and
+        // 3 threads (the wide-digit path is tested in wide_digit_lsd_build_matches_oracle)
         for depth in [6u8, 7, 8, 9, 10, 11, 13] {
             same_tree_at_thread_counts_and_oracle(&pts, depth, &[1, 2, 3]);
         }
@@ -2483,10 +2651,10 @@ mod tests {
 
     #[test]
     fn wide_digit_lsd_build_matches_oracle() {
-        // ≥ 2^19 points at depth 10: 2 LSD passes of 15-bit digits at 1 thread; at 2 threads
-        // the parallel top-digit path, which must give the same tree (the walk's ~1.3 points
-        // per leaf are too few for the hash build, which gives up)
-        let pts = walk(LSD_SERIAL_MAX + 1000, 0.01, 0x6a09e667f3bcc909);
+        // ≥ 2^18 points at depth 10: 2 LSD passes of 15-bit digits, on one thread and in
+        // parallel pieces at 2 threads (the walk's ~1.3 points per leaf are too few for the
+        // hash build, which gives up)
+        let pts = walk(LSD_WIDE_MIN + 1000, 0.01, 0x6a09e667f3bcc909);
         assert!(hash_leaves(&pts, 0, &cube(10), opts(10)).is_none());
         same_tree_at_thread_counts_and_oracle(&pts, 10, &[1, 2]);
     }
@@ -2835,6 +3003,67 @@ mod tests {
                 assert_eq!(buf, expected, "{digits} digits");
                 assert_eq!(got.len(), n);
             }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// The parallel LSD sort is the stable sort by key, for any piece size and thread
+        /// count, with each digit either varied or the same for every item (a skipped
+        /// pass; a skipped middle pass makes the next pass count its own digit).
+        #[test]
+        fn parallel_lsd_sort_is_a_stable_sort(
+            seed in 0u64..u64::MAX,
+            n in 0usize..3000,
+            chunk in 2usize..700,
+            threads in 1usize..4,
+            (digits, width) in proptest::prop_oneof![proptest::strategy::Just((2usize, 6u32)), proptest::strategy::Just((3, 4)), proptest::strategy::Just((3, 5))],
+            varied in proptest::collection::vec(proptest::bool::ANY, 3),
+            dups in 1u64..50,
+        ) {
+            let mut rnd = crate::testing::xorshift(seed | 1);
+            let idx_bits = 12;
+            let fixed: Vec<u64> = (0..digits).map(|_| rnd() & ((1 << width) - 1)).collect();
+            let items: Vec<u64> = (0..n)
+                .map(|i| {
+                    // few distinct values per varied digit, so equal keys keep their order
+                    let key = (0..digits).fold(0u64, |k, d| {
+                        let v = if varied[d] { rnd() % dups.min(1 << width) } else { fixed[d] };
+                        k | v << (d as u32 * width)
+                    });
+                    <u64 as Item>::make(key, i, idx_bits)
+                })
+                .collect();
+            let mut expected = items.clone();
+            expected.sort_by_key(|v| v >> idx_bits);
+            let hists: Vec<Vec<u32>> = items
+                .chunks(chunk)
+                .map(|part| {
+                    let mut h = vec![0u32; digits << width];
+                    for v in part {
+                        for d in 0..digits {
+                            let at = (v >> (idx_bits + d as u32 * width)) as usize & ((1 << width) - 1);
+                            h[(d << width) + at] += 1;
+                        }
+                    }
+                    h
+                })
+                .collect();
+            let mut got = items.clone();
+            let mut buf = vec![0u64; n];
+            crate::testing::with_threads(threads, || {
+                lsd_sort_items_par(&mut got, &mut buf, hists, idx_bits, width, chunk)
+            });
+            proptest::prop_assert_eq!(buf, expected);
+            proptest::prop_assert_eq!(got.len(), n);
+        }
+
+        /// The multiply-shift division is exact wherever it is used (x < 2^32).
+        #[test]
+        fn div_by_is_exact(x in 0u32..=u32::MAX, d in 2usize..=u32::MAX as usize, small in 2usize..5000) {
+            proptest::prop_assert_eq!(DivBy::new(d).div(x), x as usize / d);
+            proptest::prop_assert_eq!(DivBy::new(small).div(x), x as usize / small);
+            proptest::prop_assert_eq!(DivBy::new(d).div(u32::MAX), u32::MAX as usize / d);
         }
     }
 
