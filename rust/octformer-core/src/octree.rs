@@ -1652,8 +1652,11 @@ fn split_level(level: &[u64]) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
 fn collect_parents(part: &[u64], p: &mut [u64], m: &mut [u8]) -> usize {
     assert!(p.len() >= part.len() && m.len() >= part.len());
     #[cfg(target_arch = "x86_64")]
-    if part.len() >= 8 && std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F detected; lengths asserted above
+    if part.len() >= 8
+        && std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("popcnt")
+    {
+        // SAFETY: AVX-512F and POPCNT detected; lengths asserted above
         let (j, prev, mask, done) = unsafe { collect_parents_avx512(part, p, m) };
         return collect_parents_from(&part[done..], p, m, j, prev, mask);
     }
@@ -1688,16 +1691,18 @@ fn collect_parents_from(
 }
 
 /// [`collect_parents`] for the whole 8-key groups of `part` with AVX-512: per group the
-/// parents, a segmented OR scan of the child bits over runs of equal parents (carried in
-/// from the previous group), and each run's last lane compress-stored at its parent's
-/// index (a run that goes on into the next group is rewritten there, as in the scalar
-/// loop). Returns the scalar loop's state after the groups, and how many keys they took.
+/// parents, a segmented OR scan of the child bits over runs of equal parents within the
+/// group, then the previous group's last run carried into the lanes that continue it, and
+/// each run's last lane compress-stored at its parent's index (a run that goes on into
+/// the next group is rewritten there, as in the scalar loop). Only the carry (one masked
+/// OR and a broadcast) links one group to the next, so the scans of successive groups
+/// overlap. Returns the scalar loop's state after the groups, and how many keys they took.
 ///
 /// # Safety
 /// AVX-512F must be available; `part.len() >= 8`, `p.len()` and `m.len()` at least
 /// `part.len()`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,popcnt")]
 unsafe fn collect_parents_avx512(
     part: &[u64],
     p: &mut [u64],
@@ -1705,8 +1710,11 @@ unsafe fn collect_parents_avx512(
 ) -> (usize, u64, u8, usize) {
     use std::arch::x86_64::*;
     let groups = part.len() / 8;
-    let mut prev_par = _mm512_set1_epi64(-1); // u64::MAX: no parent
-    let mut prev_acc = _mm512_setzero_si512();
+    let none = _mm512_set1_epi64(-1); // u64::MAX: no parent (keys are below 2^63)
+    let zero = _mm512_setzero_si512();
+    let mut prev_par = none;
+    // the previous group's last run's mask so far, in every lane
+    let mut carry = zero;
     let mut last_j = usize::MAX; // index of the previous group's last parent
     let seven = _mm512_set1_epi64(7);
     let one = _mm512_set1_epi64(1);
@@ -1715,19 +1723,24 @@ unsafe fn collect_parents_avx512(
         let k = unsafe { _mm512_loadu_si512(part.as_ptr().add(8 * g) as *const __m512i) };
         let par = _mm512_srli_epi64::<3>(k);
         let mut acc = _mm512_sllv_epi64(one, _mm512_and_si512(k, seven));
-        // lane i against lane i - s (lanes below s against the previous group's last lanes)
+        // lane i against lane i - s of this group (lanes below s have none)
         macro_rules! step {
             ($s:literal) => {{
-                let back_par = _mm512_alignr_epi64::<{ 8 - $s }>(par, prev_par);
-                let back_acc = _mm512_alignr_epi64::<{ 8 - $s }>(acc, prev_acc);
+                let back_par = _mm512_alignr_epi64::<{ 8 - $s }>(par, none);
+                let back_acc = _mm512_alignr_epi64::<{ 8 - $s }>(acc, zero);
                 let same = _mm512_cmpeq_epi64_mask(par, back_par);
                 acc = _mm512_mask_or_epi64(acc, same, acc, back_acc);
-                same
             }};
         }
-        let continues = step!(1); // lane i has the parent of lane i - 1
+        step!(1);
         step!(2);
         step!(4);
+        // lane i has the parent of lane i - 1 (lane 0: of the previous group's last lane)
+        let continues = _mm512_cmpeq_epi64_mask(par, _mm512_alignr_epi64::<7>(par, prev_par));
+        // the lanes that continue the previous group's last run (a prefix: keys are sorted)
+        let carried = _mm512_cmpeq_epi64_mask(par, _mm512_permutexvar_epi64(seven, prev_par));
+        acc = _mm512_mask_or_epi64(acc, carried, acc, carry);
+        carry = _mm512_permutexvar_epi64(seven, acc);
         let new = !continues;
         // the last lane of each run in this group: the next lane starts a new parent
         let last: __mmask8 = (new >> 1) | 0x80;
@@ -1743,13 +1756,9 @@ unsafe fn collect_parents_avx512(
         }
         last_j = j0 + runs - 1;
         prev_par = par;
-        prev_acc = acc;
     }
     // the scalar loop's state: the last parent, its index and its mask so far
-    let mut lanes = [0u64; 8];
-    // SAFETY: 8 u64
-    unsafe { _mm512_storeu_si512(lanes.as_mut_ptr() as *mut __m512i, prev_acc) };
-    let last_mask = lanes[7] as u8;
+    let last_mask = _mm_cvtsi128_si64(_mm512_castsi512_si128(carry)) as u8;
     let last_parent = part[8 * groups - 1] >> 3;
     (last_j, last_parent, last_mask, 8 * groups)
 }
