@@ -421,7 +421,9 @@ def time_interleaved(
 ) -> dict[str, list[float]]:
     """Time several (setup, fn) pairs in alternating rounds; returns seconds per call of fn(setup()).
 
-    Setup is untimed and runs before every call (fresh inputs, no caching between repeats).
+    Setup is untimed and runs before every call (fresh inputs, no caching between repeats);
+    its outputs are freed untimed after the sample (what fn returns is dropped as it returns,
+    so each library pays for freeing its own results).
     With ``numbers[name] = k`` one sample is the mean of k back-to-back calls (k setups made
     first), so sub-millisecond calls are not lost in timer and scheduler noise. The order
     rotates each round so drift hits every side alike; with ``shuffle_seed`` it is a seeded
@@ -451,7 +453,11 @@ def time_interleaved(
             for arg in args:
                 fn(arg)
             dt = time.perf_counter() - t0
-            del args
+            # free this sample's inputs (and what fn cached on them) now, untimed: the loop
+            # variable would otherwise keep the last one alive until the next sample's loop
+            # rebinds it, inside that sample's timing (ocnn's neighbour octree took ~50 ms
+            # to unmap, charged to whichever library ran next)
+            del args, arg
             times[name].append(dt / k)
             spent += dt
         if r + 1 >= min_runs and spent > budget_s:
