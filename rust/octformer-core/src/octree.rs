@@ -1961,6 +1961,35 @@ fn child_row(mask: usize, first: i32) -> [i32; 8] {
 /// Level outputs at least this large are written with streaming (non-temporal) stores.
 const STREAM_MIN_BYTES: usize = 1 << 21;
 
+/// `out.fill(v)`, with non-temporal stores where `stream` (16-byte stores from the first
+/// 16-byte boundary; the batch ids of large levels, written once and not read back soon).
+fn fill_i32(out: &mut [i32], v: i32, stream: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if stream {
+        use std::arch::x86_64::{__m128i, _mm_set1_epi32, _mm_sfence, _mm_stream_si128};
+        let head = (out.as_ptr() as usize).wrapping_neg() % 16 / 4;
+        let head = head.min(out.len());
+        let (lead, rest) = out.split_at_mut(head);
+        lead.fill(v);
+        let whole = rest.len() / 4 * 4;
+        let (body, tail) = rest.split_at_mut(whole);
+        // SAFETY: SSE2 is part of x86_64; `body` starts 16-byte aligned (after `head`) and
+        // holds whole 4-value groups
+        unsafe {
+            let x = _mm_set1_epi32(v);
+            let p = body.as_mut_ptr() as *mut __m128i;
+            for i in 0..whole / 4 {
+                _mm_stream_si128(p.add(i), x);
+            }
+            _mm_sfence();
+        }
+        tail.fill(v);
+        return;
+    }
+    let _ = stream;
+    out.fill(v);
+}
+
 /// Store one parent's 8 child keys and 8 child ranks with non-temporal stores.
 ///
 /// # Safety
@@ -2117,7 +2146,7 @@ fn assemble_batch(samples: Vec<SampleLeaves>, offsets: &[usize], opts: BuildOpti
             up.truncate(count);
             // (asserts that the precounted window holds exactly these parents' rows)
             write_rows(&up, &masks[..count], *base, k, c, stream[d]);
-            t.fill(job.b as i32);
+            fill_i32(t, job.b as i32, stream[d]);
             level = up;
         }
         // dense top: level fd records real occupancy, levels above are all non-empty
@@ -3077,6 +3106,29 @@ mod tests {
             proptest::prop_assert_eq!(DivBy::new(d).div(x), x as usize / d);
             proptest::prop_assert_eq!(DivBy::new(small).div(x), x as usize / small);
             proptest::prop_assert_eq!(DivBy::new(d).div(u32::MAX), u32::MAX as usize / d);
+        }
+    }
+
+    #[test]
+    fn streaming_fill_writes_every_entry_and_nothing_else() {
+        // every start alignment and length around the 4-value groups
+        for start in 0..6 {
+            for len in 0..40 {
+                for stream in [false, true] {
+                    let mut buf = vec![7i32; start + len + 3];
+                    fill_i32(&mut buf[start..start + len], -5, stream);
+                    let want: Vec<i32> = (0..buf.len())
+                        .map(|i| {
+                            if (start..start + len).contains(&i) {
+                                -5
+                            } else {
+                                7
+                            }
+                        })
+                        .collect();
+                    assert_eq!(buf, want, "start {start} len {len} stream {stream}");
+                }
+            }
         }
     }
 
