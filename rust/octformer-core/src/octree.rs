@@ -3010,6 +3010,19 @@ mod tests {
         }
     }
 
+    /// Histograms of `digits` digits of `width` bits above the index bits, one after another
+    /// (the layout the quantise pass hands the LSD sorts).
+    fn digit_histograms(items: &[u64], idx_bits: u32, digits: usize, width: u32) -> Vec<u32> {
+        let mut hist = vec![0u32; digits << width];
+        for v in items {
+            for d in 0..digits {
+                let at = (v >> (idx_bits + d as u32 * width)) as usize & ((1 << width) - 1);
+                hist[(d << width) + at] += 1;
+            }
+        }
+        hist
+    }
+
     #[test]
     fn lsd_sort_items_is_a_stable_sort() {
         let mut rnd = crate::testing::xorshift(0x2545f4914f6cdd1du64);
@@ -3032,13 +3045,7 @@ mod tests {
             expected.sort_by_key(|v| v >> idx_bits); // stable: ties keep the index order
             // 3 digits of 10 bits, 2 of 15
             for (digits, width) in [(3usize, 10u32), (2, 15)] {
-                let mut hist = vec![0u32; digits << width];
-                for v in &items {
-                    for d in 0..digits {
-                        let at = (v >> (idx_bits + d as u32 * width)) as usize & ((1 << width) - 1);
-                        hist[(d << width) + at] += 1;
-                    }
-                }
+                let mut hist = digit_histograms(&items, idx_bits, digits, width);
                 let mut got = items.clone();
                 let mut buf = vec![0u64; n];
                 lsd_sort_items(&mut got, &mut buf, &mut hist, idx_bits, width);
@@ -3080,16 +3087,7 @@ mod tests {
             expected.sort_by_key(|v| v >> idx_bits);
             let hists: Vec<Vec<u32>> = items
                 .chunks(chunk)
-                .map(|part| {
-                    let mut h = vec![0u32; digits << width];
-                    for v in part {
-                        for d in 0..digits {
-                            let at = (v >> (idx_bits + d as u32 * width)) as usize & ((1 << width) - 1);
-                            h[(d << width) + at] += 1;
-                        }
-                    }
-                    h
-                })
+                .map(|part| digit_histograms(part, idx_bits, digits, width))
                 .collect();
             let mut got = items.clone();
             let mut buf = vec![0u64; n];
