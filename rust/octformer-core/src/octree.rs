@@ -769,7 +769,13 @@ fn build_sample_with<T: Coord, I: Item>(
     let chunk = if serial {
         n.max(1)
     } else if par_lsd {
-        n.div_ceil(threads).next_multiple_of(64)
+        // (wide digits: half as many pieces, their count tables being 16 times larger)
+        let max_pieces = if lsd_width > LSD_DIGIT_MAX {
+            PAR_LSD_MAX_PIECES / 2
+        } else {
+            PAR_LSD_MAX_PIECES
+        };
+        n.div_ceil(threads.min(max_pieces)).next_multiple_of(64)
     } else {
         n.div_ceil(threads).max(1)
     };
@@ -1030,6 +1036,13 @@ fn build_sample_with<T: Coord, I: Item>(
 /// LSD-sortable samples of at least this many points are sorted in parallel pieces on
 /// several threads (the bindings run smaller builds on one thread anyway).
 const PAR_LSD_MIN: usize = 1 << 16;
+/// At most this many pieces per parallel LSD pass: each piece counts the next digit for
+/// every piece (pieces² count tables to clear and merge per pass), and the scatter is
+/// memory-bound long before this many threads help. 16 threads oversubscribing 2 cores
+/// show the table cost: indoor-like 600k points at d10 (2 passes of 15-bit digits)
+/// 14.5 ms with a piece per thread, 7.0-7.6 ms with 8 pieces, 5.8 ms with 4; indoor200k
+/// (3 passes of 10 bits) 3.4 -> 2.7 ms with 8.
+const PAR_LSD_MAX_PIECES: usize = 8;
 /// Samples of at least this many points are sorted by LSD passes (below, the top-digit
 /// scatter and bucket sorts are faster: 300-700 points at depth 11, 0.009 vs 0.011 ms and
 /// 0.014 vs 0.015). From 2^10 rather than 2^14 points (same-process medians, 1 thread):
@@ -2501,7 +2514,8 @@ mod tests {
         // parallel pieces at 2 and 3 threads; 13: top digit + buckets, in parallel at 2 and
         // 3 threads (the wide-digit path is tested in wide_digit_lsd_build_matches_oracle)
         for depth in [6u8, 7, 8, 9, 10, 11, 13] {
-            same_tree_at_thread_counts_and_oracle(&pts, depth, &[1, 2, 3]);
+            // (12 threads: more than the parallel LSD's 8 pieces)
+            same_tree_at_thread_counts_and_oracle(&pts, depth, &[1, 2, 3, 12]);
         }
     }
 
@@ -2698,7 +2712,7 @@ mod tests {
         // hash build, which gives up)
         let pts = walk(LSD_WIDE_MIN + 1000, 0.01, 0x6a09e667f3bcc909);
         assert!(hash_leaves(&pts, 0, &cube(10), opts(10)).is_none());
-        same_tree_at_thread_counts_and_oracle(&pts, 10, &[1, 2]);
+        same_tree_at_thread_counts_and_oracle(&pts, 10, &[1, 2, 6]);
     }
 
     #[test]
