@@ -748,17 +748,21 @@ fn build_sample_with<T: Coord, I: Item>(
     // instead of a top-digit scatter followed by sorts of tiny buckets (2^15 buckets of ~6
     // items for 200k points): at 1 thread, depth 10, 7.2 vs 9.0 ms CPU for indoor200k and
     // 16.2 vs 21.8 ms for lidar1M. Digits of ≤ 11 bits (3 passes, 2 for ≤ 22-bit keys);
-    // from 2^18 items, keys of ≤ 32 bits take 2 passes of ≤ 16-bit digits (count tables of
-    // ≤ 1/8 of the items): lidar1M d10 15.0-15.5 vs 17.6-18.2 ms, lidar 200k 2.2 vs 2.6;
-    // random-order indoor200k was ~2% slower that way, so it stays at 3 passes
+    // from LSD_WIDE_MIN items (LSD_WIDE_MIN_PAR in parallel pieces), keys of ≤ 32 bits
+    // take 2 passes of ≤ 16-bit digits (count tables of ≤ 1/2 of the items): lidar1M d10
+    // 15.0-15.5 vs 17.6-18.2 ms, lidar 200k 2.2 vs 2.6
     let lsd = lsd_ok;
-    let lsd_digits = if key_bits <= 2 * LSD_DIGIT_MAX
-        || (n >= LSD_WIDE_MIN && key_bits <= 2 * LSD_WIDE_DIGIT_MAX)
-    {
-        2
+    let wide_min = if par_lsd {
+        LSD_WIDE_MIN_PAR
     } else {
-        3
+        LSD_WIDE_MIN
     };
+    let lsd_digits =
+        if key_bits <= 2 * LSD_DIGIT_MAX || (n >= wide_min && key_bits <= 2 * LSD_WIDE_DIGIT_MAX) {
+            2
+        } else {
+            3
+        };
     let lsd_width = key_bits.div_ceil(lsd_digits);
 
     // 1. quantise + encode + histogram of the top digit (or every LSD digit), per chunk
@@ -1051,8 +1055,16 @@ const PAR_LSD_MAX_PIECES: usize = 8;
 const LSD_MIN: usize = 1 << 10;
 /// Widest LSD digit (a 2^11-entry count table stays in L1).
 const LSD_DIGIT_MAX: u32 = 11;
-/// Samples of at least this many points may take 2 LSD passes of digits up to...
-const LSD_WIDE_MIN: usize = 1 << 18;
+/// Samples of at least this many points may take 2 LSD passes of digits up to
+/// [`LSD_WIDE_DIGIT_MAX`] bits on one thread. Same-process medians, 1 thread, depth 10,
+/// 2 passes of 15 bits against 3 of 10 (from 2^18 before): the SemanticKITTI scan
+/// (123k points, scan order) 1.26-1.28 -> 0.92-0.96 ms, 115k of it 1.19 -> 0.92,
+/// depth 9 0.95 -> 0.82; indoor200k (random order) 2.02-2.18 -> 1.90-2.08, 150k of it
+/// 1.63 -> 1.59, but 70k of it 0.815 -> 0.845 (kept at 3 passes below 2^16)
+const LSD_WIDE_MIN: usize = 1 << 16;
+/// ...and in parallel pieces, where the wide count tables are per piece pair (2 threads
+/// at 2^16: kitti000000 1.00 vs 1.02 ms, indoor200k 1.97 vs 2.02, no gain)
+const LSD_WIDE_MIN_PAR: usize = 1 << 18;
 /// ...this wide (2 count tables of 2^16 entries).
 const LSD_WIDE_DIGIT_MAX: u32 = 16;
 
@@ -2708,9 +2720,9 @@ mod tests {
     #[test]
     fn wide_digit_lsd_build_matches_oracle() {
         // ≥ 2^18 points at depth 10: 2 LSD passes of 15-bit digits, on one thread and in
-        // parallel pieces at 2 threads (the walk's ~1.3 points per leaf are too few for the
-        // hash build, which gives up)
-        let pts = walk(LSD_WIDE_MIN + 1000, 0.01, 0x6a09e667f3bcc909);
+        // parallel pieces at 2 and 6 threads (the walk's ~1.3 points per leaf are too few
+        // for the hash build, which gives up)
+        let pts = walk(LSD_WIDE_MIN_PAR + 1000, 0.01, 0x6a09e667f3bcc909);
         assert!(hash_leaves(&pts, 0, &cube(10), opts(10)).is_none());
         same_tree_at_thread_counts_and_oracle(&pts, 10, &[1, 2, 6]);
     }
