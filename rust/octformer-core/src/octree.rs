@@ -854,15 +854,9 @@ fn build_sample_with<T: Coord, I: Item>(
         lsd_sort_items_par(&mut items, &mut buf, hists, lo, lsd_width, chunk);
         // the whole sample sorted; the collapse below takes it in pieces that start
         // with a new key (the "buckets" it groups)
-        let pieces = threads * 8;
-        starts = (0..pieces).map(|i| i * n / pieces).collect();
-        for s in starts.iter_mut().skip(1) {
-            while *s < n && buf[*s].key(idx_bits) == buf[*s - 1].key(idx_bits) {
-                *s += 1;
-            }
-        }
-        starts.push(n);
-        starts.dedup();
+        starts = aligned_cuts(n, threads * 8, |i| {
+            buf[i].key(idx_bits) == buf[i - 1].key(idx_bits)
+        });
     } else if lsd {
         // the whole sample sorted: one bucket, nothing left to sort in it
         lsd_sort_items(&mut items, &mut buf, &mut hists[0], lo, lsd_width);
@@ -1098,6 +1092,22 @@ fn lsd_sort_items<I: Item>(
     if in_items {
         std::mem::swap(items, buf);
     }
+}
+
+/// Boundaries `0 = c0 < c1 < ... < n` of about `pieces` equal parts of `0..n`, each cut moved
+/// forward past positions `i` where `same(i)` (item i continues item i - 1's run), so no
+/// run is split between parts.
+fn aligned_cuts(n: usize, pieces: usize, same: impl Fn(usize) -> bool) -> Vec<usize> {
+    let pieces = pieces.max(1);
+    let mut cuts: Vec<usize> = (0..pieces).map(|i| i * n / pieces).collect();
+    for c in cuts.iter_mut().skip(1) {
+        while *c > 0 && *c < n && same(*c) {
+            *c += 1;
+        }
+    }
+    cuts.push(n);
+    cuts.dedup();
+    cuts
 }
 
 /// Exact `x / d` for `x < 2^32` and `2 ≤ d < 2^32` by one multiply: with
@@ -1603,15 +1613,8 @@ fn split_level(level: &[u64]) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
     } else {
         threads * 4
     };
-    // chunk starts moved forward to the first key of a new parent
-    let mut starts: Vec<usize> = (0..pieces).map(|i| i * n / pieces).collect();
-    for s in starts.iter_mut().skip(1) {
-        while *s < n && *s > 0 && level[*s] >> 3 == level[*s - 1] >> 3 {
-            *s += 1;
-        }
-    }
-    starts.push(n);
-    starts.dedup();
+    // chunks start at the first key of a new parent
+    let starts = aligned_cuts(n, pieces, |i| level[i] >> 3 == level[i - 1] >> 3);
     let ranges: Vec<(usize, usize)> = starts.windows(2).map(|w| (w[0], w[1])).collect();
     // pass 1: chunk [a, b) has at most b - a parents, kept at a.. of the scratch arrays
     // SAFETY: collect_parents writes entries a..a + count before anything reads them
