@@ -2840,46 +2840,7 @@ mod tests {
             proptest::prop_assert_eq!(format!("{:?}", a.non_finite), format!("{:?}", b.non_finite));
             proptest::prop_assert_eq!((a.outside, a.min, a.max), (b.outside, b.min, b.max));
         }
-    }
 
-    proptest::proptest! {
-        /// Whatever order the workers ask in, every piece is handed out exactly once, a
-        /// worker takes its own run front to back first, and then steals from the back of
-        /// the fullest run.
-        #[test]
-        fn piece_queue_hands_out_every_piece_once(
-            pieces in 0usize..70,
-            workers in 1usize..5,
-            asks in proptest::collection::vec(0usize..4, 0..200),
-        ) {
-            let q = PieceQueue::new(pieces, workers);
-            let run = |w: usize| w * pieces / workers..(w + 1) * pieces / workers;
-            let mut got = vec![0u32; pieces];
-            let left = |got: &[u32], w: usize| run(w).filter(|&p| got[p] == 0).collect::<Vec<_>>();
-            for w in asks.into_iter().map(|a| a % workers).chain(std::iter::repeat(0)) {
-                let own = left(&got, w);
-                let fullest = (0..workers).map(|v| left(&got, v).len()).max().unwrap_or(0);
-                let Some(p) = q.take(w) else {
-                    proptest::prop_assert_eq!(fullest, 0);
-                    break;
-                };
-                if let Some(&front) = own.first() {
-                    proptest::prop_assert_eq!(p, front);
-                } else {
-                    // a steal: the last piece left of a run with the most left
-                    let v = (0..workers).find(|&v| run(v).contains(&p)).unwrap();
-                    let theirs = left(&got, v);
-                    proptest::prop_assert_eq!(Some(&p), theirs.last());
-                    proptest::prop_assert_eq!(theirs.len(), fullest);
-                }
-                got[p] += 1;
-            }
-            proptest::prop_assert!(got.iter().all(|&c| c == 1), "{:?}", got);
-        }
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
         /// The sort build's quantisation (whichever of its paths this CPU takes: AVX-512
         /// blocks, BMI2, portable) against a point-by-point float32 oracle: items
         /// (`key << idx_bits | index`), digit histograms and the report, with points outside
@@ -2924,6 +2885,42 @@ mod tests {
             proptest::prop_assert_eq!(hist, want_hist);
             proptest::prop_assert_eq!(rep.outside, outside);
             proptest::prop_assert_eq!(rep.non_finite.map(|x| x.0), first_bad);
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever order the workers ask in, every piece is handed out exactly once, a
+        /// worker takes its own run front to back first, and then steals from the back of
+        /// the fullest run.
+        #[test]
+        fn piece_queue_hands_out_every_piece_once(
+            pieces in 0usize..70,
+            workers in 1usize..5,
+            asks in proptest::collection::vec(0usize..4, 0..200),
+        ) {
+            let q = PieceQueue::new(pieces, workers);
+            let run = |w: usize| w * pieces / workers..(w + 1) * pieces / workers;
+            let mut got = vec![0u32; pieces];
+            let left = |got: &[u32], w: usize| run(w).filter(|&p| got[p] == 0).collect::<Vec<_>>();
+            for w in asks.into_iter().map(|a| a % workers).chain(std::iter::repeat(0)) {
+                let own = left(&got, w);
+                let fullest = (0..workers).map(|v| left(&got, v).len()).max().unwrap_or(0);
+                let Some(p) = q.take(w) else {
+                    proptest::prop_assert_eq!(fullest, 0);
+                    break;
+                };
+                if let Some(&front) = own.first() {
+                    proptest::prop_assert_eq!(p, front);
+                } else {
+                    // a steal: the last piece left of a run with the most left
+                    let v = (0..workers).find(|&v| run(v).contains(&p)).unwrap();
+                    let theirs = left(&got, v);
+                    proptest::prop_assert_eq!(Some(&p), theirs.last());
+                    proptest::prop_assert_eq!(theirs.len(), fullest);
+                }
+                got[p] += 1;
+            }
+            proptest::prop_assert!(got.iter().all(|&c| c == 1), "{:?}", got);
         }
     }
 
