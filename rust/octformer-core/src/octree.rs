@@ -938,12 +938,13 @@ fn build_sample_with<T: Coord, I: Item>(
                     crate::mem::prefetch(leaf_ptr as *const i64, ahead.idx(idx_bits), n);
                 }
                 let k = it.key(idx_bits);
-                if k != prev {
-                    rank += 1;
-                    prev = k;
-                    // SAFETY: rank < number of items <= n = capacity
-                    unsafe { *leaves_ptr.add(rank as usize) = k };
-                }
+                // branch-free: a new key takes the next rank (the first item of a bucket
+                // always differs from u64::MAX), and the leaf slot is rewritten by every
+                // item of its run
+                rank += (k != prev) as i64;
+                prev = k;
+                // SAFETY: 0 <= rank < number of items <= n = capacity
+                unsafe { *leaves_ptr.add(rank as usize) = k };
                 // SAFETY: idx < n, and each index occurs once
                 unsafe { *leaf_ptr.add(it.idx(idx_bits)) = rank };
             }
@@ -1014,12 +1015,12 @@ fn build_sample_with<T: Coord, I: Item>(
                         crate::mem::prefetch(leaf_ptr.0 as *const i64, ahead.idx(idx_bits), n);
                     }
                     let k = it.key(idx_bits);
-                    if k != prev {
-                        rank += 1;
-                        prev = k;
-                        // SAFETY: ranks of distinct groups are disjoint ranges of 0..total_leaves
-                        unsafe { *leaves_ptr.0.add(rank as usize) = k };
-                    }
+                    // branch-free, as in the serial collapse
+                    rank += (k != prev) as i64;
+                    prev = k;
+                    // SAFETY: ranks of distinct groups are disjoint ranges of 0..total_leaves
+                    // (the group's first item always starts a new rank)
+                    unsafe { *leaves_ptr.0.add(rank as usize) = k };
                     // SAFETY: every point index appears in exactly one item
                     unsafe { *leaf_ptr.0.add(it.idx(idx_bits)) = rank };
                 }
