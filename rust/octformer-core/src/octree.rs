@@ -1988,7 +1988,7 @@ fn child_row(mask: usize, first: i32) -> [i32; 8] {
 }
 
 /// Level outputs at least this large are written with streaming (non-temporal) stores.
-const STREAM_MIN_BYTES: usize = 1 << 21;
+pub(crate) const STREAM_MIN_BYTES: usize = 1 << 21;
 
 /// `out.fill(v)`, with non-temporal stores where `stream` (16-byte stores from the first
 /// 16-byte boundary; the batch ids of large levels, written once and not read back soon).
