@@ -1629,7 +1629,8 @@ fn grow_levels_with(
 /// Each level's rows are written in blocks of `block` parents, and between two blocks the
 /// parents just written are collected one level up. Where the rows go out with streaming
 /// stores (levels of at least `stream_min_bytes`), that work runs while the stores drain:
-/// indoor200k d10 1.86-1.93 -> 1.70-1.78 ms (same-process medians).
+/// indoor200k d10 2.01-2.03 -> 1.88-1.89 ms (medians in one process, the level-at-a-time
+/// path behind a switch; 1.86-1.93 -> 1.70-1.78 in a quieter hour).
 fn grow_serial(
     leaves: Vec<u64>,
     depth: usize,
