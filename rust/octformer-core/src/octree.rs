@@ -251,11 +251,8 @@ impl Item for u64 {
     }
     #[inline(always)]
     fn idx(&self, idx_bits: u32) -> usize {
-        if idx_bits == 0 {
-            0
-        } else {
-            (self & ((1u64 << idx_bits) - 1)) as usize
-        }
+        // idx_bits < 64 (the key takes at least one bit); 0 bits give the mask 0
+        (self & ((1u64 << idx_bits) - 1)) as usize
     }
     #[inline]
     fn sort_small(v: &mut [Self]) {
