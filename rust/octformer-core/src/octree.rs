@@ -921,27 +921,9 @@ fn build_sample_with<T: Coord, I: Item>(
                 continue;
             }
             sort_bucket(bucket, &mut scratch);
-            let mut prev = u64::MAX;
-            let items = buf.as_ptr();
-            // no software prefetch of the point_leaf writes: the loop is bound by its
-            // instruction count, and dropping the prefetch (16 items ahead) measured faster
-            // everywhere, in separate processes at 1 thread: kitti000000 d10 0.74 -> 0.68
-            // ms, d8 0.52 -> 0.49; indoor200k d8 1.22 -> 1.12; 1M indoor points 11.8 ->
-            // 11.5; lidar1M d11 8.5 -> 7.9 (2 threads: kitti 0.88 -> 0.84)
-            for pos in starts[b]..starts[b + 1] {
-                // SAFETY: pos < n = buf.len()
-                let it = unsafe { *items.add(pos) };
-                let k = it.key(idx_bits);
-                // branch-free: a new key takes the next rank (the first item of a bucket
-                // always differs from u64::MAX), and the leaf slot is rewritten by every
-                // item of its run
-                rank += (k != prev) as i64;
-                prev = k;
-                // SAFETY: 0 <= rank < number of items <= n = capacity
-                unsafe { *leaves_ptr.add(rank as usize) = k };
-                // SAFETY: idx < n, and each index occurs once
-                unsafe { *leaf_ptr.add(it.idx(idx_bits)) = rank };
-            }
+            // SAFETY: the leaves so far and this bucket's fit in the capacity n; every
+            // point index occurs in exactly one item and is below n = point_leaf.len()
+            rank = unsafe { collapse_sorted(bucket, idx_bits, leaves_ptr, leaf_ptr, rank) };
         }
         // SAFETY: entries 0..=rank were written above
         unsafe { leaves.set_len((rank + 1) as usize) };
@@ -1001,25 +983,54 @@ fn build_sample_with<T: Coord, I: Item>(
             .zip(bases.into_par_iter())
             .for_each(|((_, _, items), base)| {
                 let (leaves_ptr, leaf_ptr) = (leaves_ptr, leaf_ptr);
-                let mut rank = base as i64 - 1;
-                let mut prev = u64::MAX;
-                for it in items.iter() {
-                    let k = it.key(idx_bits);
-                    // branch-free, as in the serial collapse
-                    rank += (k != prev) as i64;
-                    prev = k;
-                    // SAFETY: ranks of distinct groups are disjoint ranges of 0..total_leaves
-                    // (the group's first item always starts a new rank)
-                    unsafe { *leaves_ptr.0.add(rank as usize) = k };
-                    // SAFETY: every point index appears in exactly one item
-                    unsafe { *leaf_ptr.0.add(it.idx(idx_bits)) = rank };
-                }
+                // SAFETY: the group's leaves are base..base + its count, disjoint from the
+                // other groups' ranges of 0..total_leaves (a group starts a new key); every
+                // point index appears in exactly one item, below n = point_leaf.len()
+                unsafe {
+                    collapse_sorted(items, idx_bits, leaves_ptr.0, leaf_ptr.0, base as i64 - 1)
+                };
             });
         leaves
     };
     drop(buf);
 
     Ok(SampleLeaves { leaves, point_leaf })
+}
+
+/// Runs of equal keys in the sorted `items` collapsed into leaves: the first item takes
+/// rank `rank + 1` and each new key the next one; `leaves[r]` gets rank r's key and
+/// `point_leaf[idx]` every item's rank. Returns the last rank. Branch-free (a run's leaf
+/// slot is rewritten by each of its items) and without software prefetch of the
+/// point_leaf writes: dropping the prefetch (16 items ahead) measured faster everywhere,
+/// in separate processes at 1 thread: kitti000000 d10 0.74 -> 0.68 ms, d8 0.52 -> 0.49;
+/// indoor200k d8 1.22 -> 1.12; 1M indoor points 11.8 -> 11.5; lidar1M d11 8.5 -> 7.9 (2
+/// threads: kitti 0.88 -> 0.84). The loop is ~10 instructions per item; cutting it down
+/// from ~30 (this function, not inlined) changed nothing measurable, so its time is in
+/// the stores, not the instructions.
+///
+/// # Safety
+/// `leaves` has room for ranks up to `rank + items.len()`, and every item's point index
+/// is in bounds of `point_leaf`, written by no one else meanwhile.
+#[inline(never)]
+unsafe fn collapse_sorted<I: Item>(
+    items: &[I],
+    idx_bits: u32,
+    leaves: *mut u64,
+    point_leaf: *mut i64,
+    mut rank: i64,
+) -> i64 {
+    let mut prev = u64::MAX; // keys are below 2^63: the first item starts a new rank
+    for it in items {
+        let k = it.key(idx_bits);
+        rank += (k != prev) as i64;
+        prev = k;
+        // SAFETY: rank <= rank0 + items seen, within `leaves` (the caller); index in bounds
+        unsafe {
+            *leaves.add(rank as usize) = k;
+            *point_leaf.add(it.idx(idx_bits)) = rank;
+        }
+    }
+    rank
 }
 
 /// LSD-sortable samples of at least this many points are sorted in parallel pieces on
