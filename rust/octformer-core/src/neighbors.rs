@@ -922,6 +922,7 @@ mod tests {
         // streaming into whatever alignment the test allocator gives)
         #[derive(Clone, Copy)]
         #[repr(align(32))]
+        #[allow(dead_code)] // written through raw pointers only; its alignment is the point
         struct Line([i32; 8]);
         let mut buf = vec![Line([0; 8]); rows / 8 + 2];
         for skip in [0usize, 8] {
