@@ -748,7 +748,6 @@ fn build_sample_with<T: Coord, I: Item>(
     // from LSD_WIDE_MIN items (LSD_WIDE_MIN_PAR in parallel pieces), keys of ≤ 32 bits
     // take 2 passes of ≤ 16-bit digits (count tables of ≤ 1/2 of the items): lidar1M d10
     // 15.0-15.5 vs 17.6-18.2 ms, lidar 200k 2.2 vs 2.6
-    let lsd = lsd_ok;
     let wide_min = if par_lsd {
         LSD_WIDE_MIN_PAR
     } else {
@@ -816,7 +815,7 @@ fn build_sample_with<T: Coord, I: Item>(
     let parts: Vec<(ChunkReport, Vec<u32>)> = if serial {
         if n == 0 {
             Vec::new()
-        } else if lsd {
+        } else if lsd_ok {
             // the whole sample as one chunk
             vec![quant_lsd(0, &mut items[..])]
         } else {
@@ -854,7 +853,7 @@ fn build_sample_with<T: Coord, I: Item>(
         starts = aligned_cuts(n, threads * 8, |i| {
             buf[i].key(idx_bits) == buf[i - 1].key(idx_bits)
         });
-    } else if lsd {
+    } else if lsd_ok {
         // the whole sample sorted: one bucket, nothing left to sort in it
         lsd_sort_items(&mut items, &mut buf, &mut hists[0], lo, lsd_width);
         starts = vec![0, n];
@@ -899,7 +898,7 @@ fn build_sample_with<T: Coord, I: Item>(
             unsafe { crate::sort::vec_for_overwrite(n) }
         };
     let sort_bucket = |bucket: &mut [I], scratch: &mut Vec<I>| {
-        if bucket.len() <= 1 || top_shift <= lo || lsd {
+        if bucket.len() <= 1 || top_shift <= lo || lsd_ok {
             return;
         }
         if bucket.len() <= CMP_SORT_MAX {
@@ -1666,13 +1665,13 @@ fn grow_serial(
         let mut cd: Vec<i32> = unsafe { crate::sort::vec_for_overwrite(cnt * 8) };
         let stream = cnt * 8 * 12 >= stream_min_bytes;
         nonempty[d - 1] = cnt;
-        if d - 1 == fd {
-            write_rows(&p, &m, 0, &mut kd, &mut cd, stream);
-            keys[d] = kd;
-            children[d] = cd;
-            return p;
-        }
-        let (mut p_up, mut m_up) = scratch(cnt);
+        // the level below the dense top is not collected further
+        let up = d - 1 > fd;
+        let (mut p_up, mut m_up) = if up {
+            scratch(cnt)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let mut state = COLLECT_START;
         let mut first = 0i32;
         let mut fence = false;
@@ -1683,23 +1682,29 @@ fn grow_serial(
             let (next, streamed) = write_rows_unfenced(&p[a..b], &m[a..b], first, k, c, stream);
             first = next;
             fence |= streamed;
-            state = collect_parents_cont(&p[a..b], &mut p_up, &mut m_up, state);
+            if up {
+                state = collect_parents_cont(&p[a..b], &mut p_up, &mut m_up, state);
+            }
         }
         if fence {
             store_fence();
         }
+        keys[d] = kd;
+        children[d] = cd;
+        if !up {
+            return p;
+        }
         let count = state.0.wrapping_add(1);
         p_up.truncate(count);
         m_up.truncate(count);
-        keys[d] = kd;
-        children[d] = cd;
         (p, m) = (p_up, m_up);
         d -= 1;
     }
 }
 
 /// One level up: from sorted non-empty keys, every parent's 8 child keys, their children
-/// ranks (-1 empty) and the parents' keys. Chunks cut at parent boundaries run in parallel.
+/// ranks (-1 empty) and the parents' keys, on several threads (one thread takes
+/// [`grow_serial`]). Chunks cut at parent boundaries run in parallel.
 ///
 /// Two passes per chunk: the parents and their children's occupancy masks are collected
 /// into cache-resident scratch (branch-free, which also counts them), then the rows are
@@ -1707,11 +1712,7 @@ fn grow_serial(
 fn split_level(level: &[u64], stream_min_bytes: usize) -> (Vec<u64>, Vec<i32>, Vec<u64>) {
     let n = level.len();
     let threads = rayon::current_num_threads().max(1);
-    let pieces = if n < 1 << 15 || threads == 1 {
-        1
-    } else {
-        threads * 4
-    };
+    let pieces = if n < 1 << 15 { 1 } else { threads * 4 };
     // chunks start at the first key of a new parent
     let starts = aligned_cuts(n, pieces, |i| level[i] >> 3 == level[i - 1] >> 3);
     let ranges: Vec<(usize, usize)> = starts.windows(2).map(|w| (w[0], w[1])).collect();
