@@ -746,7 +746,7 @@ fn build_sample_with<T: Coord, I: Item>(
     let serial = !hybrid && (n <= SERIAL_MAX || threads <= 1 || lsd_ok);
     // the whole sample sorted by LSD passes on this thread
     let lsd_whole = lsd_ok && serial;
-    // packed items, keys of 12..=33 bits (depths 4..=11): the whole sample is
+    // one thread, packed items, keys of 12..=33 bits (depths 4..=11): the whole sample is
     // sorted by LSD passes (the histograms of every digit come from the quantise pass)
     // instead of a top-digit scatter followed by sorts of tiny buckets (2^15 buckets of ~6
     // items for 200k points): at 1 thread, depth 10, 7.2 vs 9.0 ms CPU for indoor200k and
