@@ -1025,8 +1025,11 @@ unsafe fn collapse_sorted<I: Item>(
 /// 0.91 -> 0.71 ms, indoor200k 2.75 -> 2.20, a 209k-point stereo scan (table_scene) 1.24
 /// -> 0.95, two kitti scans (247k) 1.62 -> 1.25, indoor-like 600k points 7.2 -> 5.6-5.8;
 /// a 293k-point forest submap (karawatha) 2.07 -> 2.10-2.20, the one cloud not faster.
-/// Separate processes, old build against new, 2 threads: kitti 0.87-1.21 -> 0.66-0.69 ms,
-/// indoor200k 1.81-1.97 -> 1.77-1.96.
+/// Separate processes, old build against new, alternating, 2 threads: kitti 0.87-1.25 ->
+/// 0.66-0.88 ms, table_scene 1.21-1.61 -> 0.99-1.41, two kitti scans 2.10-2.40 ->
+/// 1.22-1.80; indoor200k (1.81-2.53 vs 1.77-2.42), karawatha and 600k indoor-like points
+/// unchanged within the noise. So clouds of several points per leaf gain; clouds of about
+/// one point per leaf gain in one process only.
 const HYBRID_MIN: usize = 1 << 16;
 /// Top buckets of about 2^13 items on average (two passes of ≤ 13-bit digits in L2)...
 const HYBRID_BUCKET_BITS: u32 = 13;
