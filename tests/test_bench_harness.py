@@ -8,6 +8,8 @@ import time
 import types
 from pathlib import Path
 
+import pytest
+
 COMMON = Path(__file__).resolve().parents[1] / "benchmarks" / "common.py"
 
 
@@ -45,3 +47,32 @@ def test_time_interleaved_frees_inputs_outside_the_timed_calls():
     # 3 samples of 1 call and 3 of 2, and no input freed while a sample is timed
     assert inside == ["call"] * 9
     assert events.count("free") == 9
+
+
+def load_bench_octree():
+    sys.path.insert(0, str(COMMON.parent))  # bench_octree imports its sibling `common`
+    spec = importlib.util.spec_from_file_location("bench_octree_under_test", COMMON.parent / "bench_octree.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_build_worker_times_the_output_fill_floor_and_reports_it_on_a_miss():
+    pytest.importorskip("torch")  # the timing worker sets torch's thread count
+    bench = load_bench_octree()
+    libs = ["octformer", "np.sort", "output fill"]
+    spec = {
+        "kind": "build", "data": "lidar100k", "depth": 8, "threads": 1, "mode": "time", "libs": libs,
+        "min_runs": 1, "max_runs": 1, "budget_s": 0.0,
+    }
+    res = bench.worker(spec)
+    assert sorted(res["times"]) == sorted(libs) and not res["skipped"]
+    res.update(busy_before=0.0, mem={}, other_load=0.0)
+    # a target no build meets, so the verdict line must carry the floor
+    bench.TARGET_SORT = 0.0
+    table, verdicts = bench.render_build([res])
+    fill, srt = res["times"]["output fill"]["median_ms"], res["times"]["np.sort"]["median_ms"]
+    assert f"| {bench.common.fmt_ms(res['times']['output fill'])} |" in table
+    (line,) = [v for v in verdicts if "np.sort" in v]
+    assert line.endswith(f"filling arrays the size of the output alone takes {fill / srt:.2f}× `np.sort`")
