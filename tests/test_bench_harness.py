@@ -61,7 +61,7 @@ def load_bench_octree():
 def test_build_worker_times_the_output_fill_floor_and_reports_it_on_a_miss():
     pytest.importorskip("torch")  # the timing worker sets torch's thread count
     bench = load_bench_octree()
-    libs = ["octformer", "np.sort", "output fill"]
+    libs = ["octformer", "octformer auto box", "np.sort", "output fill"]
     spec = {
         "kind": "build", "data": "lidar100k", "depth": 8, "threads": 1, "mode": "time", "libs": libs,
         "min_runs": 1, "max_runs": 1, "budget_s": 0.0,

@@ -2330,18 +2330,19 @@ pub fn sample_bounds<T: Coord>(points: &[T], offsets: &[usize]) -> Result<Vec<Op
             .par_chunks(CHUNK * 3)
             .enumerate()
             .map(|(c, part)| {
-                let (mut lo, mut hi) = ([f64::INFINITY; 3], [f64::NEG_INFINITY; 3]);
+                if let Some(b) = chunk_bounds(part) {
+                    return Ok(b);
+                }
+                // the error path re-scans the chunk for its first offender, in point order
                 for (j, p) in part.chunks_exact(3).enumerate() {
                     for a in 0..3 {
                         let v = p[a].to_f64();
-                        if !v.is_finite() || v.abs() >= AUTO_BOX_MAX_COORD {
+                        if !(v.abs() < AUTO_BOX_MAX_COORD) {
                             return Err((w[0] + c * CHUNK + j, a, v));
                         }
-                        lo[a] = lo[a].min(v);
-                        hi[a] = hi[a].max(v);
                     }
                 }
-                Ok((lo, hi))
+                unreachable!("chunk_bounds refused a chunk with no offending coordinate")
             })
             .collect();
         let (mut lo, mut hi) = ([f64::INFINITY; 3], [f64::NEG_INFINITY; 3]);
@@ -2365,6 +2366,70 @@ pub fn sample_bounds<T: Coord>(points: &[T], offsets: &[usize]) -> Result<Vec<Op
         out.push(Some((lo, hi)));
     }
     Ok(out)
+}
+
+/// Per-axis bounds of interleaved (x, y, z) coordinates, or None when one of them is not
+/// finite or has magnitude at least [`AUTO_BOX_MAX_COORD`] (the caller then finds which).
+fn chunk_bounds<T: Coord>(part: &[T]) -> Option<Bounds> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 detected
+        return unsafe { chunk_bounds_avx2(part) };
+    }
+    chunk_bounds_lanes(part)
+}
+
+/// [`chunk_bounds_lanes`] compiled for AVX2.
+///
+/// # Safety
+/// AVX2 must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn chunk_bounds_avx2<T: Coord>(part: &[T]) -> Option<Bounds> {
+    chunk_bounds_lanes(part)
+}
+
+/// [`chunk_bounds`], branch-free so it vectorises: 16 points (48 values) per step in 48
+/// lanes of the input's own precision, lane l holding axis l % 3. Against the early-exit
+/// f64 loop it replaces: 123k float32 points 212 -> 36 µs; `build_octree(points, 10)`
+/// with its default automatic box, 1 thread, kitti000000 1.12-1.17 -> 0.82-0.83 ms and
+/// lidar1M 6.7-7.1 -> 4.0-4.2 ms (separate processes, alternating).
+#[inline(always)]
+fn chunk_bounds_lanes<T: Coord>(part: &[T]) -> Option<Bounds> {
+    const LANES: usize = 48;
+    // in float32 the limit rounds to +inf, so the test is just "finite"
+    let (lim, neg) = (
+        T::from_f64(AUTO_BOX_MAX_COORD),
+        T::from_f64(-AUTO_BOX_MAX_COORD),
+    );
+    let mut lo = [T::from_f64(f64::INFINITY); LANES];
+    let mut hi = [T::from_f64(f64::NEG_INFINITY); LANES];
+    let mut ok = [true; LANES];
+    let mut step = |l: usize, v: T| {
+        // NaN compares false: it fails `ok` and leaves lo / hi alone
+        ok[l] &= (v < lim) & (v > neg);
+        lo[l] = v.fmin(lo[l]);
+        hi[l] = v.fmax(hi[l]);
+    };
+    let mut blocks = part.chunks_exact(LANES);
+    for block in blocks.by_ref() {
+        for (l, &v) in block.iter().enumerate() {
+            step(l, v);
+        }
+    }
+    // the rest starts at a multiple of 48 values, so value j is on axis j % 3, like lane j
+    for (l, &v) in blocks.remainder().iter().enumerate() {
+        step(l, v);
+    }
+    if ok.iter().any(|&o| !o) {
+        return None;
+    }
+    let (mut blo, mut bhi) = ([f64::INFINITY; 3], [f64::NEG_INFINITY; 3]);
+    for l in 0..LANES {
+        blo[l % 3] = blo[l % 3].min(lo[l].to_f64());
+        bhi[l % 3] = bhi[l % 3].max(hi[l].to_f64());
+    }
+    Some((blo, bhi))
 }
 
 /// Average per-point values (N, C) over each non-empty leaf; optionally re-normalise
@@ -2620,6 +2685,76 @@ mod tests {
         ));
         let ok = sample_bounds(&pts[..3], &[0, 1, 1]).unwrap();
         assert_eq!(ok, vec![Some(([0.0; 3], [0.0; 3])), None]);
+    }
+
+    /// A plain per-point fold: bounds per sample, or the first bad coordinate in point order.
+    fn naive_bounds<T: Coord>(
+        pts: &[T],
+        offsets: &[usize],
+    ) -> std::result::Result<Vec<Option<Bounds>>, (usize, usize)> {
+        let mut out = Vec::new();
+        for w in offsets.windows(2) {
+            let mut b: Option<Bounds> = None;
+            for i in w[0]..w[1] {
+                let p = [0, 1, 2].map(|a| pts[3 * i + a].to_f64());
+                if let Some(a) =
+                    (0..3).find(|&a| !(p[a].is_finite() && p[a].abs() < AUTO_BOX_MAX_COORD))
+                {
+                    return Err((i, a));
+                }
+                let (lo, hi) = b.get_or_insert((p, p));
+                for a in 0..3 {
+                    lo[a] = lo[a].min(p[a]);
+                    hi[a] = hi[a].max(p[a]);
+                }
+            }
+            out.push(b);
+        }
+        Ok(out)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// The vectorised bounds equal a per-point fold, for any length (whole 48-value
+        /// blocks and the rest), both precisions and several samples; a planted NaN, ±inf
+        /// or too-large coordinate is reported at the first offending point and axis.
+        #[test]
+        fn sample_bounds_match_a_per_point_fold(
+            seed in any::<u64>(),
+            n in 0usize..3000,
+            cuts in proptest::collection::vec(0usize..3000, 0..3),
+            bad in proptest::collection::vec((0usize..9000, 0usize..5), 0..3),
+            wide in any::<bool>(),
+        ) {
+            let mut rnd = crate::testing::xorshift(seed | 1);
+            let mut vals: Vec<f64> = (0..3 * n).map(|_| (rnd() % 2_000_001) as f64 / 1000.0 - 1000.0).collect();
+            for &(at, kind) in &bad {
+                if at < vals.len() {
+                    vals[at] = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e308, -1e308][kind];
+                }
+            }
+            let mut offsets: Vec<usize> = cuts.iter().map(|&c| c.min(n)).collect();
+            offsets.extend([0, n]);
+            offsets.sort_unstable();
+            let check = |got: Result<Vec<Option<Bounds>>>, want: std::result::Result<Vec<Option<Bounds>>, (usize, usize)>| {
+                match (got, want) {
+                    (Ok(g), Ok(w)) => prop_assert_eq!(g, w),
+                    (Err(CoreError::NonFinite { index, axis, .. }), Err(w)) => prop_assert_eq!((index, axis), w),
+                    (Err(CoreError::InvalidArgument { actual, .. }), Err((i, a))) => {
+                        let want = format!("at point {i}, axis {a}");
+                        prop_assert!(actual.ends_with(&want), "{} vs {}", actual, want);
+                    }
+                    (g, w) => prop_assert!(false, "got {:?}, want {:?}", g, w),
+                }
+                Ok(())
+            };
+            if wide {
+                check(sample_bounds(&vals, &offsets), naive_bounds(&vals, &offsets))?;
+            } else {
+                let narrow: Vec<f32> = vals.iter().map(|&v| v as f32).collect();
+                check(sample_bounds(&narrow, &offsets), naive_bounds(&narrow, &offsets))?;
+            }
+        }
     }
 
     #[test]
