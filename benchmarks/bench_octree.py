@@ -1,4 +1,4 @@
-"""octformer.build_octree and neighbour tables vs ocnn 2.3.3 and Open3D, side by side, 1 and 2 threads.
+"""octformer.build_octree, neighbour tables and merge vs ocnn 2.3.3 and Open3D, side by side, 1 and 2 threads.
 
 Run from the repository root:
 
@@ -9,7 +9,7 @@ Each (case, thread count) runs in a fresh worker process that times every librar
 rounds of seeded random order (median and min of up to 7 calls). Memory (peak RSS rise during the
 first call, VmHWM reset via /proc/self/clear_refs) is probed in a separate fresh worker per
 library, so one library's freed memory cannot hide another's. All libraries get the same
-points, normalised into ocnn's [-1, 1] cube; only the build / neighbour calls are timed.
+points, normalised into ocnn's [-1, 1] cube; only the build / neighbour / merge calls are timed.
 """
 
 from __future__ import annotations
@@ -32,9 +32,15 @@ BUILD_CASES = [("lidar1M", 10), ("indoor200k", 10), ("oxford4096", 9), ("kitti00
 NEIGH_CASES = [("indoor200k", 10), ("lidar1M", 10), ("oxford4096", 9), ("oxford_batch", 9)]
 QUICK_BUILD = [("oxford4096", 9), ("lidar100k", 8)]
 QUICK_NEIGH = [("oxford4096", 9), ("lidar100k", 8)]
+# (input, depth); a single cloud is merged as MERGE_COPIES copies of its tree, a batch input
+# as its per-sample trees (HOTFormerLoc's collate: 128 Oxford submaps)
+MERGE_CASES = [("kitti000000", 10), ("oxford_batch", 9)]
+QUICK_MERGE = [("lidar100k", 8)]
+MERGE_COPIES = 8
 
 BUILD_LIBS = ["octformer", "octformer auto box", "octformer._core", "ocnn", "open3d", "np.sort", "output fill"]
 NEIGH_LIBS = ["octformer nonempty", "octformer all", "ocnn", "table fill"]
+MERGE_LIBS = ["octformer", "ocnn"]
 
 TARGET_BUILD = 10.0  # ocnn build time / ours
 TARGET_SORT = 2.0  # ours / np.sort
@@ -195,6 +201,33 @@ def _neigh_calls(lib: str, pts: np.ndarray, offsets: np.ndarray | None, depth: i
     raise ValueError(f"unknown neighbour library {lib!r}")
 
 
+def _merge_calls(lib: str, pts: np.ndarray, offsets: np.ndarray | None, depth: int, threads: int):
+    """(setup, fn): the trees are built once, untimed; fn merges them into one batch."""
+    if offsets is None:
+        parts = [(0, pts.shape[0])] * MERGE_COPIES
+    else:
+        parts = [(int(offsets[i]), int(offsets[i + 1])) for i in range(offsets.size - 1)]
+    if lib == "octformer":
+        import octformer
+
+        built: dict[tuple[int, int], Any] = {}
+        for a, b in parts:
+            if (a, b) not in built:
+                built[(a, b)] = _ours_build(pts[a:b], None, depth, threads)
+        trees = [built[p] for p in parts]
+        return (lambda: trees), lambda ts: octformer.Octree.merge(ts, num_threads=threads)
+    if lib == "ocnn":
+        from ocnn.octree import merge_octrees
+
+        built = {}
+        for a, b in parts:
+            if (a, b) not in built:
+                built[(a, b)] = _ocnn_build(pts[a:b], None, depth)
+        octs = [built[p] for p in parts]
+        return (lambda: octs), merge_octrees
+    raise ValueError(f"unknown merge library {lib!r}")
+
+
 def _available(lib: str) -> str | None:
     """None if the library imports, else the reason it is skipped."""
     mod = {"ocnn": "ocnn", "open3d": "open3d"}.get(lib)
@@ -217,7 +250,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     pts = common.load(spec["data"])
     offsets = common.batch_offsets(spec["data"])
     depth = int(spec["depth"])
-    make = _build_calls if spec["kind"] == "build" else _neigh_calls
+    make = {"build": _build_calls, "neigh": _neigh_calls, "merge": _merge_calls}[spec["kind"]]
     out: dict[str, Any] = {"spec": spec, "n": int(pts.shape[0]), "skipped": {}}
 
     if spec["mode"] == "mem":
@@ -281,6 +314,15 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 def _cross_check(kind: str, first: dict[str, Any], depth: int) -> dict[str, Any]:
     """Node counts per library (a sanity check that every side built the same tree)."""
     info: dict[str, Any] = {}
+    if kind == "merge":
+        if "octformer" in first:
+            info["trees"] = int(first["octformer"].batch_size)
+            info["octformer_nnum"] = [int(x) for x in first["octformer"].nnum]
+        if "ocnn" in first:
+            info["ocnn_nnum"] = [int(x) for x in first["ocnn"].nnum]
+        if "octformer_nnum" in info and "ocnn_nnum" in info:
+            info["match_ocnn"] = info["octformer_nnum"] == info["ocnn_nnum"]
+        return info
     if kind == "build":
         if "octformer" in first:
             info["octformer_nnum"] = [int(x) for x in first["octformer"].nnum]
@@ -407,6 +449,29 @@ def render_build(results: list[dict]) -> tuple[str, list[str]]:
     return "\n".join(rows), verdicts
 
 
+def render_merge(results: list[dict]) -> tuple[str, list[str]]:
+    """Markdown table of merge results (no target; a same-tree check per row)."""
+    rows = [
+        "| input | trees | depth | T | ours `Octree.merge` ms | ocnn `merge_octrees` ms | ocnn ÷ ours | dpeak MiB ours / ocnn | same node counts as ocnn | other load (cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    verdicts = []
+    for r in results:
+        s, t, c = r["spec"], r.get("times", {}), r.get("check", {})
+        ours, oc = t.get("octformer"), t.get("ocnn")
+        match = c.get("match_ocnn")
+        rows.append(
+            f"| {s['data']} | {c.get('trees', '–')} | {s['depth']} | {s['threads']} | {common.fmt_ms(ours)} | {common.fmt_ms(oc)} | "
+            f"{_fr(_ratio(oc, ours))} | {_mem(r, 'octformer')} / {_mem(r, 'ocnn')} | {'yes' if match else 'NO' if match is False else '–'} | "
+            f"{r['other_load']:.2f} |"
+        )
+        if match is False:
+            verdicts.append(f"merge {s['data']}: node counts differ from ocnn ({c})")
+        for lib, why in r.get("skipped", {}).items():
+            verdicts.append(f"merge {s['data']} T{s['threads']}: {lib} skipped ({why})")
+    return "\n".join(rows), verdicts
+
+
 def render_neigh(results: list[dict]) -> tuple[str, list[str]]:
     """Markdown table of neighbour results and the target verdict lines."""
     rows = [
@@ -463,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true", help="small inputs, 1-2 repeats, no RESULTS.md")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--only", choices=["build", "neigh"], help="run only one of the two benchmarks")
+    p.add_argument("--only", choices=["build", "neigh", "merge"], help="run only one of the three benchmarks")
     p.add_argument("--cases", nargs="+", help="restrict to these inputs (e.g. lidar1M oxford_batch)")
     p.add_argument("--min-runs", type=int, default=3)
     p.add_argument("--max-runs", type=int, default=7)
@@ -484,28 +549,37 @@ def main(argv: list[str] | None = None) -> int:
         args.quiet_timeout = min(args.quiet_timeout, 2.0)
     build_cases = QUICK_BUILD if args.quick else BUILD_CASES
     neigh_cases = QUICK_NEIGH if args.quick else NEIGH_CASES
+    merge_cases = QUICK_MERGE if args.quick else MERGE_CASES
     if args.cases:
         build_cases = [c for c in build_cases if c[0] in args.cases]
         neigh_cases = [c for c in neigh_cases if c[0] in args.cases]
+        merge_cases = [c for c in merge_cases if c[0] in args.cases]
     if not (common.SHARED_DATA / "semantickitti" / "velodyne" / "000000.bin").exists():
         print(f"note: {common.SHARED_DATA} has no SemanticKITTI scan; skipping that row")
         build_cases = [c for c in build_cases if c[0] != "kitti000000"]
+        merge_cases = [c for c in merge_cases if c[0] != "kitti000000"]
 
     def log(msg: str) -> None:
         print(msg, flush=True)
 
     t_start = time.monotonic()
-    build_res, neigh_res = [], []
-    for data, _ in build_cases + neigh_cases:
+    build_res, neigh_res, merge_res = [], [], []
+    for data, _ in build_cases + neigh_cases + merge_cases:
         common.load(data)  # generate caches before any timing
-    if args.only != "neigh":
+    if args.only in (None, "build"):
         for data, depth in build_cases:
             for threads in args.threads:
                 libs = [lib for lib in BUILD_LIBS if not (lib == "open3d" and data == "oxford_batch")]
                 log(f"build {data} d{depth} T{threads} ...")
                 build_res.append(_run_case("build", data, depth, threads, libs, args, log))
                 log("  " + json.dumps({k: round(v["median_ms"], 3) for k, v in build_res[-1]["times"].items()}))
-    if args.only != "build":
+    if args.only in (None, "merge"):
+        for data, depth in merge_cases:
+            for threads in args.threads:
+                log(f"merge {data} d{depth} T{threads} ...")
+                merge_res.append(_run_case("merge", data, depth, threads, MERGE_LIBS, args, log))
+                log("  " + json.dumps({k: round(v["median_ms"], 3) for k, v in merge_res[-1]["times"].items()}))
+    if args.only in (None, "neigh"):
         for data, depth in neigh_cases:
             for threads in args.threads:
                 log(f"neighbours {data} d{depth} T{threads} ...")
@@ -513,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
                 log("  " + json.dumps({k: round(v["median_ms"], 3) for k, v in neigh_res[-1]["times"].items()}))
 
     common.CACHE_DIR.mkdir(exist_ok=True)
-    (common.CACHE_DIR / "bench_octree_last.json").write_text(json.dumps({"build": build_res, "neigh": neigh_res}, indent=1))
+    (common.CACHE_DIR / "bench_octree_last.json").write_text(json.dumps({"build": build_res, "neigh": neigh_res, "merge": merge_res}, indent=1))
     parts, verdicts = [], []
     if build_res:
         table, v = render_build(build_res)
@@ -523,7 +597,17 @@ def main(argv: list[str] | None = None) -> int:
         table, v = render_neigh(neigh_res)
         parts += ["### 3×3×3 neighbour tables, every depth 1..D (fresh tree per call)", "", table, ""]
         verdicts += v
-    parts += ["Targets:", ""] + [f"- {v}" for v in verdicts] + [""]
+    if merge_res:
+        table, v = render_merge(merge_res)
+        parts += [
+            f"### `Octree.merge` vs ocnn `merge_octrees` (trees built beforehand: {MERGE_COPIES} copies of a single cloud's tree, or a batch input's per-sample trees)",
+            "",
+            table,
+            "",
+        ]
+        verdicts += v
+    if verdicts:
+        parts += ["Targets:", ""] + [f"- {v}" for v in verdicts] + [""]
     parts.append(
         f"Median (min) of {args.min_runs}–{args.max_runs} timing samples after one untimed call (a sample is the mean of "
         "enough back-to-back calls to last ≥ 50 ms, so sub-ms calls are averaged), libraries timed in "

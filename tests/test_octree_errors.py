@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -464,6 +465,28 @@ def test_octree_method_arguments(pts):
         octformer.Octree.merge([t, octformer.build_octree(pts, 5, coords="cylindrical")])
     with pytest.raises(OctformerError, match=r"^trees\[1\]\.features"):
         octformer.Octree.merge([t, octformer.build_octree(pts, 5, features=pts)])
+
+
+def test_merge_refuses_arrays_that_do_not_fit_their_tree(pts):
+    """Corrupt ranks, batch ids or point->leaf indices raise, naming the tree and array."""
+    good = octformer.build_octree(pts, 5)
+    pair = octformer.build_octree(pts, 5, offsets=[0, 20, len(pts)])
+    bad = dataclasses.replace(good, children=[c.copy() for c in good.children])
+    c4 = bad.children[4]
+    c4[np.flatnonzero(c4 >= 0)[-1]] = int(good.nnum_nempty[4])  # one past the last rank
+    with raises(OctformerError, "trees") as info:
+        octformer.Octree.merge([good, bad])
+    assert "trees[1].children at depth 4" in str(info.value)
+    bad = dataclasses.replace(pair, batch=[b.copy() for b in pair.batch])
+    bad.batch[5][0] = 2  # a sample id the two-sample tree does not have
+    with raises(OctformerError, "trees") as info:
+        octformer.Octree.merge([good, bad])
+    assert "trees[1].batch at depth 5" in str(info.value)
+    bad = dataclasses.replace(good, point_leaf=good.point_leaf.copy())
+    bad.point_leaf[3] = -1
+    with raises(OctformerError, "trees") as info:
+        octformer.Octree.merge([bad])
+    assert "-1 in trees[0].point_leaf" in str(info.value)
 
 
 def test_to_ocnn_refuses_depths_ocnn_cannot_hold(pts):

@@ -73,6 +73,17 @@ def neighbors_step(
     entries_all: bool = False,
     num_threads: int | None = None,
 ) -> npt.NDArray[np.int32]: ...
+def merge_trees(
+    keys: list[list[npt.NDArray[np.int64]]],
+    children: list[list[npt.NDArray[np.int32]]],
+    batch: list[list[npt.NDArray[np.int32]] | None],
+    nonempty: list[list[int]],
+    point_leaf: list[npt.NDArray[np.int64]],
+    batch_sizes: list[int],
+    num_threads: int | None = None,
+) -> tuple[
+    list[npt.NDArray[np.int64]], list[npt.NDArray[np.int32]], list[npt.NDArray[np.int32]], npt.NDArray[np.int64]
+]: ...
 def lzf_decompress(data: bytes, size: int) -> bytes: ...
 def resolved_num_threads(num_threads: int | None = None) -> int: ...
 

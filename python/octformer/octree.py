@@ -173,8 +173,13 @@ class Octree:
         return Octree(**kw)
 
     @staticmethod
-    def merge(trees: Sequence[Octree]) -> Octree:
-        """Concatenate separately built trees into one batch (same depth, full_depth, coords)."""
+    def merge(trees: Sequence[Octree], num_threads: int | None = None) -> Octree:
+        """Concatenate separately built trees into one batch (same depth, full_depth, coords).
+
+        One native pass copies every tree's arrays into place, shifting children ranks,
+        batch ids and point->leaf indices by the trees before it (each checked in range).
+        A one-sample tree's batch ids are 0 by definition and are not read.
+        """
         trees = [t.numpy() for t in trees]
         if not trees:
             raise OctformerError("trees: expected at least one Octree, got an empty sequence")
@@ -189,20 +194,15 @@ class Octree:
                 if (getattr(t, attr) is None) != (getattr(first, attr) is None):
                     raise OctformerError(f"trees[{i}].{attr}: every tree must have {attr} or none may")
         depth = first.depth
-        keys, children, batch = [], [], []
-        for d in range(depth + 1):
-            keys.append(np.concatenate([t.keys[d] for t in trees]))
-            base_b, base_c, parts_c, parts_b = 0, 0, [], []
-            for t in trees:
-                c = t.children[d]
-                parts_c.append(np.where(c >= 0, c + base_c, -1).astype(np.int32))
-                parts_b.append((t.batch[d] + base_b).astype(np.int32))
-                base_c += int(t.batch_nnum_nempty[d].sum())
-                base_b += t.batch_size
-            children.append(np.concatenate(parts_c))
-            batch.append(np.concatenate(parts_b))
-        leaf_base = np.cumsum([0] + [int(t.batch_nnum_nempty[depth].sum()) for t in trees])
-        point_leaf = np.concatenate([t.point_leaf + leaf_base[i] for i, t in enumerate(trees)])
+        keys, children, batch, point_leaf = _core.merge_trees(
+            [[np.ascontiguousarray(k, dtype=np.int64) for k in t.keys] for t in trees],
+            [[np.ascontiguousarray(c, dtype=np.int32) for c in t.children] for t in trees],
+            [None if t.batch_size == 1 else [np.ascontiguousarray(b, dtype=np.int32) for b in t.batch] for t in trees],
+            [np.asarray(t.batch_nnum_nempty).sum(axis=1).tolist() for t in trees],
+            [np.ascontiguousarray(t.point_leaf, dtype=np.int64) for t in trees],
+            [int(t.batch_size) for t in trees],
+            num_threads=default_num_threads(num_threads),
+        )
 
         def cat(attr: str) -> Any:
             vals = [getattr(t, attr) for t in trees]
@@ -217,7 +217,7 @@ class Octree:
             batch=batch,
             batch_nnum=np.concatenate([t.batch_nnum for t in trees], axis=1),
             batch_nnum_nempty=np.concatenate([t.batch_nnum_nempty for t in trees], axis=1),
-            point_leaf=point_leaf.astype(np.int64),
+            point_leaf=point_leaf,
             origin=np.concatenate([t.origin for t in trees]),
             voxel_size=np.concatenate([t.voxel_size for t in trees]),
             coords=first.coords,

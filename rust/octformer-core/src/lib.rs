@@ -16,6 +16,7 @@ pub mod format;
 mod leaf_table;
 pub mod lzf;
 mod mem;
+pub mod merge;
 pub mod morton;
 #[cfg(target_arch = "x86_64")]
 mod morton_avx512;

@@ -397,7 +397,83 @@ pub fn neighbors<'py>(
         .into_pyarray(py))
 }
 
+#[pyfunction]
+#[pyo3(signature = (keys, children, batch, nonempty, point_leaf, batch_sizes, num_threads=None))]
+/// Concatenate trees into one batch (`Octree.merge`): per tree its per-depth int64 keys,
+/// int32 children and int32 batch ids (None for a one-sample tree), per-depth non-empty
+/// counts, int64 point->leaf index and batch size. Returns `(keys, children, batch,
+/// point_leaf)` of the merged batch (lists per depth, numpy).
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn merge_trees<'py>(
+    py: Python<'py>,
+    keys: Vec<Vec<PyReadonlyArray1<'py, i64>>>,
+    children: Vec<Vec<PyReadonlyArray1<'py, i32>>>,
+    batch: Vec<Option<Vec<PyReadonlyArray1<'py, i32>>>>,
+    nonempty: Vec<Vec<usize>>,
+    point_leaf: Vec<PyReadonlyArray1<'py, i64>>,
+    batch_sizes: Vec<usize>,
+    num_threads: Option<usize>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let t = keys.len();
+    let counts = [
+        children.len(),
+        batch.len(),
+        nonempty.len(),
+        point_leaf.len(),
+        batch_sizes.len(),
+    ];
+    if counts.iter().any(|&c| c != t) {
+        return Err(OctformerError::new_err(format!(
+            "trees: expected {t} entries in every argument (one per tree), got {counts:?}"
+        )));
+    }
+    let mut views = Vec::with_capacity(t);
+    let mut nodes = 0usize;
+    for i in 0..t {
+        let k = keys[i]
+            .iter()
+            .map(|a| slice1(a, "keys").map(as_u64))
+            .collect::<PyResult<Vec<_>>>()?;
+        nodes += k.iter().map(|k| k.len()).sum::<usize>();
+        let c = children[i]
+            .iter()
+            .map(|a| slice1(a, "children"))
+            .collect::<PyResult<Vec<_>>>()?;
+        let b = match &batch[i] {
+            None => None,
+            Some(b) => Some(
+                b.iter()
+                    .map(|a| slice1(a, "batch"))
+                    .collect::<PyResult<Vec<_>>>()?,
+            ),
+        };
+        views.push(octformer_core::merge::TreeView {
+            keys: k,
+            children: c,
+            batch: b,
+            nonempty: nonempty[i].clone(),
+            point_leaf: slice1(&point_leaf[i], "point_leaf")?,
+            batch_size: batch_sizes[i],
+        });
+    }
+    let merged = py.detach(|| {
+        threads::install_for(num_threads, nodes, threads::SMALL_BUILD, || {
+            guarded(|| octformer_core::merge::merge_trees(&views))
+        })
+    })??;
+    PyTuple::new(
+        py,
+        [
+            PyList::new(py, merged.keys.into_iter().map(|k| keys_to_numpy(py, k)))?.into_any(),
+            PyList::new(py, merged.children.into_iter().map(|c| c.into_pyarray(py)))?.into_any(),
+            PyList::new(py, merged.batch.into_iter().map(|b| b.into_pyarray(py)))?.into_any(),
+            merged.point_leaf.into_pyarray(py).into_any(),
+        ],
+    )
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(merge_trees, m)?)?;
     m.add_function(wrap_pyfunction!(build_octree, m)?)?;
     m.add_function(wrap_pyfunction!(build_single, m)?)?;
     m.add_function(wrap_pyfunction!(average_leaf_values, m)?)?;
