@@ -542,3 +542,16 @@ def test_single_cloud_batch_ids_small_and_lazily_mapped_buffers():
         a.batch[depth][:] = 7
         assert not b.batch[depth].any() and not a.batch[depth - 1].any()
         assert b == _general_path(pts, depth, 2, None, False)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cylindrical_coordinates_are_numpys_float64_formula_bit_for_bit(dtype):
+    """(rho, phi, z) in float64 whatever the input precision; signed zeros keep atan2's branch."""
+    rng = np.random.default_rng(7)
+    pts = np.concatenate([rng.normal(size=(5000, 3)) * 50, [[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [-1.0, -0.0, 0.0]]]).astype(dtype)
+    wide = pts.astype(np.float64)
+    want = np.stack([np.hypot(wide[:, 0], wide[:, 1]), np.arctan2(wide[:, 1], wide[:, 0]), wide[:, 2]], axis=1)
+    got = octformer.octree._cylindrical(pts)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))

@@ -459,10 +459,14 @@ def _as_values(values: Any, n: int, name: str, channels: int | None = None) -> n
 
 
 def _cylindrical(pts: np.ndarray) -> np.ndarray:
-    """(x, y, z) → (rho, phi, z) with phi = atan2(y, x) in [-pi, pi]."""
-    out = np.empty_like(pts)
-    out[:, 0] = np.hypot(pts[:, 0], pts[:, 1])
-    out[:, 1] = np.arctan2(pts[:, 1], pts[:, 0])
+    """(x, y, z) → float64 (rho, phi, z) with phi = atan2(y, x) in [-pi, pi].
+
+    Computed in float64 straight into one natively allocated array (numpy's temporaries
+    and output faulted in ~1.5k fresh pages per 100k points on every call).
+    """
+    out = _core.zeros_f64(pts.shape[0], 3)
+    np.hypot(pts[:, 0], pts[:, 1], out=out[:, 0], dtype=np.float64)
+    np.arctan2(pts[:, 1], pts[:, 0], out=out[:, 1], dtype=np.float64)
     out[:, 2] = pts[:, 2]
     return out
 
@@ -543,7 +547,7 @@ def build_octree(
     normals = _as_values(normals, n, "normals", channels=3)
 
     if coords == "cylindrical":
-        pts = _cylindrical(pts.astype(np.float64))
+        pts = _cylindrical(pts)
     auto_box = bbox is None or (isinstance(bbox, str) and bbox == "auto")
     threads = default_num_threads(num_threads)
     if auto_box:

@@ -501,7 +501,27 @@ pub fn merge_trees<'py>(
     )
 }
 
+#[pyfunction]
+/// (rows, cols) float64 zeros from the native allocator, which keeps freed pages mapped:
+/// scratch for numpy work inside a build (numpy's own large arrays are mapped and faulted
+/// in afresh on every call once malloc trims its heap).
+pub fn zeros_f64<'py>(
+    py: Python<'py>,
+    rows: usize,
+    cols: usize,
+) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    let n = rows.checked_mul(cols).ok_or_else(|| {
+        OctformerError::new_err(format!(
+            "rows, cols: expected a product below 2^64, got {rows} x {cols}"
+        ))
+    })?;
+    Ok(Array2::from_shape_vec((rows, cols), vec![0f64; n])
+        .expect("shape")
+        .into_pyarray(py))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(zeros_f64, m)?)?;
     m.add_function(wrap_pyfunction!(merge_trees, m)?)?;
     m.add_function(wrap_pyfunction!(build_octree, m)?)?;
     m.add_function(wrap_pyfunction!(build_single, m)?)?;
