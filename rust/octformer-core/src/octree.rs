@@ -2433,7 +2433,8 @@ fn chunk_bounds_lanes<T: Coord>(part: &[T]) -> Option<Bounds> {
 }
 
 /// Average per-point values (N, C) over each non-empty leaf; optionally re-normalise
-/// each averaged row to unit length (normals). Sums in f64, in point order.
+/// each averaged row to unit length (normals). Sums in f64, in point order; a leaf with
+/// no points averages to 0. Fails on a leaf index outside `0..num_leaves`.
 pub fn average_per_leaf(
     values: &[f32],
     channels: usize,
@@ -2448,33 +2449,99 @@ pub fn average_per_leaf(
             format!("{} values with C={channels}", values.len()),
         ));
     }
+    // a row per leaf of its C sums and its point count, so each point touches one place
+    match channels {
+        1 => average_rows::<2>(values, point_leaf, num_leaves, normalize),
+        2 => average_rows::<3>(values, point_leaf, num_leaves, normalize),
+        3 => average_rows::<4>(values, point_leaf, num_leaves, normalize),
+        4 => average_rows::<5>(values, point_leaf, num_leaves, normalize),
+        _ => average_any(values, channels, point_leaf, num_leaves, normalize),
+    }
+}
+
+/// [`average_per_leaf`] for `W - 1` channels (kitti000000's 123k points, 1 thread: C = 1
+/// 0.37 -> 0.17 ms, C = 3 normals 0.56 -> 0.35 ms against separate sum and count arrays).
+fn average_rows<const W: usize>(
+    values: &[f32],
+    point_leaf: &[i64],
+    num_leaves: usize,
+    normalize: bool,
+) -> Result<Vec<f32>> {
+    let c = W - 1;
+    let mut acc = vec![[0f64; W]; num_leaves];
+    for (i, (row, &l)) in values.chunks_exact(c).zip(point_leaf).enumerate() {
+        // a negative index wraps to a huge one, so one test covers both ends
+        let Some(a) = acc.get_mut(l as usize) else {
+            return Err(bad_leaf(l, i, num_leaves));
+        };
+        for k in 0..c {
+            a[k] += row[k] as f64;
+        }
+        a[c] += 1.0;
+    }
+    let mut out = vec![0f32; num_leaves * c];
+    out.par_chunks_mut(c)
+        .zip(acc.par_iter())
+        .for_each(|(o, a)| finish_row(o, &a[..c], a[c], normalize));
+    Ok(out)
+}
+
+/// [`average_per_leaf`] for any channel count.
+fn average_any(
+    values: &[f32],
+    channels: usize,
+    point_leaf: &[i64],
+    num_leaves: usize,
+    normalize: bool,
+) -> Result<Vec<f32>> {
     let mut sums = vec![0f64; num_leaves * channels];
-    let mut counts = vec![0u32; num_leaves];
-    for (i, &l) in point_leaf.iter().enumerate() {
+    let mut counts = vec![0f64; num_leaves];
+    for (i, (row, &l)) in values.chunks_exact(channels).zip(point_leaf).enumerate() {
+        let Some(n) = counts.get_mut(l as usize) else {
+            return Err(bad_leaf(l, i, num_leaves));
+        };
+        *n += 1.0;
         let l = l as usize;
-        counts[l] += 1;
-        let row = &values[i * channels..(i + 1) * channels];
         for (s, v) in sums[l * channels..(l + 1) * channels].iter_mut().zip(row) {
             *s += *v as f64;
         }
     }
     let mut out = vec![0f32; num_leaves * channels];
     out.par_chunks_mut(channels).enumerate().for_each(|(l, o)| {
-        let s = &sums[l * channels..(l + 1) * channels];
-        let c = counts[l].max(1) as f64;
-        if normalize {
-            let norm = s.iter().map(|v| v * v).sum::<f64>().sqrt();
-            let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
-            for (o, v) in o.iter_mut().zip(s) {
-                *o = (v * scale) as f32;
-            }
-        } else {
-            for (o, v) in o.iter_mut().zip(s) {
-                *o = (v / c) as f32;
-            }
-        }
+        finish_row(
+            o,
+            &sums[l * channels..(l + 1) * channels],
+            counts[l],
+            normalize,
+        )
     });
     Ok(out)
+}
+
+/// One leaf's output row from its sums and point count: the mean, or the unit-length
+/// direction of the sum (`normalize`; zero stays zero).
+#[inline]
+fn finish_row(out: &mut [f32], sums: &[f64], count: f64, normalize: bool) {
+    if normalize {
+        let norm = sums.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+        for (o, v) in out.iter_mut().zip(sums) {
+            *o = (v * scale) as f32;
+        }
+    } else {
+        let c = count.max(1.0);
+        for (o, v) in out.iter_mut().zip(sums) {
+            *o = (v / c) as f32;
+        }
+    }
+}
+
+fn bad_leaf(l: i64, point: usize, num_leaves: usize) -> CoreError {
+    CoreError::arg(
+        "point_leaf",
+        format!("values in 0..{num_leaves}"),
+        format!("{l} at point {point}"),
+    )
 }
 
 #[cfg(test)]
@@ -2711,6 +2778,28 @@ mod tests {
             out.push(b);
         }
         Ok(out)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The per-channel-count row layouts give the generic path's result bit for bit
+        /// (same f64 sums in point order), means and normalised rows, empty leaves as 0.
+        #[test]
+        fn leaf_averages_match_the_generic_path(
+            seed in any::<u64>(),
+            n in 0usize..2000,
+            channels in 1usize..6,
+            spare in 0usize..4,
+            normalize in any::<bool>(),
+        ) {
+            let mut next = crate::testing::unit(seed | 1);
+            let leaves = n / 3 + 1;
+            let point_leaf: Vec<i64> = (0..n).map(|_| (next() * leaves as f64) as i64).collect();
+            let values: Vec<f32> = (0..n * channels).map(|_| (next() * 20.0 - 10.0) as f32).collect();
+            let got = average_per_leaf(&values, channels, &point_leaf, leaves + spare, normalize).unwrap();
+            let want = average_any(&values, channels, &point_leaf, leaves + spare, normalize).unwrap();
+            prop_assert_eq!(got, want);
+        }
     }
 
     proptest! {

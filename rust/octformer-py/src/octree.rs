@@ -379,11 +379,6 @@ pub fn average_leaf_values<'py>(
             leaf.len()
         )));
     }
-    if leaf.iter().any(|&l| l < 0 || l as usize >= num_leaves) {
-        return Err(OctformerError::new_err(format!(
-            "point_leaf: expected values in 0..{num_leaves}"
-        )));
-    }
     let v = c_slice2(&values, "values")?;
     let out = py.detach(|| {
         threads::install_for(num_threads, leaf.len(), threads::SMALL_BUILD, || {
