@@ -90,10 +90,45 @@ def check_structure(t: octformer.Octree) -> None:
     np.testing.assert_array_equal(t.nnum, t.batch_nnum.sum(axis=1))
 
 
+def xyz_of_keys(keys: np.ndarray) -> np.ndarray:
+    """The test's own Morton decoder, bit by bit (x bit at 3i+2, y at 3i+1, z at 3i)."""
+    keys = np.asarray(keys, dtype=np.int64)
+    out = np.zeros((keys.shape[0], 3), dtype=np.int64)
+    for i in range(21):
+        for axis, shift in ((0, 2), (1, 1), (2, 0)):
+            out[:, axis] |= ((keys >> (3 * i + shift)) & 1) << i
+    return out
+
+
+def test_key_to_xyz_matches_a_bitwise_decode():
+    rng = np.random.default_rng(11)
+    keys = np.concatenate([rng.integers(0, 2**63 - 1, 20_000, dtype=np.int64), [0, 1, 7, 8, 2**63 - 1]])
+    got = key_to_xyz(keys)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, xyz_of_keys(keys))
+    with pytest.raises(octformer.OctformerError, match="keys: expected non-negative"):
+        key_to_xyz(np.array([5, -1]))
+
+
+@pytest.mark.parametrize("offsets", [None, [0, 300, 300, 1000]])
+@pytest.mark.parametrize("nonempty", [True, False])
+def test_cell_centers_are_origin_plus_half_cell_steps(offsets, nonempty):
+    pts = np.random.default_rng(12).normal(size=(1000, 3)) * [3.0, 1.0, 0.2]
+    t = octformer.build_octree(pts, 7, offsets=None if offsets is None else np.array(offsets))
+    for d in (0, 2, 5, 7):
+        keep = t.children[d] >= 0 if nonempty else np.ones(t.nnum[d], bool)
+        sample = t.batch[d][keep]
+        cell = t.voxel_size[sample] * 2.0 ** (t.depth - d)
+        want = t.origin[sample] + (xyz_of_keys(t.keys[d][keep]) + 0.5) * cell
+        got = t.cell_centers(d, nonempty=nonempty)
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, want)
+
+
 def leaf_of_points(t: octformer.Octree) -> tuple[np.ndarray, np.ndarray]:
     """(N, 3) leaf cell coords and (N,) sample index of every point."""
     leaf = t.point_leaf
-    xyz = key_to_xyz(t.leaf_keys())[leaf]
+    xyz = xyz_of_keys(t.leaf_keys())[leaf]
     sample = t.batch[t.depth][t.children[t.depth] >= 0][leaf]
     return xyz, sample
 

@@ -96,12 +96,22 @@ class Octree:
     def cell_centers(self, depth: int | None = None, nonempty: bool = True) -> np.ndarray:
         """(M, 3) float64 centres of nodes at ``depth`` in the build coordinates (metric for cartesian)."""
         d = self.depth if depth is None else self._check_depth(depth)
-        xyz = self.xyz(d, nonempty).astype(np.float64)
+        xyz = self.xyz(d, nonempty)
+        # origin + (xyz + 0.5) * cell, built in one natively allocated array
+        out = _core.zeros_f64(xyz.shape[0], 3)
+        np.add(xyz, 0.5, out=out)
+        cell = _to_numpy(self.voxel_size) * float(1 << (self.depth - d))
+        origin = _to_numpy(self.origin)
+        if self.batch_size == 1:
+            out *= cell[0]
+            out += origin[0]
+            return out
         batch = _to_numpy(self.batch[d])
         if nonempty:
             batch = batch[_to_numpy(self.children[d]) >= 0]
-        cell = _to_numpy(self.voxel_size)[batch] * float(1 << (self.depth - d))
-        return _to_numpy(self.origin)[batch] + (xyz + 0.5) * cell
+        out *= cell[batch]
+        out += origin[batch]
+        return out
 
     # ------------------------------------------------------------- neighbours
     def neighbors(self, depth: int, nonempty: bool = True, num_threads: int | None = None) -> Any:
@@ -363,14 +373,13 @@ class Octree:
         return "\n".join(lines)
 
 
-def key_to_xyz(keys: np.ndarray) -> np.ndarray:
+def key_to_xyz(keys: Any) -> np.ndarray:
     """(M,) Morton keys → (M, 3) int32 cell coordinates (x bit most significant per triple)."""
-    keys = np.asarray(keys, dtype=np.int64)
-    out = np.zeros((keys.shape[0], 3), dtype=np.int32)
-    for i in range(21):
-        for axis, shift in ((0, 2), (1, 1), (2, 0)):
-            out[:, axis] |= (((keys >> (3 * i + shift)) & 1) << i).astype(np.int32)
-    return out
+    keys = np.ascontiguousarray(_to_numpy(keys), dtype=np.int64).reshape(-1)
+    if keys.size and int(keys.min()) < 0:
+        raise OctformerError(f"keys: expected non-negative Morton keys (63 bits), got {int(keys.min())}")
+    # the Z curve's decoder is this layout; 21 levels cover every key below 2^63
+    return _core.curve_decode(keys, "z", MAX_DEPTH).astype(np.int32)
 
 
 def _to_numpy(a: Any) -> Any:
