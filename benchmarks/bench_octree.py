@@ -620,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     print(body)
     if not args.no_write:
         cmd = "python benchmarks/bench_octree.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        common.append_results("Octree build and neighbour tables vs ocnn and Open3D", body, cmd.strip())
+        common.append_results("Octree build, neighbour tables and merge vs ocnn and Open3D", body, cmd.strip())
         print(f"\nappended to {common.RESULTS_MD}")
     return 0
 
