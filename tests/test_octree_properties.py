@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numpy as np
@@ -270,6 +271,28 @@ def test_pickle_and_torch_round_trips(clouds, dfd, with_feats):
     if len(pts):
         other = octformer.build_octree(pts, depth + 1 if depth < 21 else depth - 1, offsets=offsets)
         assert other != t
+
+
+def test_numpy_trees_pickle_as_octf_and_others_as_arrays():
+    """Numpy trees travel as OCTF bytes plus point->leaf; torch trees and trees OCTF refuses as arrays."""
+    pts = np.random.default_rng(13).normal(size=(20_000, 3))
+    t = octformer.build_octree(pts, 9, normals=pts)
+    arrays = sum(a.nbytes for a in (*t.keys, *t.children, *t.batch, t.point_leaf, t.normals))
+    data = pickle.dumps(t)
+    assert len(data) < arrays / 3, (len(data), arrays)
+    back = pickle.loads(data)
+    assert back == t
+    assert all(isinstance(k, np.ndarray) for k in back.keys)
+    # an edited tree (a child rank out of order) is refused by OCTF, so its arrays travel as they are
+    bad = dataclasses.replace(t, children=[c.copy() for c in t.children])
+    ranks = np.flatnonzero(bad.children[5] >= 0)
+    bad.children[5][ranks[[0, 1]]] = bad.children[5][ranks[[1, 0]]]
+    back = pickle.loads(pickle.dumps(bad))
+    assert len(pickle.dumps(bad)) > arrays / 2 and back == bad
+    torch = pytest.importorskip("torch")
+    tt = t.to_torch()
+    back = pickle.loads(pickle.dumps(tt))
+    assert isinstance(back.keys[3], torch.Tensor) and back.numpy() == t
 
 
 # ------------------------------------------------------------------ leaf signals
