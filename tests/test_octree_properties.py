@@ -289,6 +289,10 @@ def test_numpy_trees_pickle_as_octf_and_others_as_arrays():
     bad.children[5][ranks[[0, 1]]] = bad.children[5][ranks[[1, 0]]]
     back = pickle.loads(pickle.dumps(bad))
     assert len(pickle.dumps(bad)) > arrays / 2 and back == bad
+    # geometry that is not float64 would come back as float64 from OCTF, so it travels as arrays
+    narrow = dataclasses.replace(t, origin=t.origin.astype(np.float32))
+    back = pickle.loads(pickle.dumps(narrow))
+    assert back == narrow and back.origin.dtype == np.float32
     torch = pytest.importorskip("torch")
     tt = t.to_torch()
     back = pickle.loads(pickle.dumps(tt))

@@ -368,8 +368,11 @@ class Octree:
         natively. Torch-backed trees, and trees OCTF refuses (edited arrays), pickle their
         arrays as they are.
         """
-        arrays = [self.point_leaf, *self.keys, *self.children, *self.batch]
-        if all(isinstance(a, np.ndarray) for a in arrays) and isinstance(self.point_leaf, np.ndarray):
+        arrays = [self.point_leaf, self.origin, self.voxel_size, *self.keys, *self.children, *self.batch]
+        arrays += [a for a in (self.features, self.normals) if a is not None]
+        # OCTF keeps geometry in float64: other dtypes would not come back as they were
+        exact = all(isinstance(a, np.ndarray) for a in arrays) and self.origin.dtype == self.voxel_size.dtype == np.float64
+        if exact:
             from octformer import format as octf
 
             try:
