@@ -290,9 +290,13 @@ def test_numpy_trees_pickle_as_octf_and_others_as_arrays():
     back = pickle.loads(pickle.dumps(bad))
     assert len(pickle.dumps(bad)) > arrays / 2 and back == bad
     # geometry that is not float64 would come back as float64 from OCTF, so it travels as arrays
-    narrow = dataclasses.replace(t, origin=t.origin.astype(np.float32))
-    back = pickle.loads(pickle.dumps(narrow))
-    assert back == narrow and back.origin.dtype == np.float32
+    for narrow in (
+        dataclasses.replace(t, origin=t.origin.astype(np.float32)),
+        dataclasses.replace(t, keys=[k.astype(np.int32) for k in t.keys]),
+        dataclasses.replace(t, point_leaf=t.point_leaf.astype(np.int32)),
+    ):
+        back = pickle.loads(pickle.dumps(narrow))
+        assert back == narrow  # equality compares dtypes too
     torch = pytest.importorskip("torch")
     tt = t.to_torch()
     back = pickle.loads(pickle.dumps(tt))

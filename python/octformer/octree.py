@@ -370,8 +370,14 @@ class Octree:
         """
         arrays = [self.point_leaf, self.origin, self.voxel_size, *self.keys, *self.children, *self.batch]
         arrays += [a for a in (self.features, self.normals) if a is not None]
-        # OCTF keeps geometry in float64: other dtypes would not come back as they were
-        exact = all(isinstance(a, np.ndarray) for a in arrays) and self.origin.dtype == self.voxel_size.dtype == np.float64
+        # OCTF stores the build's dtypes (int64 keys and counts, int32 children and batch ids,
+        # float64 geometry); a tree holding others would not come back as it was
+        exact = all(isinstance(a, np.ndarray) for a in [*arrays, self.batch_nnum, self.batch_nnum_nempty]) and (
+            self.origin.dtype == self.voxel_size.dtype == np.float64
+            and self.batch_nnum.dtype == self.batch_nnum_nempty.dtype == self.point_leaf.dtype == np.int64
+            and all(k.dtype == np.int64 for k in self.keys)
+            and all(a.dtype == np.int32 for a in (*self.children, *self.batch))
+        )
         if exact:
             from octformer import format as octf
 
