@@ -2337,7 +2337,7 @@ pub fn sample_bounds<T: Coord>(points: &[T], offsets: &[usize]) -> Result<Vec<Op
                 for (j, p) in part.chunks_exact(3).enumerate() {
                     for a in 0..3 {
                         let v = p[a].to_f64();
-                        if !(v.abs() < AUTO_BOX_MAX_COORD) {
+                        if !v.is_finite() || v.abs() >= AUTO_BOX_MAX_COORD {
                             return Err((w[0] + c * CHUNK + j, a, v));
                         }
                     }
