@@ -53,6 +53,17 @@ pub(crate) unsafe fn vec_for_overwrite<T: Copy>(n: usize) -> Vec<T> {
     v
 }
 
+/// One [`vec_for_overwrite`] per length: a batch's per-depth output arrays.
+///
+/// # Safety
+/// Every element of every vector must be written before it is read.
+pub(crate) unsafe fn vecs_for_overwrite<T: Copy>(lens: &[usize]) -> Vec<Vec<T>> {
+    // SAFETY: passed on to the caller
+    lens.iter()
+        .map(|&n| unsafe { vec_for_overwrite(n) })
+        .collect()
+}
+
 /// [`vec_for_overwrite_huge`] with room for `cap` ≥ n items (the rest uninitialised).
 ///
 /// # Safety

@@ -127,18 +127,9 @@ pub fn merge_trees(trees: &[TreeView<'_>]) -> Result<Merged> {
     }
     // SAFETY (all four): the jobs below write every entry of every output window, and the
     // windows of the trees tile each output
-    let mut keys: Vec<Vec<u64>> = node_total
-        .iter()
-        .map(|&n| unsafe { crate::mem::vec_for_overwrite(n) })
-        .collect();
-    let mut children: Vec<Vec<i32>> = node_total
-        .iter()
-        .map(|&n| unsafe { crate::mem::vec_for_overwrite(n) })
-        .collect();
-    let mut batch: Vec<Vec<i32>> = node_total
-        .iter()
-        .map(|&n| unsafe { crate::mem::vec_for_overwrite(n) })
-        .collect();
+    let mut keys: Vec<Vec<u64>> = unsafe { crate::mem::vecs_for_overwrite(&node_total) };
+    let mut children: Vec<Vec<i32>> = unsafe { crate::mem::vecs_for_overwrite(&node_total) };
+    let mut batch: Vec<Vec<i32>> = unsafe { crate::mem::vecs_for_overwrite(&node_total) };
     let mut point_leaf: Vec<i64> = unsafe { crate::mem::vec_for_overwrite(point_total) };
 
     // (tree, depth or None) and its job, tree by tree so the first error is found in order

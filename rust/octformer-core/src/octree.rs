@@ -2103,18 +2103,9 @@ fn assemble_batch(samples: Vec<SampleLeaves>, offsets: &[usize], opts: BuildOpti
     let totals: Vec<usize> = batch_nnum.iter().map(|v| v.iter().sum()).collect();
     // SAFETY: every sample writes all entries of its windows below (the windows partition
     // each depth's arrays), and every point's entry of point_leaf
-    let mut keys: Vec<Vec<u64>> = totals
-        .iter()
-        .map(|&t| unsafe { crate::sort::vec_for_overwrite(t) })
-        .collect();
-    let mut children: Vec<Vec<i32>> = totals
-        .iter()
-        .map(|&t| unsafe { crate::sort::vec_for_overwrite(t) })
-        .collect();
-    let mut batch: Vec<Vec<i32>> = totals
-        .iter()
-        .map(|&t| unsafe { crate::sort::vec_for_overwrite(t) })
-        .collect();
+    let mut keys: Vec<Vec<u64>> = unsafe { crate::mem::vecs_for_overwrite(&totals) };
+    let mut children: Vec<Vec<i32>> = unsafe { crate::mem::vecs_for_overwrite(&totals) };
+    let mut batch: Vec<Vec<i32>> = unsafe { crate::mem::vecs_for_overwrite(&totals) };
     let n = *offsets.last().unwrap();
     let mut point_leaf: Vec<i64> = unsafe { crate::sort::vec_for_overwrite(n) };
     // large levels are written with streaming stores, as in the single-sample build (every
